@@ -1,0 +1,19 @@
+//! Makes every binary of this crate (the CLI, tests, benches) find libtorch without LD_LIBRARY_PATH.
+//!
+//! torch-sys exports the libtorch lib dir as `DEP_TCH_LIBTORCH_LIB` (its `links = "tch"` metadata).
+//! We bake it in as an rpath and force-link libtorch with `--no-as-needed`: without it the linker drops
+//! libtorch_cuda (no symbol is referenced directly) and CUDA silently falls back to CPU (tch-rs #907, #980).
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch");
+        for cuda in ["torch_cuda"] {
+            if std::path::Path::new(&lib).join(format!("lib{cuda}.so")).exists() {
+                println!("cargo:rustc-link-arg=-l{cuda}");
+            }
+        }
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything seqserve needs besides Rust itself:
+#   - Debian packages (only if missing): a C/C++ toolchain and python3-venv
+#   - a Python virtualenv holding torch==2.13.0 from PyPI (libtorch for the tch crate) and the test-only
+#     Python packages; cached OUTSIDE the clone so that every clone and CI run reuses it.
+# Prints `export` lines for the environment the build needs when called with --print-env.
+set -euo pipefail
+
+TORCH_VERSION=2.13.0
+CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
+VENV=${SEQSERVE_VENV:-$CACHE_ROOT/venv-torch-$TORCH_VERSION}
+# Python packages the tests use (reference forward pass, safetensors reader, independent metrics).
+PY_EXTRA=(numpy safetensors)
+STAMP="$VENV/.seqserve-setup-v1"
+
+say() { echo "[setup] $*" >&2; }
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+
+if ! command -v python3 >/dev/null 2>&1; then
+  say "python3 is missing: install Python 3 (e.g. 'apt-get install python3 python3-venv') and rerun"
+  exit 1
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    say "installing Debian packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2
+  else
+    say "missing system packages (${need_apt[*]}) and no apt-get to install them"
+    exit 1
+  fi
+fi
+
+if [ ! -f "$STAMP" ]; then
+  say "creating virtualenv with torch==$TORCH_VERSION at $VENV (several GB, once per machine)"
+  mkdir -p "$CACHE_ROOT"
+  # Build into a temporary dir and move it into place so an interrupted install never looks complete.
+  # (A venv is not relocatable, so it is created at its final path and the stamp marks completion.)
+  python3 -m venv "$VENV" >&2 || { say "python3 -m venv failed: install python3-venv"; exit 1; }
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || { say "pip is missing in the venv: install python3-pip / python3-venv"; exit 1; }
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "${PY_EXTRA[@]}" >&2
+  "$VENV/bin/python" -c "import torch, safetensors, numpy; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__" >&2
+  touch "$STAMP"
+  say "virtualenv ready"
+fi
+
+if [ "${1:-}" = "--print-env" ]; then
+  echo "export VIRTUAL_ENV='$VENV'"
+  echo "export PATH='$VENV/bin':\"\$PATH\""
+  echo "export LIBTORCH_USE_PYTORCH=1"
+  echo "export SEQSERVE_PYTHON='$VENV/bin/python'"
+fi

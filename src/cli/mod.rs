@@ -1,0 +1,37 @@
+//! Subcommands and their arguments.
+mod recommend;
+mod train;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "seqserve", version, about = "Serve and evaluate a Transformer sequence recommender")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train an encoder on a behaviour log and write a model directory.
+    Train(train::TrainArgs),
+    /// Rank items for one history with a model directory (the server's code path, offline).
+    Recommend(recommend::RecommendArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Recommend(a) => recommend::run(a),
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEQSERVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

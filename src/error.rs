@@ -1,0 +1,80 @@
+//! Typed errors of the library. The CLI and the HTTP layer turn them into messages and statuses at the edge.
+use std::path::PathBuf;
+
+/// A problem in an input file, located precisely enough for a person to fix it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct LineError {
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Malformed(#[from] LineError),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Split(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model directory {path}: missing file {file}")]
+    MissingFile { path: PathBuf, file: String },
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    #[error("{path}: unsupported format version {found} (this build reads version {supported})")]
+    FormatVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: tensor {name}: expected shape {expected:?}, found {found:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("bad device {0:?}: expected auto, cpu or cuda:N")]
+    BadDevice(String),
+    #[error("device {0} is not available on this machine")]
+    DeviceUnavailable(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A request that the model cannot answer as given: always the caller's mistake (HTTP 422).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InputError {
+    #[error("history has {items} items but {behaviours} behaviours")]
+    BehaviourLength { items: usize, behaviours: usize },
+    #[error("unknown behaviour {0:?}; this model knows {1:?}")]
+    UnknownBehaviour(String, Vec<String>),
+    #[error("this model has no behaviour vocabulary; behaviour {0:?} cannot be used")]
+    NoBehaviours(String),
+    #[error("unknown context feature {0:?}; this model's context features are {1:?}")]
+    UnknownFeature(String, Vec<String>),
+    #[error("context feature {name:?}: {message}")]
+    BadFeature { name: String, message: String },
+    #[error("k must be between 1 and {max}, got {got}")]
+    BadK { got: usize, max: usize },
+    #[error("{0}")]
+    Other(String),
+}

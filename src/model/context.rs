@@ -1,0 +1,94 @@
+//! Turning a context object (user attributes, time, device...) into the model's encoded form.
+use super::manifest::{ContextFeature, Manifest};
+use crate::error::InputError;
+use std::collections::BTreeMap;
+
+/// A context value as a caller gives it (JSON string/number, or a CLI `key=value`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ContextValue {
+    Number(f64),
+    Text(String),
+}
+
+impl ContextValue {
+    /// CLI values: numbers when they parse as numbers, else text.
+    pub fn parse_cli(s: &str) -> ContextValue {
+        match s.parse::<f64>() {
+            Ok(x) if x.is_finite() => ContextValue::Number(x),
+            _ => ContextValue::Text(s.to_string()),
+        }
+    }
+
+    /// Categorical key: `25` and `"25"` name the same category.
+    fn category_key(&self) -> String {
+        match self {
+            ContextValue::Text(s) => s.clone(),
+            ContextValue::Number(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", *x as i64),
+            ContextValue::Number(x) => x.to_string(),
+        }
+    }
+}
+
+/// Encoded context, in the manifest's feature order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedContext {
+    /// One index per categorical feature (0 = missing).
+    pub categorical: Vec<i64>,
+    /// One standardised value per numeric feature (0 = missing, i.e. the mean).
+    pub numeric: Vec<f32>,
+}
+
+/// Encodes a context map against the manifest's schema. Missing features are allowed (encoded as
+/// unknown / the mean); unknown names, unknown categories and mistyped values are the caller's error.
+pub fn encode_context(
+    manifest: &Manifest,
+    context: &BTreeMap<String, ContextValue>,
+) -> Result<EncodedContext, InputError> {
+    for name in context.keys() {
+        if !manifest.context.iter().any(|f| f.name() == name) {
+            return Err(InputError::UnknownFeature(
+                name.clone(),
+                manifest.context.iter().map(|f| f.name().to_string()).collect(),
+            ));
+        }
+    }
+    let mut out = EncodedContext::default();
+    for f in &manifest.context {
+        let value = context.get(f.name());
+        match f {
+            ContextFeature::Categorical { name, values, .. } => {
+                let idx = match value {
+                    None => 0,
+                    Some(v) => {
+                        let key = v.category_key();
+                        match values.iter().position(|x| *x == key) {
+                            Some(p) => p as i64 + 1,
+                            None => {
+                                return Err(InputError::BadFeature {
+                                    name: name.clone(),
+                                    message: format!("unknown value {key:?}; known values: {values:?}"),
+                                })
+                            }
+                        }
+                    }
+                };
+                out.categorical.push(idx);
+            }
+            ContextFeature::Numeric { name, mean, std } => {
+                let x = match value {
+                    None => 0.0,
+                    Some(ContextValue::Number(x)) if x.is_finite() => ((x - mean) / std) as f32,
+                    Some(other) => {
+                        return Err(InputError::BadFeature {
+                            name: name.clone(),
+                            message: format!("expected a finite number, got {other:?}"),
+                        })
+                    }
+                };
+                out.numeric.push(x);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,227 @@
+//! The SASRec-style encoder: item (+ behaviour) and recency-position embeddings, n pre-LayerNorm causal
+//! self-attention blocks, then concat(sequence representation, context) → fully connected → z, and
+//! scores z · Eᵀ + b over the whole catalogue (item embeddings tied between input and output).
+//!
+//! Layout conventions (the PyTorch reference in tests/python mirrors them exactly):
+//! * histories are LEFT-padded with item 0, so the most recent item is always the last column;
+//! * positions count back from the most recent item (last column = position 0), so the same history
+//!   gets the same positions whatever the batch is padded to;
+//! * padding columns are zero vectors; a query attends to earlier non-padding keys and to itself (a
+//!   padding query then sees only itself: no empty softmax rows, no NaN). An empty history is thus one
+//!   padding column whose output is a learned constant: the cold-start representation, trained on the
+//!   "predict the first item" target;
+//! * the context vector is the categorical features (embedding or one-hot, manifest order) followed by
+//!   the standardised numeric features (manifest order).
+use super::manifest::{CategoricalEncoding, ContextFeature, Manifest};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// A batch already on the model's device.
+pub struct TensorBatch {
+    /// (B, W) int64 item indices, left-padded with 0.
+    pub items: Tensor,
+    /// (B, W) int64 behaviour ids (0 = none), when the model has a behaviour vocabulary.
+    pub behaviours: Option<Tensor>,
+    /// (B, n_categorical) int64 category indices (0 = missing).
+    pub ctx_cat: Tensor,
+    /// (B, n_numeric) float standardised values.
+    pub ctx_num: Tensor,
+}
+
+enum ContextEncoder {
+    Embedding(Tensor),
+    OneHot(i64),
+}
+
+struct Block {
+    ln1: nn::LayerNorm,
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    o: nn::Linear,
+    ln2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+pub struct Encoder {
+    item_emb: Tensor,
+    item_bias: Tensor,
+    pos_emb: Tensor,
+    behaviour_emb: Option<Tensor>,
+    context: Vec<ContextEncoder>,
+    blocks: Vec<Block>,
+    final_ln: nn::LayerNorm,
+    head: nn::Linear,
+    d: i64,
+    heads: i64,
+    dropout: f64,
+    n_items: i64,
+}
+
+impl Encoder {
+    /// Creates the variables under `p` (randomly initialised; load weights afterwards to restore).
+    pub fn new(p: &nn::Path, m: &Manifest) -> Encoder {
+        let a = &m.architecture;
+        let d = a.d_model as i64;
+        let n = a.n_items as i64;
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let item_emb = p.var("item_emb", &[n + 1, d], init);
+        let item_bias = p.zeros("item_bias", &[n + 1]);
+        let pos_emb = p.var("pos_emb", &[a.max_len as i64, d], init);
+        let behaviour_emb = (!m.behaviours.is_empty())
+            .then(|| p.var("behaviour_emb", &[m.behaviours.len() as i64 + 1, d], init));
+        let cp = p / "context";
+        let context = m
+            .context
+            .iter()
+            .filter_map(|f| match f {
+                ContextFeature::Categorical {
+                    name,
+                    values,
+                    encoding: CategoricalEncoding::Embedding,
+                    dim,
+                } => Some(ContextEncoder::Embedding(cp.var(
+                    name,
+                    &[values.len() as i64 + 1, *dim as i64],
+                    init,
+                ))),
+                ContextFeature::Categorical { values, .. } => {
+                    Some(ContextEncoder::OneHot(values.len() as i64 + 1))
+                }
+                ContextFeature::Numeric { .. } => None,
+            })
+            .collect();
+        let ln = |p: nn::Path| nn::layer_norm(p, vec![d], Default::default());
+        let lin = |p: nn::Path, i: i64, o: i64| nn::linear(p, i, o, Default::default());
+        let blocks = (0..a.n_layers)
+            .map(|i| {
+                let bp = p / "blocks" / i;
+                Block {
+                    ln1: ln(&bp / "ln1"),
+                    q: lin(&bp / "attn" / "q", d, d),
+                    k: lin(&bp / "attn" / "k", d, d),
+                    v: lin(&bp / "attn" / "v", d, d),
+                    o: lin(&bp / "attn" / "o", d, d),
+                    ln2: ln(&bp / "ln2"),
+                    fc1: lin(&bp / "ffn" / "fc1", d, a.ffn_dim as i64),
+                    fc2: lin(&bp / "ffn" / "fc2", a.ffn_dim as i64, d),
+                }
+            })
+            .collect();
+        Encoder {
+            item_emb,
+            item_bias,
+            pos_emb,
+            behaviour_emb,
+            context,
+            blocks,
+            final_ln: ln(p / "final_ln"),
+            head: lin(p / "head", d + m.context_width() as i64, d),
+            d,
+            heads: a.n_heads as i64,
+            dropout: a.dropout,
+            n_items: n,
+        }
+    }
+
+    /// Hidden states at every position, (B, W, d).
+    pub fn hidden(&self, b: &TensorBatch, train: bool) -> Tensor {
+        let (bsz, w) = b.items.size2().expect("items is (B, W)");
+        let dev = b.items.device();
+        let nonpad = b.items.ne(0);
+        // Recency positions: last column is 0.
+        let pos = Tensor::arange_start_step(w - 1, -1, -1, (Kind::Int64, dev));
+        let mut x = Tensor::embedding(&self.item_emb, &b.items, 0, false, false)
+            + Tensor::embedding(&self.pos_emb, &pos, -1, false, false).unsqueeze(0);
+        if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
+            x += Tensor::embedding(emb, beh, 0, false, false);
+        }
+        x *= nonpad.unsqueeze(-1).to_kind(x.kind());
+        let mut x = x.dropout(self.dropout, train);
+
+        let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
+        let eye = Tensor::eye(w, (Kind::Bool, dev));
+        let mask = causal
+            .unsqueeze(0)
+            .logical_and(&nonpad.unsqueeze(1))
+            .logical_or(&eye.unsqueeze(0))
+            .unsqueeze(1);
+        let dh = self.d / self.heads;
+        let attn_dropout = if train { self.dropout } else { 0.0 };
+        for blk in &self.blocks {
+            let h = blk.ln1.forward(&x);
+            let split = |t: Tensor| t.view([bsz, w, self.heads, dh]).transpose(1, 2);
+            let q = split(blk.q.forward(&h));
+            let k = split(blk.k.forward(&h));
+            let v = split(blk.v.forward(&h));
+            let a = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                attn_dropout,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .contiguous()
+            .view([bsz, w, self.d]);
+            x = &x + blk.o.forward(&a).dropout(self.dropout, train);
+            let h = blk.ln2.forward(&x);
+            let f = blk
+                .fc2
+                .forward(&blk.fc1.forward(&h).gelu("none"))
+                .dropout(self.dropout, train);
+            x = &x + f;
+        }
+        self.final_ln.forward(&x)
+    }
+
+    /// The context vector (B, context_width); None when the model has no context features.
+    pub fn context_vector(&self, b: &TensorBatch) -> Option<Tensor> {
+        let mut parts: Vec<Tensor> = self
+            .context
+            .iter()
+            .enumerate()
+            .map(|(i, enc)| {
+                let col = b.ctx_cat.select(1, i as i64);
+                match enc {
+                    ContextEncoder::Embedding(w) => Tensor::embedding(w, &col, -1, false, false),
+                    ContextEncoder::OneHot(n) => col.one_hot(*n).to_kind(Kind::Float),
+                }
+            })
+            .collect();
+        if b.ctx_num.size()[1] > 0 {
+            parts.push(b.ctx_num.shallow_clone());
+        }
+        (!parts.is_empty()).then(|| Tensor::cat(&parts, 1))
+    }
+
+    /// z = FC(concat(h, c)) for rows of sequence representations `h` (M, d) and context `c` (M, cw).
+    pub fn project(&self, h: &Tensor, c: Option<&Tensor>) -> Tensor {
+        match c {
+            Some(c) => self.head.forward(&Tensor::cat(&[h, c], 1)),
+            None => self.head.forward(h),
+        }
+    }
+
+    /// Scores (M, n_items) over the whole catalogue: column j is item index j + 1.
+    pub fn logits(&self, z: &Tensor) -> Tensor {
+        let e = self.item_emb.narrow(0, 1, self.n_items);
+        z.matmul(&e.tr()) + self.item_bias.narrow(0, 1, self.n_items)
+    }
+
+    /// Scores for the most recent position of each history: (B, n_items).
+    pub fn score_last(&self, b: &TensorBatch) -> Tensor {
+        let h = self.hidden(b, false);
+        let w = h.size()[1];
+        let y = h.select(1, w - 1);
+        let c = self.context_vector(b);
+        self.logits(&self.project(&y, c.as_ref()))
+    }
+}

@@ -1,0 +1,227 @@
+//! `model.json`: everything needed to rebuild the encoder, plus how it was trained and what it scored.
+use crate::data::Split;
+use crate::error::ModelError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Bumped whenever the weight layout or the meaning of a field changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    pub architecture: Architecture,
+    /// Behaviour vocabulary; behaviour id = position + 1 (0 = none/padding). Empty: no behaviour input.
+    #[serde(default)]
+    pub behaviours: Vec<String>,
+    /// Context schema, in the order the features are concatenated.
+    #[serde(default)]
+    pub context: Vec<ContextFeature>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// Catalogue size (item indices 1..=n_items; 0 is padding).
+    pub n_items: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub ffn_dim: usize,
+    pub dropout: f64,
+    /// Longest history the encoder reads; longer histories keep the most recent max_len items.
+    pub max_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CategoricalEncoding {
+    OneHot,
+    Embedding,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ContextFeature {
+    /// Value index = position in `values` + 1 (0 = missing).
+    Categorical {
+        name: String,
+        values: Vec<String>,
+        encoding: CategoricalEncoding,
+        /// Embedding width (ignored for one-hot, whose width is values.len() + 1).
+        #[serde(default)]
+        dim: usize,
+    },
+    /// Standardised with the stored mean/std; missing = mean.
+    Numeric { name: String, mean: f64, std: f64 },
+}
+
+impl ContextFeature {
+    pub fn name(&self) -> &str {
+        match self {
+            ContextFeature::Categorical { name, .. } | ContextFeature::Numeric { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingRecord {
+    pub data: Vec<String>,
+    pub split: Split,
+    pub seed: u64,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub max_epochs: usize,
+    pub patience: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub selection_metric: String,
+    pub threads: usize,
+    pub device: String,
+    pub train_users: usize,
+    pub train_positions: usize,
+    pub seconds_per_epoch: f64,
+    pub wall_time_seconds: f64,
+    pub epochs: Vec<EpochRecord>,
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub seconds: f64,
+    pub validation: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsRecord {
+    /// How the numbers were computed (ranking scope, masking, ties, targets).
+    pub protocol: String,
+    pub validation: BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
+    pub test_cases: usize,
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Manifest, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::BadFile {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        // Check the version before the full schema, so an old or new file says so plainly.
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(path, e))?;
+        let found = raw
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| ModelError::BadFile {
+                path: path.to_path_buf(),
+                message: "missing format_version".into(),
+            })?;
+        if found != FORMAT_VERSION as u64 {
+            return Err(ModelError::FormatVersion {
+                path: path.to_path_buf(),
+                found: found as u32,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let m: Manifest = serde_json::from_value(raw).map_err(|e| bad(path, e))?;
+        m.validate().map_err(|message| ModelError::BadFile {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(m)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), ModelError> {
+        let text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        std::fs::write(path, text + "\n").map_err(|source| ModelError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Internal consistency of the hyper-parameters and schema.
+    pub fn validate(&self) -> Result<(), String> {
+        let a = &self.architecture;
+        if a.n_items == 0 {
+            return Err("architecture.n_items must be positive".into());
+        }
+        if a.d_model == 0 || a.n_heads == 0 || a.d_model % a.n_heads != 0 {
+            return Err(format!(
+                "architecture.d_model ({}) must be a positive multiple of n_heads ({})",
+                a.d_model, a.n_heads
+            ));
+        }
+        if a.n_layers == 0 || a.max_len == 0 || a.ffn_dim == 0 {
+            return Err("architecture.n_layers, max_len and ffn_dim must be positive".into());
+        }
+        if !(0.0..1.0).contains(&a.dropout) {
+            return Err("architecture.dropout must be in [0, 1)".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for b in &self.behaviours {
+            if !names.insert(b.as_str()) {
+                return Err(format!("behaviour {b:?} listed twice"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for f in &self.context {
+            if !names.insert(f.name()) {
+                return Err(format!("context feature {:?} listed twice", f.name()));
+            }
+            match f {
+                ContextFeature::Categorical {
+                    name,
+                    values,
+                    encoding,
+                    dim,
+                } => {
+                    if values.is_empty() {
+                        return Err(format!("context feature {name:?} has no values"));
+                    }
+                    if *encoding == CategoricalEncoding::Embedding && *dim == 0 {
+                        return Err(format!("context feature {name:?}: embedding dim must be positive"));
+                    }
+                }
+                ContextFeature::Numeric { name, mean, std } => {
+                    if !mean.is_finite() || !std.is_finite() || *std <= 0.0 {
+                        return Err(format!("context feature {name:?}: mean must be finite and std positive"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the context vector concatenated to the sequence representation.
+    pub fn context_width(&self) -> usize {
+        self.context
+            .iter()
+            .map(|f| match f {
+                ContextFeature::Categorical {
+                    values,
+                    encoding: CategoricalEncoding::OneHot,
+                    ..
+                } => values.len() + 1,
+                ContextFeature::Categorical { dim, .. } => *dim,
+                ContextFeature::Numeric { .. } => 1,
+            })
+            .sum()
+    }
+}
+
+fn bad(path: &Path, e: serde_json::Error) -> ModelError {
+    ModelError::BadFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,221 @@
+//! The model: encoder, manifest, catalogue, and loading/saving a model directory
+//! (`model.json`, `model.safetensors`, `items.txt`).
+mod batch;
+mod catalogue;
+mod context;
+pub mod encoder;
+pub mod manifest;
+pub mod rank;
+
+pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
+pub use catalogue::Catalogue;
+pub use context::{encode_context, ContextValue, EncodedContext};
+pub use encoder::{Encoder, TensorBatch};
+pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
+
+use crate::error::{InputError, ModelError};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+pub const MANIFEST_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const ITEMS_FILE: &str = "items.txt";
+
+/// What a caller wants ranked for one query.
+#[derive(Debug, Clone, Default)]
+pub struct RankSpec {
+    pub k: usize,
+    /// Item indices never to return (the seen items when exclude_seen, plus the caller's exclusions).
+    pub exclude: Vec<usize>,
+    /// When set, rank only these item indices.
+    pub candidates: Option<Vec<usize>>,
+}
+
+/// A loaded (or freshly initialised) model on one device. Owned by one thread: tensors are not Sync.
+pub struct Model {
+    pub manifest: Manifest,
+    pub catalogue: Catalogue,
+    pub encoder: Encoder,
+    pub vs: nn::VarStore,
+    pub device: Device,
+}
+
+impl Model {
+    /// A randomly initialised model (training starts here; tests use it too).
+    pub fn new(manifest: Manifest, catalogue: Catalogue, device: Device) -> Result<Model, String> {
+        manifest.validate()?;
+        check_names(&manifest)?;
+        if catalogue.len() != manifest.architecture.n_items {
+            return Err(format!(
+                "catalogue has {} items but architecture.n_items is {}",
+                catalogue.len(),
+                manifest.architecture.n_items
+            ));
+        }
+        let vs = nn::VarStore::new(device);
+        let encoder = Encoder::new(&vs.root(), &manifest);
+        Ok(Model {
+            manifest,
+            catalogue,
+            encoder,
+            vs,
+            device,
+        })
+    }
+
+    /// Loads a model directory, checking every file; errors name the file and the problem.
+    pub fn load(dir: &Path, device: Device) -> Result<Model, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::BadFile {
+                path: dir.to_path_buf(),
+                message: "not a model directory".into(),
+            });
+        }
+        let file = |name: &str| -> Result<PathBuf, ModelError> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(ModelError::MissingFile {
+                    path: dir.to_path_buf(),
+                    file: name.to_string(),
+                })
+            }
+        };
+        let manifest_path = file(MANIFEST_FILE)?;
+        let items_path = file(ITEMS_FILE)?;
+        let weights_path = file(WEIGHTS_FILE)?;
+        let manifest = Manifest::read(&manifest_path)?;
+        check_names(&manifest).map_err(|message| ModelError::BadFile {
+            path: manifest_path.clone(),
+            message,
+        })?;
+        let catalogue = Catalogue::read(&items_path)?;
+        if catalogue.len() != manifest.architecture.n_items {
+            return Err(ModelError::BadFile {
+                path: items_path,
+                message: format!(
+                    "{} items, but {} says n_items = {}",
+                    catalogue.len(),
+                    MANIFEST_FILE,
+                    manifest.architecture.n_items
+                ),
+            });
+        }
+        let model = Model::new(manifest, catalogue, device).map_err(|message| {
+            ModelError::BadFile {
+                path: manifest_path,
+                message,
+            }
+        })?;
+        model.load_weights(&weights_path)?;
+        Ok(model)
+    }
+
+    fn load_weights(&self, path: &Path) -> Result<(), ModelError> {
+        let bad = |message: String| ModelError::BadFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        let stored = Tensor::read_safetensors(path)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+        let mut stored: BTreeMap<String, Tensor> = stored.into_iter().collect();
+        let vars = self.vs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let src = stored
+                .remove(name)
+                .ok_or_else(|| bad(format!("missing tensor {name}")))?;
+            if src.size() != var.size() {
+                return Err(ModelError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    expected: var.size(),
+                    found: src.size(),
+                });
+            }
+            if src.kind() != Kind::Float {
+                return Err(bad(format!(
+                    "tensor {name}: expected float32, found {:?}",
+                    src.kind()
+                )));
+            }
+            let mut var = var.shallow_clone();
+            tch::no_grad(|| var.f_copy_(&src))?;
+        }
+        if let Some(extra) = stored.keys().next() {
+            return Err(bad(format!(
+                "unexpected tensor {extra} (weights do not match the manifest's architecture)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the model directory (creating it).
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.vs.save(dir.join(WEIGHTS_FILE))?;
+        self.catalogue.write(&dir.join(ITEMS_FILE))?;
+        self.manifest.write(&dir.join(MANIFEST_FILE))
+    }
+
+    /// Resolves a caller's history and context (see [`prepare`]).
+    pub fn prepare(
+        &self,
+        history: &[HistoryEvent],
+        context: &BTreeMap<String, ContextValue>,
+    ) -> Result<Prepared, InputError> {
+        prepare(&self.manifest, &self.catalogue, history, context)
+    }
+
+    /// Full-catalogue scores for a batch, as one row per query (column j = item index j + 1).
+    /// Inference mode: no grad, no dropout.
+    pub fn score(&self, queries: &[&Query]) -> Vec<Vec<f32>> {
+        if queries.is_empty() {
+            return Vec::new();
+        }
+        let n = self.manifest.architecture.n_items;
+        let flat: Vec<f32> = tch::no_grad(|| {
+            let batch = to_tensors(queries, &self.manifest, self.device);
+            let scores = self
+                .encoder
+                .score_last(&batch)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view(-1);
+            Vec::<f32>::try_from(&scores).expect("float scores convert")
+        });
+        flat.chunks(n).map(<[f32]>::to_vec).collect()
+    }
+
+    /// Scores and ranks a batch: one ranked list of (item index, score) per query.
+    pub fn recommend(&self, queries: &[&Query], specs: &[RankSpec]) -> Vec<Vec<(usize, f32)>> {
+        self.score(queries)
+            .iter()
+            .zip(specs)
+            .map(|(row, s)| rank::top_k(row, s.k, &s.exclude, s.candidates.as_deref()))
+            .collect()
+    }
+}
+
+/// Names become tensor names (`context.<name>`): keep them to identifier characters.
+fn check_names(m: &Manifest) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for f in &m.context {
+        let n = f.name();
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "context feature name {n:?} must be letters, digits or '_'"
+            ));
+        }
+        seen.insert(n);
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Shared helpers for integration tests.
+#![allow(dead_code)]
+use seqserve::model::{
+    Architecture, CategoricalEncoding, Catalogue, ContextFeature, Manifest, Model, FORMAT_VERSION,
+};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// A small random model with behaviours and every kind of context feature. All weights (biases and
+/// LayerNorm gains included) are perturbed so that a parity test exercises every parameter.
+pub fn random_model(n_items: usize, layers: usize, seed: i64) -> Model {
+    tch::manual_seed(seed);
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name: "test".into(),
+        version: "0".into(),
+        architecture: Architecture {
+            n_items,
+            d_model: 16,
+            n_layers: layers,
+            n_heads: 2,
+            ffn_dim: 24,
+            dropout: 0.1,
+            max_len: 8,
+        },
+        behaviours: vec!["pv".into(), "cart".into(), "fav".into(), "buy".into()],
+        context: vec![
+            ContextFeature::Categorical {
+                name: "gender".into(),
+                values: vec!["F".into(), "M".into()],
+                encoding: CategoricalEncoding::Embedding,
+                dim: 3,
+            },
+            ContextFeature::Categorical {
+                name: "device".into(),
+                values: vec!["ios".into(), "android".into(), "web".into()],
+                encoding: CategoricalEncoding::OneHot,
+                dim: 0,
+            },
+            ContextFeature::Numeric {
+                name: "hour".into(),
+                mean: 12.0,
+                std: 6.0,
+            },
+        ],
+        training: None,
+        metrics: None,
+    };
+    let catalogue = Catalogue::new((1..=n_items).map(|i| format!("i{i}")).collect()).unwrap();
+    let model = Model::new(manifest, catalogue, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let noise = Tensor::randn_like(&v) * 0.3;
+            v.copy_(&(&v + noise));
+        }
+    });
+    model
+}
+
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (real data lives in ../shared/data; see its README)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// The Python of the project's venv (set by scripts/test.sh via scripts/setup.sh).
+pub fn python() -> PathBuf {
+    let p = std::env::var("SEQSERVE_PYTHON").expect(
+        "SEQSERVE_PYTHON is not set: run the tests with scripts/test.sh, which sets up the venv",
+    );
+    PathBuf::from(p)
+}

@@ -1,0 +1,256 @@
+//! Encoder correctness: parity with an independent PyTorch reference, causality, padding invariance,
+//! save/load round trip and every load error.
+mod common;
+
+use common::random_model;
+use seqserve::model::{
+    ContextValue, EncodedContext, HistoryEvent, Model, Query, RankSpec, MANIFEST_FILE,
+    ITEMS_FILE, WEIGHTS_FILE,
+};
+use seqserve::ModelError;
+use std::collections::BTreeMap;
+use tch::{Device, Tensor};
+
+fn random_queries(n: usize, n_items: i64, max_len: usize, seed: u64) -> Vec<Query> {
+    // A tiny LCG keeps the inputs reproducible without extra dependencies.
+    let mut s = seed;
+    let mut next = move |m: u64| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) % m
+    };
+    (0..n)
+        .map(|q| {
+            // Lengths 0..=max_len, including the empty (cold-start) history.
+            let len = if q == 0 { 0 } else { next(max_len as u64 + 1) as usize };
+            Query {
+                items: (0..len).map(|_| 1 + next(n_items as u64) as i64).collect(),
+                behaviours: (0..len).map(|_| next(5) as i64).collect(),
+                context: EncodedContext {
+                    categorical: vec![next(3) as i64, next(4) as i64],
+                    numeric: vec![(next(1000) as f32 / 250.0) - 2.0],
+                },
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn scores_match_pytorch_reference() {
+    for layers in [1, 2] {
+        let model = random_model(40, layers, 7 + layers as i64);
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let queries = random_queries(24, 40, 8, 3);
+        let refs: Vec<&Query> = queries.iter().collect();
+        // Rust scores the whole batch at once (padded to the longest history).
+        let rust = model.score(&refs);
+        let inputs = serde_json::json!({
+            "queries": queries.iter().map(|q| serde_json::json!({
+                "items": q.items, "behaviours": q.behaviours,
+                "cat": q.context.categorical, "num": q.context.numeric,
+            })).collect::<Vec<_>>()
+        });
+        let inp = dir.path().join("inputs.json");
+        let out = dir.path().join("out.json");
+        std::fs::write(&inp, inputs.to_string()).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reference.py");
+        let status = std::process::Command::new(common::python())
+            .args([script, dir.path().to_str().unwrap(), inp.to_str().unwrap(), out.to_str().unwrap()])
+            .status()
+            .expect("run python reference");
+        assert!(status.success(), "python reference failed");
+        let py: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let py = py["scores"].as_array().unwrap();
+        let mut worst = 0f64;
+        for (r, p) in rust.iter().zip(py) {
+            let p = p.as_array().unwrap();
+            assert_eq!(r.len(), p.len());
+            for (a, b) in r.iter().zip(p) {
+                worst = worst.max((*a as f64 - b.as_f64().unwrap()).abs());
+            }
+        }
+        eprintln!("layers={layers}: max |rust - pytorch| = {worst:e}");
+        assert!(worst < 1e-4, "layers={layers}: max abs diff {worst}");
+    }
+}
+
+#[test]
+fn later_positions_never_change_earlier_outputs() {
+    let model = random_model(30, 2, 11);
+    let base: Vec<i64> = vec![3, 9, 4, 17, 22, 5];
+    let batch = |items: Vec<i64>| Query {
+        behaviours: vec![1; items.len()],
+        items,
+        context: EncodedContext {
+            categorical: vec![1, 2],
+            numeric: vec![0.5],
+        },
+    };
+    let a = batch(base.clone());
+    let mut changed = base.clone();
+    changed[4] = 28;
+    changed[5] = 1;
+    let b = batch(changed);
+    let hidden = |q: &Query| {
+        tch::no_grad(|| {
+            let tb = seqserve::model::to_tensors(&[q], &model.manifest, Device::Cpu);
+            model.encoder.hidden(&tb, false)
+        })
+    };
+    let (ha, hb) = (hidden(&a), hidden(&b));
+    let early = |h: &Tensor| h.narrow(1, 0, 4);
+    let diff = (early(&ha) - early(&hb)).abs().max().double_value(&[]);
+    assert!(diff < 1e-6, "earlier positions changed by {diff}");
+    let late = (ha.narrow(1, 4, 2) - hb.narrow(1, 4, 2)).abs().max().double_value(&[]);
+    assert!(late > 1e-4, "the changed positions should differ ({late})");
+}
+
+#[test]
+fn padding_in_a_batch_does_not_change_scores() {
+    let model = random_model(30, 2, 5);
+    let qs = random_queries(6, 30, 8, 9);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let together = model.score(&refs);
+    for (q, row) in qs.iter().zip(&together) {
+        let alone = &model.score(&[q])[0];
+        let d = alone
+            .iter()
+            .zip(row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "batched vs alone differ by {d}");
+    }
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_scores() {
+    let model = random_model(25, 1, 21);
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let loaded = Model::load(dir.path(), Device::Cpu).unwrap();
+    assert_eq!(loaded.manifest, model.manifest);
+    assert_eq!(loaded.catalogue, model.catalogue);
+    let qs = random_queries(5, 25, 8, 1);
+    let refs: Vec<&Query> = qs.iter().collect();
+    assert_eq!(model.score(&refs), loaded.score(&refs));
+}
+
+#[test]
+fn prepare_resolves_ids_truncates_and_rejects_bad_input() {
+    let model = random_model(20, 1, 2);
+    let h = |ids: &[&str]| -> Vec<HistoryEvent> {
+        ids.iter()
+            .map(|i| HistoryEvent {
+                item: i.to_string(),
+                behaviour: Some("pv".into()),
+            })
+            .collect()
+    };
+    let mut ctx = BTreeMap::new();
+    ctx.insert("gender".to_string(), ContextValue::Text("F".into()));
+    ctx.insert("hour".to_string(), ContextValue::Number(18.0));
+    let p = model
+        .prepare(&h(&["i1", "nope", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "i9", "i10"]), &ctx)
+        .unwrap();
+    assert_eq!(p.unknown_items, vec!["nope".to_string()]);
+    assert_eq!(p.query.items, vec![3, 4, 5, 6, 7, 8, 9, 10]); // most recent max_len = 8
+    assert_eq!(p.seen.len(), 10);
+    assert_eq!(p.query.context.categorical, vec![1, 0]); // device missing = 0
+    assert!((p.query.context.numeric[0] - 1.0).abs() < 1e-6); // (18 - 12) / 6
+
+    let bad_beh = vec![HistoryEvent {
+        item: "i1".into(),
+        behaviour: Some("like".into()),
+    }];
+    assert!(model.prepare(&bad_beh, &BTreeMap::new()).is_err());
+    for (k, v) in [
+        ("colour", ContextValue::Text("red".into())),
+        ("gender", ContextValue::Text("X".into())),
+        ("hour", ContextValue::Text("noon".into())),
+    ] {
+        let mut c = BTreeMap::new();
+        c.insert(k.to_string(), v);
+        let e = model.prepare(&h(&["i1"]), &c).unwrap_err().to_string();
+        assert!(e.contains(k), "{e}");
+    }
+    // Cold start: empty history is valid and ranks the whole catalogue.
+    let p = model.prepare(&[], &BTreeMap::new()).unwrap();
+    let r = model.recommend(
+        &[&p.query],
+        &[RankSpec {
+            k: 5,
+            ..Default::default()
+        }],
+    );
+    assert_eq!(r[0].len(), 5);
+}
+
+fn expect_err(dir: &std::path::Path, needle: &str) {
+    let e = match Model::load(dir, Device::Cpu) {
+        Ok(_) => panic!("load should fail with {needle:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+}
+
+#[test]
+fn every_load_error_names_file_and_problem() {
+    let model = random_model(10, 1, 3);
+    let fresh = || {
+        let d = tempfile::tempdir().unwrap();
+        model.save(d.path()).unwrap();
+        d
+    };
+    for f in [MANIFEST_FILE, WEIGHTS_FILE, ITEMS_FILE] {
+        let d = fresh();
+        std::fs::remove_file(d.path().join(f)).unwrap();
+        expect_err(d.path(), f);
+    }
+    let d = tempfile::tempdir().unwrap();
+    expect_err(&d.path().join("nothing"), "not a model directory");
+
+    let edit_manifest = |f: &dyn Fn(&mut serde_json::Value)| {
+        let d = fresh();
+        let p = d.path().join(MANIFEST_FILE);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+        d
+    };
+    let d = edit_manifest(&|v| v["format_version"] = 99.into());
+    expect_err(d.path(), "unsupported format version 99");
+    let d = edit_manifest(&|v| v["architecture"]["d_model"] = 15.into());
+    expect_err(d.path(), "multiple of n_heads");
+    let d = edit_manifest(&|v| v["architecture"]["d_model"] = 32.into());
+    expect_err(d.path(), "expected shape");
+    let d = edit_manifest(&|v| v["architecture"]["n_items"] = 11.into());
+    expect_err(d.path(), "n_items = 11");
+    let d = edit_manifest(&|v| v["behaviours"] = serde_json::json!([]));
+    expect_err(d.path(), "unexpected tensor behaviour_emb");
+    let d = edit_manifest(&|v| v["surprise"] = 1.into());
+    expect_err(d.path(), "unknown field");
+    let d = fresh();
+    std::fs::write(d.path().join(MANIFEST_FILE), "{not json").unwrap();
+    expect_err(d.path(), MANIFEST_FILE);
+
+    let d = fresh();
+    let p = d.path().join(ITEMS_FILE);
+    let mut items = std::fs::read_to_string(&p).unwrap();
+    items = items.replacen("i2\n", "i1\n", 1);
+    std::fs::write(&p, items).unwrap();
+    expect_err(d.path(), "already on line 1");
+
+    let d = fresh();
+    std::fs::write(d.path().join(WEIGHTS_FILE), b"garbage").unwrap();
+    expect_err(d.path(), "not a readable safetensors file");
+
+    // A weights file from another architecture: missing tensors.
+    let other = random_model(10, 2, 3);
+    let d = fresh();
+    let d2 = tempfile::tempdir().unwrap();
+    other.save(d2.path()).unwrap();
+    std::fs::copy(d2.path().join(WEIGHTS_FILE), d.path().join(WEIGHTS_FILE)).unwrap();
+    let e = Model::load(d.path(), Device::Cpu).err().unwrap();
+    assert!(matches!(e, ModelError::BadFile { .. }), "{e}");
+    assert!(e.to_string().contains("unexpected tensor blocks.1"), "{e}");
+}

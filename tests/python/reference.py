@@ -1,0 +1,81 @@
+"""Independent PyTorch reference of seqserve's encoder forward pass (see src/model/encoder.rs).
+
+Usage: reference.py MODEL_DIR INPUTS_JSON OUTPUT_JSON
+INPUTS_JSON: {"queries": [{"items": [...], "behaviours": [...], "cat": [...], "num": [...]}, ...]}
+(items are item indices, most recent last; encoded context as the Rust side encodes it).
+Writes {"scores": [[...n_items...], ...]} computed one query at a time (no batching, no padding
+beyond the query itself), so batching/padding bugs on the Rust side show up as mismatches.
+"""
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+
+def forward(m, w, q):
+    arch = m["architecture"]
+    d, heads = arch["d_model"], arch["n_heads"]
+    n_items = arch["n_items"]
+    items = torch.tensor([q["items"] or [0]], dtype=torch.long)  # empty history = one padding column
+    W = items.shape[1]
+    nonpad = items != 0
+    pos = torch.arange(W - 1, -1, -1)
+    x = w["item_emb"][items] + w["pos_emb"][pos][None]
+    if m.get("behaviours"):
+        beh = torch.tensor([q["behaviours"] or [0]], dtype=torch.long)
+        x = x + w["behaviour_emb"][beh]
+    x = x * nonpad[..., None].float()
+    causal = torch.tril(torch.ones(W, W, dtype=torch.bool))
+    eye = torch.eye(W, dtype=torch.bool)
+    mask = ((causal[None] & nonpad[:, None, :]) | eye[None])[:, None]
+    dh = d // heads
+
+    def lin(name, t):
+        return t @ w[name + ".weight"].T + w[name + ".bias"]
+
+    def ln(name, t):
+        return F.layer_norm(t, (d,), w[name + ".weight"], w[name + ".bias"], 1e-5)
+
+    for i in range(arch["n_layers"]):
+        p = f"blocks.{i}."
+        h = ln(p + "ln1", x)
+        split = lambda t: t.view(1, W, heads, dh).transpose(1, 2)
+        q_, k_, v_ = (split(lin(p + "attn." + n, h)) for n in ("q", "k", "v"))
+        # Written out by hand (not scaled_dot_product_attention) to be an independent check.
+        att = (q_ @ k_.transpose(-1, -2)) / math.sqrt(dh)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        a = (att @ v_).transpose(1, 2).reshape(1, W, d)
+        x = x + lin(p + "attn.o", a)
+        h = ln(p + "ln2", x)
+        x = x + lin(p + "ffn.fc2", F.gelu(lin(p + "ffn.fc1", h)))
+    y = ln("final_ln", x)[:, -1]
+    parts = []
+    cats = [f for f in m.get("context", []) if f["kind"] == "categorical"]
+    for j, f in enumerate(cats):
+        idx = torch.tensor([q["cat"][j]], dtype=torch.long)
+        if f["encoding"] == "embedding":
+            parts.append(w["context." + f["name"]][idx])
+        else:
+            parts.append(F.one_hot(idx, len(f["values"]) + 1).float())
+    if len(q["num"]):
+        parts.append(torch.tensor([q["num"]], dtype=torch.float32))
+    u = torch.cat([y] + parts, 1)
+    z = u @ w["head.weight"].T + w["head.bias"]
+    return (z @ w["item_emb"][1:].T + w["item_bias"][1:])[0]
+
+
+def main():
+    model_dir, inputs, output = sys.argv[1:4]
+    m = json.load(open(f"{model_dir}/model.json"))
+    w = load_file(f"{model_dir}/model.safetensors")
+    qs = json.load(open(inputs))["queries"]
+    with torch.no_grad():
+        scores = [forward(m, w, q).tolist() for q in qs]
+    json.dump({"scores": scores}, open(output, "w"))
+
+
+if __name__ == "__main__":
+    main()

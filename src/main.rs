@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

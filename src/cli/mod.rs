@@ -1,5 +1,6 @@
 //! Subcommands and their arguments.
 mod recommend;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -18,12 +19,22 @@ enum Command {
     Train(train::TrainArgs),
     /// Rank items for one history with a model directory (the server's code path, offline).
     Recommend(recommend::RecommendArgs),
+    /// Serve POST /recommend (dynamic batching), health, metrics and admin routes.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(a) => train::run(a),
-        Command::Recommend(a) => recommend::run(a),
+        Command::Train(a) => {
+            init_logging();
+            train::run(a)
+        }
+        Command::Recommend(a) => {
+            init_logging();
+            recommend::run(a)
+        }
+        // The server sets up logging from its configuration (human or JSON).
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -1,0 +1,88 @@
+use anyhow::Result;
+use clap::Args;
+use seqserve::serve::config::{self, LogFormat};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (every key: deploy/seqserve.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
+    /// Model directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// auto | cpu | cuda:N
+    #[arg(long)]
+    device: Option<String>,
+    /// libtorch intra-op threads (0 = CPU quota).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    #[arg(long)]
+    max_delay_us: Option<u64>,
+    #[arg(long)]
+    max_queue_size: Option<usize>,
+    /// human | json
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let mut o: Vec<(&str, String)> = Vec::new();
+    let mut put = |k: &'static str, v: Option<String>| {
+        if let Some(v) = v {
+            o.push((k, v));
+        }
+    };
+    put("server.host", a.host);
+    put("server.port", a.port.map(|v| v.to_string()));
+    put("model.path", a.model.map(|p| p.display().to_string()));
+    put("model.device", a.device);
+    put("model.intra_op_threads", a.threads.map(|v| v.to_string()));
+    put("batching.max_batch_size", a.max_batch_size.map(|v| v.to_string()));
+    put("batching.max_delay_us", a.max_delay_us.map(|v| v.to_string()));
+    put("batching.max_queue_size", a.max_queue_size.map(|v| v.to_string()));
+    put("logging.format", a.log_format);
+    let cfg = config::load(a.config.as_deref(), &o).map_err(anyhow::Error::msg)?;
+    init_logging(cfg.logging.format, &cfg.logging.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("seqserve-http")
+        .build()?;
+    rt.block_on(seqserve::serve::run(cfg, shutdown_signal(), |_| {}))
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEQSERVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,207 @@
+//! Request and response bodies of POST /recommend and /recommend/batch, and their validation.
+use super::config::LimitsSection;
+use super::error::ApiError;
+use crate::model::{Catalogue, ContextValue, HistoryEvent, Manifest, Prepared, RankSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An item id as JSON gives it: a non-negative integer or a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ItemId {
+    Int(u64),
+    Str(String),
+}
+
+impl ItemId {
+    pub fn into_string(self) -> String {
+        match self {
+            ItemId::Int(i) => i.to_string(),
+            ItemId::Str(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HistoryEntry {
+    Id(ItemId),
+    Event {
+        item: ItemId,
+        #[serde(alias = "behaviour")]
+        behavior: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    /// Item ids or {item, behavior} objects, most recent last. May be empty (cold start).
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub context: BTreeMap<String, ContextValue>,
+    pub k: Option<usize>,
+    #[serde(default = "yes")]
+    pub exclude_seen: bool,
+    /// Rank only these items (re-ranking).
+    pub candidates: Option<Vec<ItemId>>,
+    /// Never return these items.
+    #[serde(default)]
+    pub exclude: Vec<ItemId>,
+    /// Overrides server.request_timeout_ms for this request.
+    pub timeout_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub requests: Vec<RecommendRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoredItem {
+    pub item: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    pub queue_ms: f64,
+    pub inference_ms: f64,
+    pub total_ms: f64,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecommendResponse {
+    pub model: String,
+    pub version: String,
+    pub items: Vec<ScoredItem>,
+    /// History ids not in the catalogue (ignored).
+    pub unknown_items: Vec<String>,
+    /// Candidate ids not in the catalogue (cannot be ranked).
+    pub unknown_candidates: Vec<String>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<RecommendResponse>,
+}
+
+/// A validated request: the prepared query, what to rank, and what to tell the caller.
+pub struct Validated {
+    pub prepared: Prepared,
+    pub spec: RankSpec,
+    pub unknown_candidates: Vec<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
+    let s = id.into_string();
+    if s.is_empty() || s.len() > 128 {
+        return Err(ApiError::validation(format!(
+            "{field}: item ids must be 1 to 128 characters"
+        )));
+    }
+    Ok(s)
+}
+
+pub fn validate(
+    req: RecommendRequest,
+    manifest: &Manifest,
+    catalogue: &Catalogue,
+    limits: &LimitsSection,
+) -> Result<Validated, ApiError> {
+    let k = req.k.unwrap_or(10);
+    if k == 0 || k > limits.max_k {
+        return Err(crate::error::InputError::BadK {
+            got: k,
+            max: limits.max_k,
+        }
+        .into());
+    }
+    if req.history.len() > limits.max_history {
+        return Err(ApiError::validation(format!(
+            "history has {} items; the limit is {} (limits.max_history)",
+            req.history.len(),
+            limits.max_history
+        )));
+    }
+    if let Some(c) = &req.candidates {
+        if c.is_empty() || c.len() > limits.max_candidates {
+            return Err(ApiError::validation(format!(
+                "candidates must hold 1 to {} items (limits.max_candidates), got {}",
+                limits.max_candidates,
+                c.len()
+            )));
+        }
+    }
+    if req.exclude.len() > limits.max_exclude {
+        return Err(ApiError::validation(format!(
+            "exclude has {} items; the limit is {} (limits.max_exclude)",
+            req.exclude.len(),
+            limits.max_exclude
+        )));
+    }
+    if req.timeout_ms == Some(0) {
+        return Err(ApiError::validation("timeout_ms must be positive"));
+    }
+    let history = req
+        .history
+        .into_iter()
+        .map(|h| {
+            Ok(match h {
+                HistoryEntry::Id(id) => HistoryEvent {
+                    item: check_id(id, "history")?,
+                    behaviour: None,
+                },
+                HistoryEntry::Event { item, behavior } => HistoryEvent {
+                    item: check_id(item, "history")?,
+                    behaviour: behavior,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prepared = crate::model::prepare(manifest, catalogue, &history, &req.context)?;
+    let mut exclude = if req.exclude_seen {
+        prepared.seen.clone()
+    } else {
+        Vec::new()
+    };
+    for id in req.exclude {
+        if let Some(i) = catalogue.index_of(&check_id(id, "exclude")?) {
+            exclude.push(i);
+        }
+    }
+    let mut unknown_candidates = Vec::new();
+    let candidates = match req.candidates {
+        None => None,
+        Some(c) => {
+            let mut idx = Vec::with_capacity(c.len());
+            for id in c {
+                let s = check_id(id, "candidates")?;
+                match catalogue.index_of(&s) {
+                    Some(i) => idx.push(i),
+                    None => unknown_candidates.push(s),
+                }
+            }
+            Some(idx)
+        }
+    };
+    Ok(Validated {
+        prepared,
+        spec: RankSpec {
+            k,
+            exclude,
+            candidates,
+        },
+        unknown_candidates,
+        timeout_ms: req.timeout_ms,
+    })
+}

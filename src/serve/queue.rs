@@ -1,0 +1,272 @@
+//! The batching queue and the inference worker thread that owns the model.
+//!
+//! Handlers hand plain Rust data ([`Job`]: a prepared query and what to rank) to a bounded queue and
+//! await a oneshot reply; they never touch tensors. One OS thread owns the [`Model`], closes a batch
+//! at `max_batch_size` jobs or `max_delay` after its first job arrived, drops jobs whose client has
+//! gone or whose deadline has passed (without using the model), and runs the rest as one forward pass.
+//! Background work (evaluations) goes through a second, small queue that the worker serves only when
+//! no live request is waiting, so live traffic keeps its latency.
+use super::metrics::Metrics;
+use crate::model::{Model, Query, RankSpec};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub struct Job {
+    pub query: Query,
+    pub spec: RankSpec,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+    /// Set by the worker when the job's batch starts; a handler whose deadline passes keeps waiting
+    /// for a started job instead of answering 504.
+    pub started: Arc<AtomicBool>,
+    pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    pub ranked: Vec<(usize, f32)>,
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobError {
+    DeadlineExceeded,
+}
+
+/// Low-priority work: a batch of queries ranked together, answered as one.
+pub struct BackgroundJob {
+    pub queries: Vec<Query>,
+    pub specs: Vec<RankSpec>,
+    pub reply: oneshot::Sender<Vec<Vec<(usize, f32)>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// The live queue is full: answer 429 now.
+    Full,
+    /// The worker has stopped (shutdown).
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchingConfig {
+    pub max_batch_size: usize,
+    pub max_delay: Duration,
+    pub max_queue_size: usize,
+}
+
+/// The handlers' side of the queue. Cloneable; when every clone is dropped the worker drains and exits.
+#[derive(Clone)]
+pub struct QueueHandle {
+    live: SyncSender<Job>,
+    background: SyncSender<BackgroundJob>,
+    depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl QueueHandle {
+    pub fn submit(&self, job: Job) -> Result<(), EnqueueError> {
+        // Count first so the worker never sees depth underflow.
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        match self.live.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
+                Ok(())
+            }
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => EnqueueError::Full,
+                    TrySendError::Disconnected(_) => EnqueueError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Blocks (on a blocking-capable thread) while the background queue is full.
+    pub fn submit_background(&self, job: BackgroundJob) -> Result<(), EnqueueError> {
+        self.background.send(job).map_err(|_| EnqueueError::Closed)
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the worker thread. `on_ready` runs on the worker after the warm-up forward pass.
+pub fn start(
+    model: Model,
+    cfg: BatchingConfig,
+    metrics: Arc<Metrics>,
+    on_ready: impl FnOnce() + Send + 'static,
+) -> (QueueHandle, std::thread::JoinHandle<()>) {
+    let (live_tx, live_rx) = mpsc::sync_channel(cfg.max_queue_size);
+    let (bg_tx, bg_rx) = mpsc::sync_channel(2);
+    let depth = Arc::new(AtomicUsize::new(0));
+    let handle = QueueHandle {
+        live: live_tx,
+        background: bg_tx,
+        depth: depth.clone(),
+        metrics: metrics.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("seqserve-model".into())
+        .spawn(move || {
+            // Grad mode is per thread: inference threads must set it themselves.
+            let _guard = tch::no_grad_guard();
+            warm_up(&model, cfg.max_batch_size);
+            on_ready();
+            Worker {
+                model,
+                cfg,
+                live: live_rx,
+                background: bg_rx,
+                depth,
+                metrics,
+            }
+            .run();
+        })
+        .expect("spawn model thread");
+    (handle, thread)
+}
+
+/// A real forward pass at batch 1 and at full batch size, so the first requests do not pay for
+/// libtorch's lazy initialisation.
+fn warm_up(model: &Model, max_batch: usize) {
+    let q = model
+        .prepare(&[], &Default::default())
+        .expect("empty history is always valid")
+        .query;
+    let spec = RankSpec {
+        k: 10,
+        ..Default::default()
+    };
+    for b in [1, max_batch] {
+        let qs: Vec<&Query> = std::iter::repeat_n(&q, b).collect();
+        let specs = vec![spec.clone(); b];
+        let _ = model.recommend(&qs, &specs);
+    }
+}
+
+struct Worker {
+    model: Model,
+    cfg: BatchingConfig,
+    live: Receiver<Job>,
+    background: Receiver<BackgroundJob>,
+    depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let first = match self.live.try_recv() {
+                Ok(j) => j,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    if let Ok(bg) = self.background.try_recv() {
+                        self.run_background(bg);
+                        continue;
+                    }
+                    // Idle: wait a little for live work, then look at the background queue again.
+                    match self.live.recv_timeout(Duration::from_millis(5)) {
+                        Ok(j) => j,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            self.took_one();
+            let batch = self.fill_batch(first);
+            self.run_batch(batch);
+        }
+        tracing::info!("model worker stopped: queue closed and drained");
+    }
+
+    fn took_one(&self) {
+        let d = self.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        self.metrics.queue_depth.set(d as i64);
+    }
+
+    fn fill_batch(&self, first: Job) -> Vec<Job> {
+        let close_at = first.enqueued + self.cfg.max_delay;
+        let mut jobs = vec![first];
+        while jobs.len() < self.cfg.max_batch_size {
+            match self.live.try_recv() {
+                Ok(j) => {
+                    self.took_one();
+                    jobs.push(j);
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= close_at {
+                        break;
+                    }
+                    match self.live.recv_timeout(close_at - now) {
+                        Ok(j) => {
+                            self.took_one();
+                            jobs.push(j);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        jobs
+    }
+
+    fn run_batch(&self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let mut runnable = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.reply.is_closed() {
+                // The client went away (or its handler already answered 504): skip the compute.
+                self.metrics.rejected.with_label_values(&["client_gone"]).inc();
+            } else if now > job.deadline {
+                self.metrics.rejected.with_label_values(&["deadline"]).inc();
+                let _ = job.reply.send(Err(JobError::DeadlineExceeded));
+            } else {
+                job.started.store(true, Ordering::SeqCst);
+                runnable.push(job);
+            }
+        }
+        if runnable.is_empty() {
+            return;
+        }
+        let queries: Vec<&Query> = runnable.iter().map(|j| &j.query).collect();
+        let specs: Vec<RankSpec> = runnable.iter().map(|j| j.spec.clone()).collect();
+        let t0 = Instant::now();
+        let ranked = self.model.recommend(&queries, &specs);
+        let inference_time = t0.elapsed();
+        let n = runnable.len();
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics
+            .inference_duration
+            .observe(inference_time.as_secs_f64());
+        for (job, ranked) in runnable.into_iter().zip(ranked) {
+            let queue_time = t0.saturating_duration_since(job.enqueued);
+            self.metrics.queue_duration.observe(queue_time.as_secs_f64());
+            let _ = job.reply.send(Ok(JobOutput {
+                ranked,
+                queue_time,
+                inference_time,
+                batch_size: n,
+            }));
+        }
+    }
+
+    fn run_background(&self, job: BackgroundJob) {
+        if job.reply.is_closed() {
+            return;
+        }
+        let queries: Vec<&Query> = job.queries.iter().collect();
+        let ranked = self.model.recommend(&queries, &job.specs);
+        let _ = job.reply.send(ranked);
+    }
+}

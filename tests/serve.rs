@@ -1,0 +1,335 @@
+//! The server over real HTTP: the real binary on an ephemeral port, with a small random model.
+mod common;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let model = common::random_model(60, 2, 17);
+        model.save(dir.path()).unwrap();
+        Self::start_with_model(dir, extra)
+    }
+
+    fn start_with_model(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seqserve"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
+            .arg("--model")
+            .arg(dir.path())
+            .args(["--device", "cpu", "--threads", "1"])
+            .args(extra)
+            .env("SEQSERVE_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start seqserve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["fields"]["message"] == "listening" {
+                        let _ = tx.send(v["fields"]["local"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server listening");
+        let s = Server {
+            child,
+            base: format!("http://{addr}"),
+            _dir: dir,
+        };
+        // Ready once the model is loaded and warmed up.
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = blocking_get(&format!("{}/health/ready", s.base)) {
+                if r == 200 {
+                    break;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "server never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking GET returning the status, for readiness polling outside async code.
+/// Runs on its own thread, so it also works when called from inside an async test.
+fn blocking_get(url: &str) -> Result<u16, ()> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| ())?;
+        rt.block_on(async {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|_| ())
+        })
+    })
+    .join()
+    .map_err(|_| ())?
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let v = r.json::<Value>().await.unwrap_or(Value::Null);
+    (status, v, headers)
+}
+
+async fn metric_value(s: &Server, name_and_labels: &str) -> f64 {
+    let text = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_match_the_offline_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::random_model(60, 2, 17);
+    model.save(dir.path()).unwrap();
+    let model_dir = dir.path().to_path_buf();
+    let s = Server::start_with_model(dir, &[]);
+    let (status, v, headers) = post(
+        &s.url("/recommend"),
+        json!({"history": [{"item": "i3", "behavior": "pv"}, {"item": "i9", "behaviour": "cart"}, {"item": "zz", "behavior": "pv"}, {"item": "i4", "behavior": "buy"}],
+               "context": {"gender": "F", "device": "web", "hour": 20}, "k": 7}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["unknown_items"], json!(["zz"]));
+    assert!(headers.contains_key("x-request-id") && headers.contains_key("x-inference-time"));
+    let out = Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["recommend", "--json", "--device", "cpu", "--k", "7"])
+        .arg("--model")
+        .arg(&model_dir)
+        .args(["--history", "i3,i9,zz,i4", "--behaviours", "pv,cart,pv,buy"])
+        .args(["--context", "gender=F,device=web,hour=20"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = |v: &Value| -> Vec<(String, f64)> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["item"].as_str().unwrap().to_string(), i["score"].as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (items(&v), items(&cli));
+    assert_eq!(a.len(), 7);
+    for ((ia, sa), (ib, sb)) in a.iter().zip(&b) {
+        assert_eq!(ia, ib);
+        assert!((sa - sb).abs() < 1e-5, "{sa} vs {sb}");
+    }
+    // Seen items are excluded by default and allowed on request.
+    assert!(a.iter().all(|(i, _)| !["i3", "i9", "i4"].contains(&i.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_load_is_batched_and_queue_overflow_gives_429() {
+    let s = Server::start(&["--max-batch-size", "16", "--max-delay-us", "20000"]);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let (c, url) = (client.clone(), s.url("/recommend"));
+        tasks.push(tokio::spawn(async move {
+            c.post(url).json(&json!({"history": [format!("i{}", 1 + i % 50)], "k": 5})).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let count = metric_value(&s, "seqserve_batch_size_count").await;
+    let sum = metric_value(&s, "seqserve_batch_size_sum").await;
+    assert!(count >= 1.0 && sum / count > 1.0, "mean batch size {} over {count} batches", sum / count);
+    drop(s);
+
+    // A queue of 2 with one-request batches that each wait 50 ms: a burst must overflow.
+    let s = Server::start(&["--max-batch-size", "1", "--max-queue-size", "2", "--max-delay-us", "50000"]);
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let (c, url) = (client.clone(), s.url("/recommend"));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).json(&json!({"history": ["i1"], "timeout_ms": 10000})).send().await.unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry)
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    let ok = codes.iter().filter(|c| c.0 == 200).count();
+    let busy: Vec<_> = codes.iter().filter(|c| c.0 == 429).collect();
+    assert!(ok >= 1, "accepted requests must still succeed: {codes:?}");
+    assert!(!busy.is_empty(), "expected 429s: {codes:?}");
+    assert!(busy.iter().all(|c| c.1), "429 must carry Retry-After");
+    assert_eq!(ok + busy.len(), codes.len(), "{codes:?}");
+    assert!(metric_value(&s, "seqserve_rejected_requests_total{reason=\"queue_full\"}").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_deadline_gives_504_without_using_the_model() {
+    // Batches wait 300 ms for company, so a 5 ms deadline cannot be met.
+    let s = Server::start(&["--max-delay-us", "300000"]);
+    let before = metric_value(&s, "seqserve_batch_size_count").await;
+    let t0 = Instant::now();
+    let (status, v, _) = post(&s.url("/recommend"), json!({"history": ["i1"], "timeout_ms": 5})).await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["code"], "deadline_exceeded");
+    assert!(t0.elapsed() < Duration::from_millis(250), "504 must come at the deadline, not after the batch");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(metric_value(&s, "seqserve_batch_size_count").await, before, "the model must not run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_the_right_status_and_message() {
+    let s = Server::start(&[]);
+    let c = reqwest::Client::new();
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/recommend", json!({"history": ["i1"], "k": 0}), 422, "k must be between 1 and 100"),
+        ("/recommend", json!({"history": ["i1"], "k": 101}), 422, "k must be between"),
+        ("/recommend", json!({"histroy": ["i1"]}), 422, "unknown field `histroy`"),
+        ("/recommend", json!({"history": [-3]}), 422, "history"),
+        ("/recommend", json!({"history": "i1"}), 422, "history"),
+        ("/recommend", json!({"history": ["i1"], "context": {"colour": "red"}}), 422, "unknown context feature \"colour\""),
+        ("/recommend", json!({"history": ["i1"], "context": {"hour": "noon"}}), 422, "hour"),
+        ("/recommend", json!({"history": ["i1"], "context": {"gender": "X"}}), 422, "unknown value \"X\""),
+        ("/recommend", json!({"history": [{"item": "i1", "behavior": "like"}]}), 422, "unknown behaviour \"like\""),
+        ("/recommend", json!({"history": ["i1"], "candidates": []}), 422, "candidates must hold"),
+        ("/recommend", json!({"history": [""]}), 422, "item ids must be 1 to 128"),
+        ("/recommend", json!({"history": ["i1"], "timeout_ms": 0}), 422, "timeout_ms"),
+        ("/recommend/batch", json!({"requests": []}), 422, "requests must hold 1 to 64"),
+        ("/recommend/batch", json!({"requests": [{"history": ["i1"]}, {"k": 0}]}), 422, "requests[1]: k must be"),
+    ];
+    for (path, body, status, needle) in cases {
+        let r = c.post(s.url(path)).json(&body).send().await.unwrap();
+        let got = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(got, status, "{body} -> {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body} -> {v}");
+        assert!(v["code"].is_string());
+    }
+    let raw = |body: &'static str, ct: &'static str| {
+        c.post(s.url("/recommend")).header("content-type", ct).body(body).send()
+    };
+    assert_eq!(raw("{\"history\": [1", "application/json").await.unwrap().status(), 400);
+    assert_eq!(raw("{\"history\": [1]}", "text/plain").await.unwrap().status(), 415);
+    let big = format!("{{\"history\": [{}1]}}", "1,".repeat(600_000));
+    let r = c.post(s.url("/recommend")).header("content-type", "application/json").body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "payload_too_large");
+    let r = c.get(s.url("/recommend")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "method_not_allowed");
+    assert_eq!(c.get(s.url("/nowhere")).send().await.unwrap().status(), 404);
+    // Valid edge cases: cold start, all-unknown history, candidates re-ranking, exclusions, batch form.
+    let (st, v, _) = post(&s.url("/recommend"), json!({"history": [], "k": 3})).await;
+    assert_eq!((st, v["items"].as_array().unwrap().len()), (200, 3));
+    let (st, v, _) = post(&s.url("/recommend"), json!({"history": ["nope", 12345678]})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["unknown_items"], json!(["nope", "12345678"]));
+    let (st, v, _) = post(&s.url("/recommend"), json!({"history": ["i1"], "candidates": ["i5", "i7", "i1", "zz"], "k": 10})).await;
+    assert_eq!(st, 200);
+    let got: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["item"].as_str().unwrap()).collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["i5", "i7"], "candidates only, seen i1 excluded");
+    assert_eq!(v["unknown_candidates"], json!(["zz"]));
+    let (st, v, _) = post(&s.url("/recommend"), json!({"history": ["i1"], "candidates": ["i5", "i1"], "exclude_seen": false, "exclude": ["i5"]})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert_eq!(v["items"][0]["item"], "i1");
+    let (st, v, _) = post(&s.url("/recommend/batch"), json!({"requests": [{"history": ["i1"], "k": 2}, {"history": ["i2"], "k": 4}]})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["results"][1]["items"].as_array().unwrap().len(), 4);
+    // Health routes and request ids.
+    for p in ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"] {
+        assert_eq!(c.get(s.url(p)).send().await.unwrap().status(), 200, "{p}");
+    }
+    let r = c.get(s.url("/health/live")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+}
+
+#[test]
+fn shutdown_drains_in_flight_requests_and_exits_zero() {
+    // Batches wait 400 ms, so the request is still queued when SIGTERM arrives.
+    let mut s = Server::start(&["--max-delay-us", "400000"]);
+    let url = s.url("/recommend");
+    let ready = s.url("/health/ready");
+    let inflight = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { post(&url, json!({"history": ["i1"], "timeout_ms": 5000})).await.0 })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // Readiness drops (or the listener is already closed) while the queued request is drained.
+    let r = blocking_get(&ready);
+    assert!(r != Ok(200), "ready must not be 200 during shutdown: {r:?}");
+    assert_eq!(inflight.join().unwrap(), 200, "in-flight request must complete");
+    let status = s.terminate_wait();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+impl Server {
+    fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["serve", "--port", "0"])
+        .env("SEQSERVE__BATCHING__MAX_BATCH_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batching.max_batch_size"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["serve", "--port", "0", "--model", "/no/such/model", "--log-format", "json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/model"), "{err}");
+}

@@ -7,7 +7,8 @@ source scripts/env.sh
 cargo build --release --quiet
 D=../shared/data
 [ -d "$D" ] || { echo "../shared/data is absent: the shipped models are trained on it" >&2; exit 1; }
-for m in "${@:-beauty-2l beauty-1l ml1m-ctx}"; do
+[ $# -gt 0 ] || set -- beauty-2l beauty-1l ml1m-ctx
+for m in "$@"; do
   case $m in
     beauty-2l) target/release/seqserve train --data $D/amazon_s3rec/Beauty.txt --out models/beauty-2l \
                  --layers 2 --max-len 50 --d-model 64 --epochs 40 --patience 4 ;;

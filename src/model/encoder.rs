@@ -4,8 +4,10 @@
 //!
 //! Layout conventions (the PyTorch reference in tests/python mirrors them exactly):
 //! * histories are LEFT-padded with item 0, so the most recent item is always the last column;
-//! * positions count back from the most recent item (last column = position 0), so the same history
-//!   gets the same positions whatever the batch is padded to;
+//! * positions count from the oldest item of the (truncated) history: position = number of real items
+//!   before it. A training prefix thus gets exactly the positions that the same history gets at
+//!   inference, whatever the batch is padded to (positions counted back from the end would give every
+//!   prefix target of a training sequence positions it can never have at inference);
 //! * padding columns are zero vectors; a query attends to earlier non-padding keys and to itself (a
 //!   padding query then sees only itself: no empty softmax rows, no NaN). An empty history is thus one
 //!   padding column whose output is a learned constant: the cold-start representation, trained on the
@@ -133,10 +135,10 @@ impl Encoder {
         let (bsz, w) = b.items.size2().expect("items is (B, W)");
         let dev = b.items.device();
         let nonpad = b.items.ne(0);
-        // Recency positions: last column is 0.
-        let pos = Tensor::arange_start_step(w - 1, -1, -1, (Kind::Int64, dev));
+        // Position of each real item = real items before it (padding columns are zeroed below).
+        let pos = (nonpad.cumsum(1, Kind::Int64) - 1).clamp_min(0);
         let mut x = Tensor::embedding(&self.item_emb, &b.items, 0, false, false)
-            + Tensor::embedding(&self.pos_emb, &pos, -1, false, false).unsqueeze(0);
+            + Tensor::embedding(&self.pos_emb, &pos, -1, false, false);
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
             x += Tensor::embedding(emb, beh, 0, false, false);
         }

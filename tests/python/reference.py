@@ -22,8 +22,8 @@ def forward(m, w, q):
     items = torch.tensor([q["items"] or [0]], dtype=torch.long)  # empty history = one padding column
     W = items.shape[1]
     nonpad = items != 0
-    pos = torch.arange(W - 1, -1, -1)
-    x = w["item_emb"][items] + w["pos_emb"][pos][None]
+    pos = (torch.cumsum(nonpad.long(), 1) - 1).clamp(min=0)  # real items before each column
+    x = w["item_emb"][items] + w["pos_emb"][pos]
     if m.get("behaviours"):
         beh = torch.tensor([q["behaviours"] or [0]], dtype=torch.long)
         x = x + w["behaviour_emb"][beh]

@@ -10,8 +10,10 @@ TORCH_VERSION=2.13.0
 CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
 VENV=${SEQSERVE_VENV:-$CACHE_ROOT/venv-torch-$TORCH_VERSION}
 # Python packages the tests use (reference forward pass, safetensors reader, independent metrics).
-PY_EXTRA=(numpy safetensors)
-STAMP="$VENV/.seqserve-setup-v1"
+# ranx: an independent implementation of the ranking metrics, to check ours against.
+PY_EXTRA=(numpy safetensors ranx==0.3.21)
+STAMP="$VENV/.seqserve-torch-installed"
+EXTRA_STAMP="$VENV/.seqserve-extras"
 
 say() { echo "[setup] $*" >&2; }
 
@@ -40,6 +42,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+mkdir -p "$CACHE_ROOT"
+# One installer at a time per machine (parallel clones or CI jobs share the cache).
+exec 9>"$CACHE_ROOT/.lock"
+command -v flock >/dev/null 2>&1 && flock 9
+
 if [ ! -f "$STAMP" ]; then
   say "creating virtualenv with torch==$TORCH_VERSION at $VENV (several GB, once per machine)"
   mkdir -p "$CACHE_ROOT"
@@ -48,10 +55,17 @@ if [ ! -f "$STAMP" ]; then
   python3 -m venv "$VENV" >&2 || { say "python3 -m venv failed: install python3-venv"; exit 1; }
   "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || { say "pip is missing in the venv: install python3-pip / python3-venv"; exit 1; }
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "${PY_EXTRA[@]}" >&2
-  "$VENV/bin/python" -c "import torch, safetensors, numpy; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__" >&2
+  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" >&2
+  "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__" >&2
   touch "$STAMP"
-  say "virtualenv ready"
+  say "torch installed"
+fi
+# The test-only packages are re-checked whenever their list changes (a cached venv gains new ones).
+if [ "$(cat "$EXTRA_STAMP" 2>/dev/null)" != "${PY_EXTRA[*]}" ]; then
+  say "installing test packages into $VENV: ${PY_EXTRA[*]}"
+  "$VENV/bin/python" -m pip install -q "${PY_EXTRA[@]}" >&2
+  "$VENV/bin/python" -c "import torch, safetensors, numpy, ranx" >&2
+  echo "${PY_EXTRA[*]}" > "$EXTRA_STAMP"
 fi
 
 if [ "${1:-}" = "--print-env" ]; then

@@ -1,4 +1,6 @@
 //! Subcommands and their arguments.
+mod evaluate;
+mod holdout;
 mod recommend;
 mod serve;
 mod train;
@@ -19,6 +21,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Rank items for one history with a model directory (the server's code path, offline).
     Recommend(recommend::RecommendArgs),
+    /// Build a labelled holdout (JSON Lines) from a log with the split `train` uses.
+    Holdout(holdout::HoldoutArgs),
+    /// Evaluate models on a holdout: metrics at several K with CIs, paired tests between models.
+    Evaluate(evaluate::EvaluateArgs),
     /// Serve POST /recommend (dynamic batching), health, metrics and admin routes.
     Serve(serve::ServeArgs),
 }
@@ -32,6 +38,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Recommend(a) => {
             init_logging();
             recommend::run(a)
+        }
+        Command::Holdout(a) => {
+            init_logging();
+            holdout::run(a)
+        }
+        Command::Evaluate(a) => {
+            init_logging();
+            evaluate::run(a)
         }
         // The server sets up logging from its configuration (human or JSON).
         Command::Serve(a) => serve::run(a),

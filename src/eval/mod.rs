@@ -1,7 +1,10 @@
-//! Evaluation: labelled cases → ranked through the same model path as serving → per-case metrics.
+//! Evaluation: labelled holdout → ranked through the same model path as serving → per-case metrics →
+//! confidence intervals and paired significance tests.
+pub mod holdout;
 pub mod metrics;
+pub mod report;
 mod runner;
 pub mod stats;
 
 pub use metrics::{at_k, AtK};
-pub use runner::{evaluate_cases, summary_map, EvalCase, EvalOptions, EvalResult};
+pub use runner::{evaluate_cases, evaluate_with, summary_map, EvalCase, EvalOptions, EvalResult, Ranker};

@@ -4,6 +4,7 @@ mod batch;
 mod catalogue;
 mod context;
 pub mod encoder;
+mod input;
 pub mod manifest;
 pub mod rank;
 
@@ -11,6 +12,7 @@ pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
 pub use context::{encode_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
+pub use input::{history_events, HistoryEntry, ItemId};
 pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
 
 use crate::error::{InputError, ModelError};

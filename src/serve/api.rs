@@ -1,37 +1,9 @@
 //! Request and response bodies of POST /recommend and /recommend/batch, and their validation.
 use super::config::LimitsSection;
 use super::error::ApiError;
-use crate::model::{Catalogue, ContextValue, HistoryEvent, Manifest, Prepared, RankSpec};
+use crate::model::{history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, Prepared, RankSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// An item id as JSON gives it: a non-negative integer or a string.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum ItemId {
-    Int(u64),
-    Str(String),
-}
-
-impl ItemId {
-    pub fn into_string(self) -> String {
-        match self {
-            ItemId::Int(i) => i.to_string(),
-            ItemId::Str(s) => s,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum HistoryEntry {
-    Id(ItemId),
-    Event {
-        item: ItemId,
-        #[serde(alias = "behaviour")]
-        behavior: Option<String>,
-    },
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,13 +75,7 @@ pub struct Validated {
 }
 
 fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
-    let s = id.into_string();
-    if s.is_empty() || s.len() > 128 {
-        return Err(ApiError::validation(format!(
-            "{field}: item ids must be 1 to 128 characters"
-        )));
-    }
-    Ok(s)
+    id.into_checked(field).map_err(ApiError::validation)
 }
 
 pub fn validate(
@@ -152,22 +118,7 @@ pub fn validate(
     if req.timeout_ms == Some(0) {
         return Err(ApiError::validation("timeout_ms must be positive"));
     }
-    let history = req
-        .history
-        .into_iter()
-        .map(|h| {
-            Ok(match h {
-                HistoryEntry::Id(id) => HistoryEvent {
-                    item: check_id(id, "history")?,
-                    behaviour: None,
-                },
-                HistoryEntry::Event { item, behavior } => HistoryEvent {
-                    item: check_id(item, "history")?,
-                    behaviour: behavior,
-                },
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let history = history_events(req.history, "history").map_err(ApiError::validation)?;
     let prepared = crate::model::prepare(manifest, catalogue, &history, &req.context)?;
     let mut exclude = if req.exclude_seen {
         prepared.seen.clone()

@@ -1,0 +1,218 @@
+//! Serving benchmark (run: `scripts/bench.sh`, or `cargo bench --bench serve -- [MODEL_DIR]`).
+//!
+//! In one run, on one machine, load generator included:
+//! 1. raw in-process throughput of the model (no HTTP) at batch 1, 8 and 32;
+//! 2. the real server over HTTP, closed loop at several concurrencies: requests/s, p50, p99;
+//! 3. open loop at half the best HTTP rate: p50, p99.
+//!
+//! Prints a markdown table. Histories are random catalogue items (lengths 1..=50, fixed seed).
+use seqserve::model::{HistoryEvent, Model, Query, RankSpec};
+use seqserve::serve::Config;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, m: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % m
+    }
+}
+
+fn histories(model: &Model, n: usize) -> Vec<Vec<String>> {
+    let mut r = Lcg(7);
+    let items = model.catalogue.len() as u64;
+    (0..n)
+        .map(|_| {
+            let len = 1 + r.next(50) as usize;
+            (0..len)
+                .map(|_| model.catalogue.id_of(1 + r.next(items) as usize).to_string())
+                .collect()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) -> f64 {
+    let queries: Vec<Query> = hist
+        .iter()
+        .map(|h| {
+            let ev: Vec<HistoryEvent> = h
+                .iter()
+                .map(|i| HistoryEvent { item: i.clone(), behaviour: None })
+                .collect();
+            model.prepare(&ev, &BTreeMap::new()).unwrap().query
+        })
+        .collect();
+    let spec = RankSpec { k: 10, ..Default::default() };
+    let t0 = Instant::now();
+    let mut done = 0usize;
+    let mut i = 0usize;
+    while t0.elapsed().as_secs_f64() < secs {
+        let qs: Vec<&Query> = (0..batch).map(|j| &queries[(i + j) % queries.len()]).collect();
+        let specs = vec![spec.clone(); batch];
+        let _ = model.recommend(&qs, &specs);
+        done += batch;
+        i += batch;
+    }
+    done as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn closed_loop(url: &str, bodies: Arc<Vec<String>>, conc: usize, secs: f64) -> (f64, Vec<f64>, usize) {
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conc {
+        let (client, url, bodies) = (client.clone(), url.to_string(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut i = c;
+            while t0.elapsed().as_secs_f64() < secs {
+                let s = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        lat.push(s.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    _ => errors += 1,
+                }
+                i += conc;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let rps = all.len() as f64 / t0.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    (rps, all, errors)
+}
+
+async fn open_loop(url: &str, bodies: Arc<Vec<String>>, rate: f64, secs: f64) -> (f64, Vec<f64>, usize) {
+    let client = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let mut i = 0;
+    while t0.elapsed().as_secs_f64() < secs {
+        tick.tick().await;
+        let (client, url, body) = (client.clone(), url.to_string(), bodies[i % bodies.len()].clone());
+        i += 1;
+        tasks.push(tokio::spawn(async move {
+            let s = Instant::now();
+            let r = client.post(&url).header("content-type", "application/json").body(body).send().await;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    let _ = r.bytes().await;
+                    Some(s.elapsed().as_secs_f64() * 1000.0)
+                }
+                _ => None,
+            }
+        }));
+    }
+    let sent = tasks.len();
+    let mut lat = Vec::new();
+    for t in tasks {
+        if let Some(l) = t.await.unwrap() {
+            lat.push(l);
+        }
+    }
+    let errors = sent - lat.len();
+    lat.sort_by(f64::total_cmp);
+    (sent as f64 / secs, lat, errors)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let model_dir = args.first().cloned().unwrap_or_else(|| "models/beauty-2l".into());
+    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let threads = seqserve::device::configure_threads(0);
+    let model = Model::load(std::path::Path::new(&model_dir), tch::Device::Cpu).expect("load model");
+    let hist = histories(&model, 512);
+    println!("# seqserve serving benchmark");
+    println!("model {model_dir} ({} items, {} layers), libtorch threads {threads}, {secs} s per point\n",
+        model.catalogue.len(), model.manifest.architecture.n_layers);
+    println!("| in-process (no HTTP) | sequences/s |\n|---|---|");
+    let mut raw32 = 0.0;
+    for b in [1, 8, 32] {
+        let t = tch::no_grad(|| raw_throughput(&model, &hist, b, secs));
+        if b == 32 {
+            raw32 = t;
+        }
+        println!("| batch {b} | {t:.0} |");
+    }
+    drop(model);
+
+    let bodies: Arc<Vec<String>> = Arc::new(
+        hist.iter()
+            .map(|h| serde_json::json!({"history": h, "k": 10}).to_string())
+            .collect(),
+    );
+    let mut cfg = Config::default();
+    cfg.server.host = "127.0.0.1".into();
+    cfg.server.port = 0;
+    cfg.model.path = model_dir.clone().into();
+    cfg.model.device = "cpu".into();
+    cfg.batching.max_queue_size = 4096;
+    cfg.server.request_timeout_ms = 10_000;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(seqserve::serve::run(cfg, async { let _ = stop_rx.await; }, move |a| {
+            let _ = addr_tx.send(a);
+        }))
+        .unwrap();
+    });
+    let addr = addr_rx.recv().unwrap();
+    let url = format!("http://{addr}/recommend");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Wait for readiness.
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{addr}/health/ready")).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("\n| HTTP closed loop | concurrency | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|");
+        let mut best = 0f64;
+        for conc in [1, 8, 32, 64, 128] {
+            let (rps, lat, err) = closed_loop(&url, bodies.clone(), conc, secs).await;
+            best = best.max(rps);
+            println!("| | {conc} | {rps:.0} | {:.2} | {:.2} | {err} |", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        }
+        let rate = best / 2.0;
+        let (sent, lat, err) = open_loop(&url, bodies.clone(), rate, secs).await;
+        println!("\n| HTTP open loop at half the best rate | offered req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
+        println!("| | {sent:.0} | {:.2} | {:.2} | {err} |", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!("\nbest HTTP rate / raw in-process batch-32 rate = {best:.0} / {raw32:.0} = {:.2}", best / raw32);
+        println!("p99 at half the best rate = {:.2} ms (target < 25 ms)", percentile(&lat, 0.99));
+    });
+    let _ = stop_tx.send(());
+    let _ = server.join();
+}

@@ -1,0 +1,121 @@
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use seqserve::eval::holdout::{read_holdout, resolve};
+use seqserve::eval::report::{self, Report};
+use seqserve::eval::{evaluate_cases, EvalOptions, EvalResult};
+use seqserve::model::Model;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Model directory; repeat to compare models on the same cases.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// JSON Lines holdout (see `seqserve holdout`).
+    #[arg(long)]
+    holdout: PathBuf,
+    /// Cut-offs, comma-separated.
+    #[arg(long, default_value = "5,10,20", value_delimiter = ',')]
+    k: Vec<usize>,
+    /// Rank the user's history items too (by default they are masked).
+    #[arg(long)]
+    no_mask_seen: bool,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write per-case metrics as CSV (one row per model and case).
+    #[arg(long)]
+    per_case: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn run(a: EvaluateArgs) -> Result<()> {
+    if a.k.is_empty() || a.k.contains(&0) {
+        bail!("--k needs positive cut-offs, e.g. 5,10,20");
+    }
+    let device = seqserve::device::parse_device(&a.device)?;
+    seqserve::device::configure_threads(a.threads);
+    let cases = read_holdout(&a.holdout)?;
+    let opts = EvalOptions {
+        ks: a.k.clone(),
+        mask_seen: !a.no_mask_seen,
+        batch_size: 256,
+    };
+    let mut names = Vec::new();
+    let mut results: Vec<EvalResult> = Vec::new();
+    let mut reports = Vec::new();
+    for dir in &a.models {
+        let model = Model::load(dir, device)?;
+        let resolved = resolve(&model, &cases)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{} with model {}", a.holdout.display(), dir.display()))?;
+        let bar = ProgressBar::new(cases.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} cases {elapsed}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(model.manifest.name.clone());
+        let r = evaluate_cases(&model, &resolved.cases, &opts, |d| bar.set_position(d as u64));
+        bar.finish_and_clear();
+        let mut name = model.manifest.name.clone();
+        if names.contains(&name) {
+            name = dir.display().to_string();
+        }
+        reports.push(report::model_report(
+            &name,
+            &model.manifest.version,
+            &r,
+            resolved.unknown_relevant,
+        ));
+        names.push(name);
+        results.push(r);
+    }
+    let comparisons = report::compare(&names, &results).map_err(anyhow::Error::msg)?;
+    let rep = Report {
+        holdout: a.holdout.display().to_string(),
+        cases: cases.len(),
+        ks: a.k.clone(),
+        mask_seen: opts.mask_seen,
+        ranking: "full catalogue".into(),
+        tie_policy: report::TIE_POLICY.into(),
+        f1_definition: report::F1_DEFINITION.into(),
+        models: reports,
+        comparisons,
+    };
+    print!("{}", report::render(&rep));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rep)? + "\n")
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.per_case {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
+        );
+        write!(f, "model,case,user")?;
+        for k in &a.k {
+            for m in seqserve::eval::metrics::METRIC_NAMES {
+                write!(f, ",{m}@{k}")?;
+            }
+        }
+        writeln!(f)?;
+        for (name, r) in names.iter().zip(&results) {
+            for (i, (row, case)) in r.per_case.iter().zip(&cases).enumerate() {
+                write!(f, "{name},{},{}", i + 1, case.user)?;
+                for at in row {
+                    for m in seqserve::eval::metrics::METRIC_NAMES {
+                        write!(f, ",{}", at.get(m).unwrap_or(0.0))?;
+                    }
+                }
+                writeln!(f)?;
+            }
+        }
+        f.flush()?;
+    }
+    Ok(())
+}

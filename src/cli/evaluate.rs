@@ -51,7 +51,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut reports = Vec::new();
     for dir in &a.models {
         let model = Model::load(dir, device)?;
-        let resolved = resolve(&model, &cases)
+        let resolved = resolve(&model.manifest, &model.catalogue, &cases)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} with model {}", a.holdout.display(), dir.display()))?;
         let bar = ProgressBar::new(cases.len() as u64);

@@ -5,7 +5,7 @@
 use super::runner::EvalCase;
 use crate::data::{Dataset, Split, UserTable};
 use crate::error::{DataError, LineError};
-use crate::model::{history_events, ContextValue, HistoryEntry, ItemId, Model};
+use crate::model::{history_events, prepare, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest};
 use crate::train::examples::user_context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -121,18 +121,21 @@ pub struct Resolved {
 
 /// Resolves holdout cases through `Model::prepare` (the serving path). Bad cases (unknown behaviour,
 /// context the model's schema rejects...) fail with the case's line-independent index.
-pub fn resolve(model: &Model, cases: &[HoldoutCase]) -> Result<Resolved, String> {
+pub fn resolve(
+    manifest: &Manifest,
+    catalogue: &Catalogue,
+    cases: &[HoldoutCase],
+) -> Result<Resolved, String> {
     let mut out = Vec::with_capacity(cases.len());
     let mut unknown_relevant = 0;
     for (i, c) in cases.iter().enumerate() {
         let history = history_events(c.history.clone(), "history").map_err(|e| format!("case {}: {e}", i + 1))?;
-        let prepared = model
-            .prepare(&history, &c.context)
+        let prepared = prepare(manifest, catalogue, &history, &c.context)
             .map_err(|e| format!("case {} (user {:?}): {e}", i + 1, c.user))?;
         let mut relevant = Vec::new();
         for id in c.relevant.clone() {
             let id = id.into_checked("relevant").map_err(|e| format!("case {}: {e}", i + 1))?;
-            match model.catalogue.index_of(&id) {
+            match catalogue.index_of(&id) {
                 Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
                 Some(_) => {}
                 None => unknown_relevant += 1,

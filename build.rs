@@ -10,7 +10,10 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch");
         for cuda in ["torch_cuda"] {
-            if std::path::Path::new(&lib).join(format!("lib{cuda}.so")).exists() {
+            if std::path::Path::new(&lib)
+                .join(format!("lib{cuda}.so"))
+                .exists()
+            {
                 println!("cargo:rustc-link-arg=-l{cuda}");
             }
         }

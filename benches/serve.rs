@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, m: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % m
     }
 }
@@ -27,7 +30,12 @@ fn histories(model: &Model, n: usize) -> Vec<Vec<String>> {
         .map(|_| {
             let len = 1 + r.next(50) as usize;
             (0..len)
-                .map(|_| model.catalogue.id_of(1 + r.next(items) as usize).to_string())
+                .map(|_| {
+                    model
+                        .catalogue
+                        .id_of(1 + r.next(items) as usize)
+                        .to_string()
+                })
                 .collect()
         })
         .collect()
@@ -47,17 +55,25 @@ fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) 
         .map(|h| {
             let ev: Vec<HistoryEvent> = h
                 .iter()
-                .map(|i| HistoryEvent { item: i.clone(), behaviour: None })
+                .map(|i| HistoryEvent {
+                    item: i.clone(),
+                    behaviour: None,
+                })
                 .collect();
             model.prepare(&ev, &BTreeMap::new()).unwrap().query
         })
         .collect();
-    let spec = RankSpec { k: 10, ..Default::default() };
+    let spec = RankSpec {
+        k: 10,
+        ..Default::default()
+    };
     let t0 = Instant::now();
     let mut done = 0usize;
     let mut i = 0usize;
     while t0.elapsed().as_secs_f64() < secs {
-        let qs: Vec<&Query> = (0..batch).map(|j| &queries[(i + j) % queries.len()]).collect();
+        let qs: Vec<&Query> = (0..batch)
+            .map(|j| &queries[(i + j) % queries.len()])
+            .collect();
         let specs = vec![spec.clone(); batch];
         let _ = model.recommend(&qs, &specs);
         done += batch;
@@ -66,7 +82,12 @@ fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) 
     done as f64 / t0.elapsed().as_secs_f64()
 }
 
-async fn closed_loop(url: &str, bodies: Arc<Vec<String>>, conc: usize, secs: f64) -> (f64, Vec<f64>, usize) {
+async fn closed_loop(
+    url: &str,
+    bodies: Arc<Vec<String>>,
+    conc: usize,
+    secs: f64,
+) -> (f64, Vec<f64>, usize) {
     let client = reqwest::Client::new();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -108,7 +129,12 @@ async fn closed_loop(url: &str, bodies: Arc<Vec<String>>, conc: usize, secs: f64
     (rps, all, errors)
 }
 
-async fn open_loop(url: &str, bodies: Arc<Vec<String>>, rate: f64, secs: f64) -> (f64, Vec<f64>, usize) {
+async fn open_loop(
+    url: &str,
+    bodies: Arc<Vec<String>>,
+    rate: f64,
+    secs: f64,
+) -> (f64, Vec<f64>, usize) {
     let client = reqwest::Client::new();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut tick = tokio::time::interval(interval);
@@ -118,11 +144,20 @@ async fn open_loop(url: &str, bodies: Arc<Vec<String>>, rate: f64, secs: f64) ->
     let mut i = 0;
     while t0.elapsed().as_secs_f64() < secs {
         tick.tick().await;
-        let (client, url, body) = (client.clone(), url.to_string(), bodies[i % bodies.len()].clone());
+        let (client, url, body) = (
+            client.clone(),
+            url.to_string(),
+            bodies[i % bodies.len()].clone(),
+        );
         i += 1;
         tasks.push(tokio::spawn(async move {
             let s = Instant::now();
-            let r = client.post(&url).header("content-type", "application/json").body(body).send().await;
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             match r {
                 Ok(r) if r.status() == 200 => {
                     let _ = r.bytes().await;
@@ -145,15 +180,28 @@ async fn open_loop(url: &str, bodies: Arc<Vec<String>>, rate: f64, secs: f64) ->
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let model_dir = args.first().cloned().unwrap_or_else(|| "models/beauty-2l".into());
-    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let model_dir = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "models/beauty-2l".into());
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let threads = seqserve::device::configure_threads(0);
-    let model = Model::load(std::path::Path::new(&model_dir), tch::Device::Cpu).expect("load model");
+    let model =
+        Model::load(std::path::Path::new(&model_dir), tch::Device::Cpu).expect("load model");
     let hist = histories(&model, 512);
     println!("# seqserve serving benchmark");
-    println!("model {model_dir} ({} items, {} layers), libtorch threads {threads}, {secs} s per point\n",
-        model.catalogue.len(), model.manifest.architecture.n_layers);
+    println!(
+        "model {model_dir} ({} items, {} layers), libtorch threads {threads}, {secs} s per point\n",
+        model.catalogue.len(),
+        model.manifest.architecture.n_layers
+    );
     println!("| in-process (no HTTP) | sequences/s |\n|---|---|");
     let mut raw32 = 0.0;
     for b in [1, 8, 32] {
@@ -180,15 +228,29 @@ fn main() {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(seqserve::serve::run(cfg, async { let _ = stop_rx.await; }, move |a| {
-            let _ = addr_tx.send(a);
-        }))
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(seqserve::serve::run(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |a| {
+                let _ = addr_tx.send(a);
+            },
+        ))
         .unwrap();
     });
     let addr = addr_rx.recv().unwrap();
     let url = format!("http://{addr}/recommend");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         // Wait for readiness.
         loop {

@@ -12,7 +12,10 @@ use std::io::Write;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, m: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % m
     }
 }
@@ -24,7 +27,12 @@ fn holdout_and_training_share_one_split_without_leakage() {
     let mut next = 1;
     for u in 0..30 {
         let len = 2 + u % 9;
-        let items: Vec<String> = (0..len).map(|_| { next += 1; next.to_string() }).collect();
+        let items: Vec<String> = (0..len)
+            .map(|_| {
+                next += 1;
+                next.to_string()
+            })
+            .collect();
         writeln!(f, "u{u} {}", items.join(" ")).unwrap();
     }
     let data = read_sequences(f.path(), &ReadOptions::default()).unwrap();
@@ -33,17 +41,25 @@ fn holdout_and_training_share_one_split_without_leakage() {
     let splits = examples::splits(&data, &split).unwrap();
     let model = common::random_model(5, 1, 1);
     let catalogue = seqserve::model::Catalogue::new(
-        data.users.iter().flat_map(|u| u.events.iter().map(|e| e.item.clone())).collect(),
+        data.users
+            .iter()
+            .flat_map(|u| u.events.iter().map(|e| e.item.clone()))
+            .collect(),
     )
     .unwrap();
     let seqs = examples::train_sequences(&splits, &catalogue, &[], None, 50);
-    let trained: std::collections::HashSet<i64> =
-        seqs.iter().flat_map(|s| s.inputs.iter().chain(&s.targets).copied()).collect();
+    let trained: std::collections::HashSet<i64> = seqs
+        .iter()
+        .flat_map(|s| s.inputs.iter().chain(&s.targets).copied())
+        .collect();
     let _ = model;
     assert_eq!(cases.len(), 30);
     for (c, u) in cases.iter().zip(&data.users) {
         let n = u.events.len();
-        let want: Vec<ItemId> = u.events[n.saturating_sub(3)..].iter().map(|e| ItemId::Str(e.item.clone())).collect();
+        let want: Vec<ItemId> = u.events[n.saturating_sub(3)..]
+            .iter()
+            .map(|e| ItemId::Str(e.item.clone()))
+            .collect();
         assert_eq!(c.relevant, want, "last 3 events are relevant");
         assert_eq!(c.history.len(), n - want.len());
         for r in &c.relevant {
@@ -62,10 +78,20 @@ fn holdout_and_training_share_one_split_without_leakage() {
 #[test]
 fn malformed_holdout_lines_are_named() {
     let p = std::path::Path::new("h.jsonl");
-    let e = parse_holdout("{\"history\": [1], \"relevant\": [2]}\n{\"history\": [1]}\n", p).unwrap_err();
-    assert!(e.to_string().contains("h.jsonl:2:") && e.to_string().contains("relevant"), "{e}");
+    let e = parse_holdout(
+        "{\"history\": [1], \"relevant\": [2]}\n{\"history\": [1]}\n",
+        p,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("h.jsonl:2:") && e.to_string().contains("relevant"),
+        "{e}"
+    );
     let e = parse_holdout("{\"history\": [1], \"relevant\": []}\n", p).unwrap_err();
-    assert!(e.to_string().contains("h.jsonl:1:") && e.to_string().contains("at least one"), "{e}");
+    assert!(
+        e.to_string().contains("h.jsonl:1:") && e.to_string().contains("at least one"),
+        "{e}"
+    );
     let e = parse_holdout("{\"history\": [1], \"relevant\": [2], \"extra\": 1}\n", p).unwrap_err();
     assert!(e.to_string().contains("unknown field"), "{e}");
     assert!(parse_holdout("\n\n", p).is_err());
@@ -112,22 +138,47 @@ fn metric_properties_hold_on_random_cases() {
 #[test]
 fn ties_k_beyond_catalogue_duplicates_and_unknown_relevant() {
     // Ties: equal scores rank by item index, so the result is deterministic.
-    assert_eq!(rank::top_k(&[1.0, 2.0, 2.0, 2.0], 2, &[], None), vec![(2, 2.0), (3, 2.0)]);
+    assert_eq!(
+        rank::top_k(&[1.0, 2.0, 2.0, 2.0], 2, &[], None),
+        vec![(2, 2.0), (3, 2.0)]
+    );
     // K beyond the catalogue: every eligible item, precision still divides by K.
     let model = common::random_model(6, 1, 4);
     let holdout = "{\"history\": [\"i1\"], \"relevant\": [\"i2\", \"i2\", \"i3\", \"nope\"]}\n\
                    {\"history\": [\"i2\"], \"relevant\": [\"zzz\"]}\n";
     let cases = parse_holdout(holdout, std::path::Path::new("x")).unwrap();
     let res = resolve(&model.manifest, &model.catalogue, &cases).unwrap();
-    assert_eq!(res.cases[0].relevant, vec![2, 3], "duplicates collapse, unknown dropped");
+    assert_eq!(
+        res.cases[0].relevant,
+        vec![2, 3],
+        "duplicates collapse, unknown dropped"
+    );
     assert_eq!(res.unknown_relevant, 2);
-    let r = evaluate_cases(&model, &res.cases, &EvalOptions { ks: vec![10], mask_seen: true, batch_size: 8 }, |_| {});
-    assert_eq!(r.no_relevant, 1, "a case with only unknown relevant items is counted");
+    let r = evaluate_cases(
+        &model,
+        &res.cases,
+        &EvalOptions {
+            ks: vec![10],
+            mask_seen: true,
+            batch_size: 8,
+        },
+        |_| {},
+    );
+    assert_eq!(
+        r.no_relevant, 1,
+        "a case with only unknown relevant items is counted"
+    );
     let c0 = r.per_case[0][0];
-    assert!((c0.recall - 1.0).abs() < 1e-12, "5 eligible items of 6 include both relevant ones");
+    assert!(
+        (c0.recall - 1.0).abs() < 1e-12,
+        "5 eligible items of 6 include both relevant ones"
+    );
     assert!((c0.precision - 0.2).abs() < 1e-12, "2 hits / K = 10");
     assert_eq!(r.per_case[1][0].hr, 0.0);
-    assert!((r.coverage[0] - 1.0).abs() < 1e-12, "all 6 items appear in some list");
+    assert!(
+        (r.coverage[0] - 1.0).abs() < 1e-12,
+        "all 6 items appear in some list"
+    );
 }
 
 #[test]
@@ -153,7 +204,10 @@ fn metrics_agree_with_ranx_on_a_generated_holdout() {
                 query: Query {
                     behaviours: vec![0; items.len()],
                     items,
-                    context: seqserve::model::EncodedContext { categorical: vec![0, 0], numeric: vec![0.0] },
+                    context: seqserve::model::EncodedContext {
+                        categorical: vec![0, 0],
+                        numeric: vec![0.0],
+                    },
                 },
                 seen,
                 relevant,
@@ -161,11 +215,22 @@ fn metrics_agree_with_ranx_on_a_generated_holdout() {
         })
         .collect();
     let ks = vec![1, 5, 10, 20];
-    let opts = EvalOptions { ks: ks.clone(), mask_seen: true, batch_size: 64 };
+    let opts = EvalOptions {
+        ks: ks.clone(),
+        mask_seen: true,
+        batch_size: 64,
+    };
     let ours = evaluate_cases(&model, &cases, &opts, |_| {});
     // The same rankings, handed to ranx.
     let queries: Vec<&Query> = cases.iter().map(|c| &c.query).collect();
-    let specs: Vec<RankSpec> = cases.iter().map(|c| RankSpec { k: 20, exclude: c.seen.clone(), candidates: None }).collect();
+    let specs: Vec<RankSpec> = cases
+        .iter()
+        .map(|c| RankSpec {
+            k: 20,
+            exclude: c.seen.clone(),
+            candidates: None,
+        })
+        .collect();
     let ranked = model.recommend(&queries, &specs);
     let input = serde_json::json!({
         "ks": ks,
@@ -180,11 +245,15 @@ fn metrics_agree_with_ranx_on_a_generated_holdout() {
     let st = std::process::Command::new(common::python())
         .args([script, inp.to_str().unwrap(), out.to_str().unwrap()])
         // ranx JIT-compiles its metrics with numba: a persistent cache makes later runs fast.
-        .env("NUMBA_CACHE_DIR", std::env::temp_dir().join("seqserve-numba-cache"))
+        .env(
+            "NUMBA_CACHE_DIR",
+            std::env::temp_dir().join("seqserve-numba-cache"),
+        )
         .status()
         .unwrap();
     assert!(st.success(), "ranx script failed");
-    let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let summary = seqserve::eval::summary_map(&ours);
     let mut checked = 0;
     for (key, v) in theirs.as_object().unwrap() {
@@ -206,24 +275,49 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
     let mut f = std::fs::File::create(&holdout).unwrap();
     let mut r = Lcg(5);
     for u in 0..120 {
-        let h: Vec<String> = (0..1 + r.next(6)).map(|_| format!("\"i{}\"", 1 + r.next(30))).collect();
-        let rel: Vec<String> = (0..3).map(|j| format!("\"i{}\"", 1 + (u * 3 + j) % 30)).collect();
-        writeln!(f, "{{\"user\": \"u{u}\", \"history\": [{}], \"relevant\": [{}]}}", h.join(","), rel.join(",")).unwrap();
+        let h: Vec<String> = (0..1 + r.next(6))
+            .map(|_| format!("\"i{}\"", 1 + r.next(30)))
+            .collect();
+        let rel: Vec<String> = (0..3)
+            .map(|j| format!("\"i{}\"", 1 + (u * 3 + j) % 30))
+            .collect();
+        writeln!(
+            f,
+            "{{\"user\": \"u{u}\", \"history\": [{}], \"relevant\": [{}]}}",
+            h.join(","),
+            rel.join(",")
+        )
+        .unwrap();
     }
     drop(f);
     let json = dir.path().join("r.json");
     let csv = dir.path().join("pc.csv");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
         .args(["evaluate", "--device", "cpu", "--k", "5,10"])
-        .arg("--model").arg(&a).arg("--model").arg(&b)
-        .arg("--holdout").arg(&holdout)
-        .arg("--json").arg(&json).arg("--per-case").arg(&csv)
+        .arg("--model")
+        .arg(&a)
+        .arg("--model")
+        .arg(&b)
+        .arg("--holdout")
+        .arg(&holdout)
+        .arg("--json")
+        .arg(&json)
+        .arg("--per-case")
+        .arg(&csv)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("paired tests") && text.contains("f1@10"), "{text}");
-    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        text.contains("paired tests") && text.contains("f1@10"),
+        "{text}"
+    );
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(rep["cases"], 120);
     let ci = &rep["models"][0]["metrics"]["f1@10"];
     assert!(ci["lower"].as_f64().unwrap() <= ci["mean"].as_f64().unwrap());
@@ -233,10 +327,19 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * 120);
     // A holdout naming a behaviour the model does not know fails with the case named.
-    std::fs::write(&holdout, "{\"history\": [{\"item\": \"i1\", \"behavior\": \"zap\"}], \"relevant\": [\"i2\"]}\n").unwrap();
+    std::fs::write(
+        &holdout,
+        "{\"history\": [{\"item\": \"i1\", \"behavior\": \"zap\"}], \"relevant\": [\"i2\"]}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
-        .args(["evaluate", "--device", "cpu"]).arg("--model").arg(&a).arg("--holdout").arg(&holdout)
-        .output().unwrap();
+        .args(["evaluate", "--device", "cpu"])
+        .arg("--model")
+        .arg(&a)
+        .arg("--holdout")
+        .arg(&holdout)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("case 1"));
 }

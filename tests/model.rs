@@ -4,8 +4,8 @@ mod common;
 
 use common::random_model;
 use seqserve::model::{
-    ContextValue, EncodedContext, HistoryEvent, Model, Query, RankSpec, MANIFEST_FILE,
-    ITEMS_FILE, WEIGHTS_FILE,
+    ContextValue, EncodedContext, HistoryEvent, Model, Query, RankSpec, ITEMS_FILE, MANIFEST_FILE,
+    WEIGHTS_FILE,
 };
 use seqserve::ModelError;
 use std::collections::BTreeMap;
@@ -15,13 +15,19 @@ fn random_queries(n: usize, n_items: i64, max_len: usize, seed: u64) -> Vec<Quer
     // A tiny LCG keeps the inputs reproducible without extra dependencies.
     let mut s = seed;
     let mut next = move |m: u64| {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 33) % m
     };
     (0..n)
         .map(|q| {
             // Lengths 0..=max_len, including the empty (cold-start) history.
-            let len = if q == 0 { 0 } else { next(max_len as u64 + 1) as usize };
+            let len = if q == 0 {
+                0
+            } else {
+                next(max_len as u64 + 1) as usize
+            };
             Query {
                 items: (0..len).map(|_| 1 + next(n_items as u64) as i64).collect(),
                 behaviours: (0..len).map(|_| next(5) as i64).collect(),
@@ -55,11 +61,17 @@ fn scores_match_pytorch_reference() {
         std::fs::write(&inp, inputs.to_string()).unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reference.py");
         let status = std::process::Command::new(common::python())
-            .args([script, dir.path().to_str().unwrap(), inp.to_str().unwrap(), out.to_str().unwrap()])
+            .args([
+                script,
+                dir.path().to_str().unwrap(),
+                inp.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ])
             .status()
             .expect("run python reference");
         assert!(status.success(), "python reference failed");
-        let py: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let py: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         let py = py["scores"].as_array().unwrap();
         let mut worst = 0f64;
         for (r, p) in rust.iter().zip(py) {
@@ -101,7 +113,10 @@ fn later_positions_never_change_earlier_outputs() {
     let early = |h: &Tensor| h.narrow(1, 0, 4);
     let diff = (early(&ha) - early(&hb)).abs().max().double_value(&[]);
     assert!(diff < 1e-6, "earlier positions changed by {diff}");
-    let late = (ha.narrow(1, 4, 2) - hb.narrow(1, 4, 2)).abs().max().double_value(&[]);
+    let late = (ha.narrow(1, 4, 2) - hb.narrow(1, 4, 2))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(late > 1e-4, "the changed positions should differ ({late})");
 }
 
@@ -150,7 +165,12 @@ fn prepare_resolves_ids_truncates_and_rejects_bad_input() {
     ctx.insert("gender".to_string(), ContextValue::Text("F".into()));
     ctx.insert("hour".to_string(), ContextValue::Number(18.0));
     let p = model
-        .prepare(&h(&["i1", "nope", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "i9", "i10"]), &ctx)
+        .prepare(
+            &h(&[
+                "i1", "nope", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "i9", "i10",
+            ]),
+            &ctx,
+        )
         .unwrap();
     assert_eq!(p.unknown_items, vec!["nope".to_string()]);
     assert_eq!(p.query.items, vec![3, 4, 5, 6, 7, 8, 9, 10]); // most recent max_len = 8
@@ -212,7 +232,8 @@ fn every_load_error_names_file_and_problem() {
     let edit_manifest = |f: &dyn Fn(&mut serde_json::Value)| {
         let d = fresh();
         let p = d.path().join(MANIFEST_FILE);
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         f(&mut v);
         std::fs::write(&p, v.to_string()).unwrap();
         d

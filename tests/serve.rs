@@ -21,13 +21,26 @@ impl Server {
     }
 
     fn start_with_model(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Self::start_env(dir, extra, &[])
+    }
+
+    fn start_env(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seqserve"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+            ])
             .arg("--model")
             .arg(dir.path())
             .args(["--device", "cpu", "--threads", "1"])
             .args(extra)
             .env("SEQSERVE_LOG", "info")
+            .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -43,7 +56,9 @@ impl Server {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server listening");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server listening");
         let s = Server {
             child,
             base: format!("http://{addr}"),
@@ -57,7 +72,10 @@ impl Server {
                     break;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "server never became ready");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         s
@@ -96,7 +114,12 @@ fn blocking_get(url: &str) -> Result<u16, ()> {
 }
 
 async fn post(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let v = r.json::<Value>().await.unwrap_or(Value::Null);
@@ -104,7 +127,12 @@ async fn post(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap
 }
 
 async fn metric_value(s: &Server, name_and_labels: &str) -> f64 {
-    let text = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .filter(|l| l.starts_with(name_and_labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -135,14 +163,23 @@ async fn scores_match_the_offline_cli() {
         .args(["--context", "gender=F,device=web,hour=20"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     let items = |v: &Value| -> Vec<(String, f64)> {
         v["items"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| (i["item"].as_str().unwrap().to_string(), i["score"].as_f64().unwrap()))
+            .map(|i| {
+                (
+                    i["item"].as_str().unwrap().to_string(),
+                    i["score"].as_f64().unwrap(),
+                )
+            })
             .collect()
     };
     let (a, b) = (items(&v), items(&cli));
@@ -152,7 +189,9 @@ async fn scores_match_the_offline_cli() {
         assert!((sa - sb).abs() < 1e-5, "{sa} vs {sb}");
     }
     // Seen items are excluded by default and allowed on request.
-    assert!(a.iter().all(|(i, _)| !["i3", "i9", "i4"].contains(&i.as_str())));
+    assert!(a
+        .iter()
+        .all(|(i, _)| !["i3", "i9", "i4"].contains(&i.as_str())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,7 +202,13 @@ async fn concurrent_load_is_batched_and_queue_overflow_gives_429() {
     for i in 0..48 {
         let (c, url) = (client.clone(), s.url("/recommend"));
         tasks.push(tokio::spawn(async move {
-            c.post(url).json(&json!({"history": [format!("i{}", 1 + i % 50)], "k": 5})).send().await.unwrap().status().as_u16()
+            c.post(url)
+                .json(&json!({"history": [format!("i{}", 1 + i % 50)], "k": 5}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     for t in tasks {
@@ -171,16 +216,32 @@ async fn concurrent_load_is_batched_and_queue_overflow_gives_429() {
     }
     let count = metric_value(&s, "seqserve_batch_size_count").await;
     let sum = metric_value(&s, "seqserve_batch_size_sum").await;
-    assert!(count >= 1.0 && sum / count > 1.0, "mean batch size {} over {count} batches", sum / count);
+    assert!(
+        count >= 1.0 && sum / count > 1.0,
+        "mean batch size {} over {count} batches",
+        sum / count
+    );
     drop(s);
 
     // A queue of 2 with one-request batches that each wait 50 ms: a burst must overflow.
-    let s = Server::start(&["--max-batch-size", "1", "--max-queue-size", "2", "--max-delay-us", "50000"]);
+    let s = Server::start(&[
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "2",
+        "--max-delay-us",
+        "50000",
+    ]);
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let (c, url) = (client.clone(), s.url("/recommend"));
         tasks.push(tokio::spawn(async move {
-            let r = c.post(url).json(&json!({"history": ["i1"], "timeout_ms": 10000})).send().await.unwrap();
+            let r = c
+                .post(url)
+                .json(&json!({"history": ["i1"], "timeout_ms": 10000}))
+                .send()
+                .await
+                .unwrap();
             let retry = r.headers().get("retry-after").is_some();
             (r.status().as_u16(), retry)
         }));
@@ -195,7 +256,14 @@ async fn concurrent_load_is_batched_and_queue_overflow_gives_429() {
     assert!(!busy.is_empty(), "expected 429s: {codes:?}");
     assert!(busy.iter().all(|c| c.1), "429 must carry Retry-After");
     assert_eq!(ok + busy.len(), codes.len(), "{codes:?}");
-    assert!(metric_value(&s, "seqserve_rejected_requests_total{reason=\"queue_full\"}").await >= 1.0);
+    assert!(
+        metric_value(
+            &s,
+            "seqserve_rejected_requests_total{reason=\"queue_full\"}"
+        )
+        .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,12 +272,23 @@ async fn impossible_deadline_gives_504_without_using_the_model() {
     let s = Server::start(&["--max-delay-us", "300000"]);
     let before = metric_value(&s, "seqserve_batch_size_count").await;
     let t0 = Instant::now();
-    let (status, v, _) = post(&s.url("/recommend"), json!({"history": ["i1"], "timeout_ms": 5})).await;
+    let (status, v, _) = post(
+        &s.url("/recommend"),
+        json!({"history": ["i1"], "timeout_ms": 5}),
+    )
+    .await;
     assert_eq!(status, 504, "{v}");
     assert_eq!(v["code"], "deadline_exceeded");
-    assert!(t0.elapsed() < Duration::from_millis(250), "504 must come at the deadline, not after the batch");
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "504 must come at the deadline, not after the batch"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(metric_value(&s, "seqserve_batch_size_count").await, before, "the model must not run");
+    assert_eq!(
+        metric_value(&s, "seqserve_batch_size_count").await,
+        before,
+        "the model must not run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,41 +296,131 @@ async fn bad_inputs_get_the_right_status_and_message() {
     let s = Server::start(&[]);
     let c = reqwest::Client::new();
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("/recommend", json!({"history": ["i1"], "k": 0}), 422, "k must be between 1 and 100"),
-        ("/recommend", json!({"history": ["i1"], "k": 101}), 422, "k must be between"),
-        ("/recommend", json!({"histroy": ["i1"]}), 422, "unknown field `histroy`"),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "k": 0}),
+            422,
+            "k must be between 1 and 100",
+        ),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "k": 101}),
+            422,
+            "k must be between",
+        ),
+        (
+            "/recommend",
+            json!({"histroy": ["i1"]}),
+            422,
+            "unknown field `histroy`",
+        ),
         ("/recommend", json!({"history": [-3]}), 422, "history"),
         ("/recommend", json!({"history": "i1"}), 422, "history"),
-        ("/recommend", json!({"history": ["i1"], "context": {"colour": "red"}}), 422, "unknown context feature \"colour\""),
-        ("/recommend", json!({"history": ["i1"], "context": {"hour": "noon"}}), 422, "hour"),
-        ("/recommend", json!({"history": ["i1"], "context": {"gender": "X"}}), 422, "unknown value \"X\""),
-        ("/recommend", json!({"history": [{"item": "i1", "behavior": "like"}]}), 422, "unknown behaviour \"like\""),
-        ("/recommend", json!({"history": ["i1"], "candidates": []}), 422, "candidates must hold"),
-        ("/recommend", json!({"history": [""]}), 422, "item ids must be 1 to 128"),
-        ("/recommend", json!({"history": ["i1"], "timeout_ms": 0}), 422, "timeout_ms"),
-        ("/recommend/batch", json!({"requests": []}), 422, "requests must hold 1 to 64"),
-        ("/recommend/batch", json!({"requests": [{"history": ["i1"]}, {"k": 0}]}), 422, "requests[1]: k must be"),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "context": {"colour": "red"}}),
+            422,
+            "unknown context feature \"colour\"",
+        ),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "context": {"hour": "noon"}}),
+            422,
+            "hour",
+        ),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "context": {"gender": "X"}}),
+            422,
+            "unknown value \"X\"",
+        ),
+        (
+            "/recommend",
+            json!({"history": [{"item": "i1", "behavior": "like"}]}),
+            422,
+            "unknown behaviour \"like\"",
+        ),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "candidates": []}),
+            422,
+            "candidates must hold",
+        ),
+        (
+            "/recommend",
+            json!({"history": [""]}),
+            422,
+            "item ids must be 1 to 128",
+        ),
+        (
+            "/recommend",
+            json!({"history": ["i1"], "timeout_ms": 0}),
+            422,
+            "timeout_ms",
+        ),
+        (
+            "/recommend/batch",
+            json!({"requests": []}),
+            422,
+            "requests must hold 1 to 64",
+        ),
+        (
+            "/recommend/batch",
+            json!({"requests": [{"history": ["i1"]}, {"k": 0}]}),
+            422,
+            "requests[1]: k must be",
+        ),
     ];
     for (path, body, status, needle) in cases {
         let r = c.post(s.url(path)).json(&body).send().await.unwrap();
         let got = r.status().as_u16();
         let v: Value = r.json().await.unwrap();
         assert_eq!(got, status, "{body} -> {v}");
-        assert!(v["error"].as_str().unwrap().contains(needle), "{body} -> {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(needle),
+            "{body} -> {v}"
+        );
         assert!(v["code"].is_string());
     }
     let raw = |body: &'static str, ct: &'static str| {
-        c.post(s.url("/recommend")).header("content-type", ct).body(body).send()
+        c.post(s.url("/recommend"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
     };
-    assert_eq!(raw("{\"history\": [1", "application/json").await.unwrap().status(), 400);
-    assert_eq!(raw("{\"history\": [1]}", "text/plain").await.unwrap().status(), 415);
+    assert_eq!(
+        raw("{\"history\": [1", "application/json")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        raw("{\"history\": [1]}", "text/plain")
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
     let big = format!("{{\"history\": [{}1]}}", "1,".repeat(600_000));
-    let r = c.post(s.url("/recommend")).header("content-type", "application/json").body(big).send().await.unwrap();
+    let r = c
+        .post(s.url("/recommend"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "payload_too_large");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "payload_too_large"
+    );
     let r = c.get(s.url("/recommend")).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "method_not_allowed");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
     assert_eq!(c.get(s.url("/nowhere")).send().await.unwrap().status(), 404);
     // Valid edge cases: cold start, all-unknown history, candidates re-ranking, exclusions, batch form.
     let (st, v, _) = post(&s.url("/recommend"), json!({"history": [], "k": 3})).await;
@@ -259,9 +428,18 @@ async fn bad_inputs_get_the_right_status_and_message() {
     let (st, v, _) = post(&s.url("/recommend"), json!({"history": ["nope", 12345678]})).await;
     assert_eq!(st, 200);
     assert_eq!(v["unknown_items"], json!(["nope", "12345678"]));
-    let (st, v, _) = post(&s.url("/recommend"), json!({"history": ["i1"], "candidates": ["i5", "i7", "i1", "zz"], "k": 10})).await;
+    let (st, v, _) = post(
+        &s.url("/recommend"),
+        json!({"history": ["i1"], "candidates": ["i5", "i7", "i1", "zz"], "k": 10}),
+    )
+    .await;
     assert_eq!(st, 200);
-    let got: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["item"].as_str().unwrap()).collect();
+    let got: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item"].as_str().unwrap())
+        .collect();
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!(sorted, ["i5", "i7"], "candidates only, seen i1 excluded");
@@ -270,14 +448,28 @@ async fn bad_inputs_get_the_right_status_and_message() {
     assert_eq!(st, 200);
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
     assert_eq!(v["items"][0]["item"], "i1");
-    let (st, v, _) = post(&s.url("/recommend/batch"), json!({"requests": [{"history": ["i1"], "k": 2}, {"history": ["i2"], "k": 4}]})).await;
+    let (st, v, _) = post(
+        &s.url("/recommend/batch"),
+        json!({"requests": [{"history": ["i1"], "k": 2}, {"history": ["i2"], "k": 4}]}),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(v["results"][1]["items"].as_array().unwrap().len(), 4);
     // Health routes and request ids.
-    for p in ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"] {
+    for p in [
+        "/health/live",
+        "/health/ready",
+        "/v2/health/live",
+        "/v2/health/ready",
+    ] {
         assert_eq!(c.get(s.url(p)).send().await.unwrap().status(), 200, "{p}");
     }
-    let r = c.get(s.url("/health/live")).header("x-request-id", "abc-123").send().await.unwrap();
+    let r = c
+        .get(s.url("/health/live"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 }
 
@@ -288,16 +480,30 @@ fn shutdown_drains_in_flight_requests_and_exits_zero() {
     let url = s.url("/recommend");
     let ready = s.url("/health/ready");
     let inflight = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { post(&url, json!({"history": ["i1"], "timeout_ms": 5000})).await.0 })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            post(&url, json!({"history": ["i1"], "timeout_ms": 5000}))
+                .await
+                .0
+        })
     });
     std::thread::sleep(Duration::from_millis(100));
-    Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     // Readiness drops (or the listener is already closed) while the queued request is drained.
     let r = blocking_get(&ready);
     assert!(r != Ok(200), "ready must not be 200 during shutdown: {r:?}");
-    assert_eq!(inflight.join().unwrap(), 200, "in-flight request must complete");
+    assert_eq!(
+        inflight.join().unwrap(),
+        200,
+        "in-flight request must complete"
+    );
     let status = s.terminate_wait();
     assert!(status.success(), "exit status {status:?}");
 }
@@ -309,7 +515,10 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "server did not exit");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server did not exit"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -326,10 +535,215 @@ fn bad_configuration_fails_at_start_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("batching.max_batch_size"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_seqserve"))
-        .args(["serve", "--port", "0", "--model", "/no/such/model", "--log-format", "json"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            "/no/such/model",
+            "--log-format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/model"), "{err}");
+}
+
+fn holdout_lines(n: usize) -> String {
+    (0..n)
+        .map(|u| {
+            format!(
+                "{{\"user\": \"u{u}\", \"history\": [\"i{}\", \"i{}\"], \"relevant\": [\"i{}\", \"i{}\"]}}\n",
+                1 + u % 50, 1 + (u * 7) % 50, 1 + (u * 3) % 60, 1 + (u * 11) % 60
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluate_route_is_guarded_and_runs_jobs() {
+    let c = reqwest::Client::new();
+    let inline: Vec<Value> = holdout_lines(10)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // No token configured: refused, never open.
+    let s = Server::start(&[]);
+    let r = c
+        .post(s.url("/evaluate"))
+        .json(&json!({"cases": inline}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "admin_disabled");
+    drop(s);
+
+    let model_dir = tempfile::tempdir().unwrap();
+    common::random_model(60, 2, 17)
+        .save(model_dir.path())
+        .unwrap();
+    let holdouts = tempfile::tempdir().unwrap();
+    std::fs::write(holdouts.path().join("small.jsonl"), holdout_lines(200)).unwrap();
+    std::fs::write(holdouts.path().join("big.jsonl"), holdout_lines(30000)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.jsonl"), holdout_lines(3)).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.jsonl"),
+        holdouts.path().join("link.jsonl"),
+    )
+    .unwrap();
+    let hd = holdouts.path().to_str().unwrap().to_string();
+    let s = Server::start_env(
+        model_dir,
+        &["--max-batch-size", "1"],
+        &[
+            ("SEQSERVE__ADMIN__TOKEN", "s3cret"),
+            ("SEQSERVE__ADMIN__HOLDOUT_DIR", &hd),
+            ("SEQSERVE__ADMIN__MAX_INLINE_CASES", "50"),
+        ],
+    );
+    let post = |body: Value, token: Option<&str>| {
+        let mut rq = c.post(s.url("/evaluate")).json(&body);
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send()
+    };
+    assert_eq!(
+        post(json!({"cases": inline}), None).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        post(json!({"cases": inline}), Some("s3cre"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Small: answered directly.
+    let r = post(json!({"cases": inline, "k": [5, 10]}), Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["cases"], 10);
+    assert!(
+        v["models"][0]["metrics"]["f1@10"]["mean"].is_number(),
+        "{v}"
+    );
+    // Paths must stay inside the holdout directory.
+    for (name, status) in [
+        ("../x.jsonl", 422),
+        ("/etc/passwd", 422),
+        ("link.jsonl", 403),
+        ("missing.jsonl", 422),
+    ] {
+        let r = post(json!({"holdout": name}), Some("s3cret"))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{name}");
+    }
+    assert_eq!(
+        post(
+            json!({"holdout": "small.jsonl", "cases": inline}),
+            Some("s3cret")
+        )
+        .await
+        .unwrap()
+        .status(),
+        422
+    );
+    // Larger: a job with progress and a result.
+    let r = post(json!({"holdout": "small.jsonl"}), Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = Instant::now();
+    let done = loop {
+        let v: Value = c
+            .get(s.url(&format!("/evaluate/{id}")))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "done" {
+            break v;
+        }
+        assert_eq!(v["status"], "running", "{v}");
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["progress"]["done"], 200);
+    assert_eq!(done["result"]["cases"], 200);
+    assert!(metric_value(&s, "seqserve_evaluation_metric{k=\"10\",metric=\"f1\"").await >= 0.0);
+    let text = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("seqserve_evaluation_metric{k=\"10\",metric=\"ndcg\""),
+        "gauges exported"
+    );
+    assert_eq!(
+        c.get(s.url("/evaluate/eval-999"))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Cancellable: a 30k-case job in one-case batches is stopped long before the end.
+    let r = post(json!({"holdout": "big.jsonl"}), Some("s3cret"))
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .delete(s.url(&format!("/evaluate/{id}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    loop {
+        let v: Value = c
+            .get(s.url(&format!("/evaluate/{id}")))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] != "running" {
+            assert_eq!(v["status"], "cancelled", "{v}");
+            assert!(v["progress"]["done"].as_u64().unwrap() < 30000);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Live traffic is still served while and after evaluating.
+    let (st, _, _) = post_json(&s.url("/recommend"), json!({"history": ["i1"]})).await;
+    assert_eq!(st, 200);
+}
+
+async fn post_json(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+    post(url, body).await
 }

@@ -61,7 +61,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
                 .progress_chars("=> "),
         );
         bar.set_prefix(model.manifest.name.clone());
-        let r = evaluate_cases(&model, &resolved.cases, &opts, |d| bar.set_position(d as u64));
+        let r = evaluate_cases(&model, &resolved.cases, &opts, |d| {
+            bar.set_position(d as u64)
+        });
         bar.finish_and_clear();
         let mut name = model.manifest.name.clone();
         if names.contains(&name) {

@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "seqserve", version, about = "Serve and evaluate a Transformer sequence recommender")]
+#[command(
+    name = "seqserve",
+    version,
+    about = "Serve and evaluate a Transformer sequence recommender"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

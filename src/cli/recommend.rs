@@ -79,7 +79,9 @@ pub fn run(a: RecommendArgs) -> Result<()> {
     }
     let prepared = model.prepare(&history, &context)?;
     let to_idx = |ids: Vec<String>| -> Vec<usize> {
-        ids.iter().filter_map(|i| model.catalogue.index_of(i)).collect()
+        ids.iter()
+            .filter_map(|i| model.catalogue.index_of(i))
+            .collect()
     };
     let mut exclude = if a.include_seen {
         Vec::new()

@@ -44,9 +44,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
     put("model.path", a.model.map(|p| p.display().to_string()));
     put("model.device", a.device);
     put("model.intra_op_threads", a.threads.map(|v| v.to_string()));
-    put("batching.max_batch_size", a.max_batch_size.map(|v| v.to_string()));
-    put("batching.max_delay_us", a.max_delay_us.map(|v| v.to_string()));
-    put("batching.max_queue_size", a.max_queue_size.map(|v| v.to_string()));
+    put(
+        "batching.max_batch_size",
+        a.max_batch_size.map(|v| v.to_string()),
+    );
+    put(
+        "batching.max_delay_us",
+        a.max_delay_us.map(|v| v.to_string()),
+    );
+    put(
+        "batching.max_queue_size",
+        a.max_queue_size.map(|v| v.to_string()),
+    );
     put("logging.format", a.log_format);
     let cfg = config::load(a.config.as_deref(), &o).map_err(anyhow::Error::msg)?;
     init_logging(cfg.logging.format, &cfg.logging.level);

@@ -15,7 +15,9 @@ use crate::error::DataError;
 use std::path::Path;
 
 /// How a log file is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// `user item item ...`, oldest first (Amazon S3-Rec, MovieLens sequence files).

@@ -29,7 +29,10 @@ pub fn read_sequences(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataEr
             continue;
         }
         if !seen_users.insert(user.clone()) {
-            sink.malformed(line_no, format!("user {user} appears on more than one line"))?;
+            sink.malformed(
+                line_no,
+                format!("user {user} appears on more than one line"),
+            )?;
             continue;
         }
         users.push(UserLog {
@@ -61,7 +64,6 @@ pub fn read_sequences(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataEr
 pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }

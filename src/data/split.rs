@@ -90,7 +90,9 @@ impl FromStr for Split {
         if let Some(n) = s.strip_prefix("leave-last-") {
             return match n.parse::<usize>() {
                 Ok(n) if n >= 1 => Ok(Split::LeaveLastN(n)),
-                _ => Err(format!("bad split {s:?}: N in leave-last-N must be a positive integer")),
+                _ => Err(format!(
+                    "bad split {s:?}: N in leave-last-N must be a positive integer"
+                )),
             };
         }
         if let Some(t) = s.strip_prefix("temporal:") {
@@ -177,7 +179,10 @@ mod tests {
         for s in ["leave-one-out", "leave-last-3", "temporal:1511000000"] {
             assert_eq!(s.parse::<Split>().unwrap().to_string(), s);
         }
-        assert_eq!("leave-last-1".parse::<Split>().unwrap(), Split::LeaveLastN(1));
+        assert_eq!(
+            "leave-last-1".parse::<Split>().unwrap(),
+            Split::LeaveLastN(1)
+        );
         for bad in ["leave-last-0", "leave-last-x", "temporal:", "random"] {
             assert!(bad.parse::<Split>().is_err(), "{bad}");
         }

@@ -31,7 +31,10 @@ pub fn read_movielens_users(path: &Path, opts: &ReadOptions) -> Result<UserTable
         if f.len() != 5 {
             sink.malformed(
                 line_no,
-                format!("expected UserID::Gender::Age::Occupation::Zip, found {} fields", f.len()),
+                format!(
+                    "expected UserID::Gender::Age::Occupation::Zip, found {} fields",
+                    f.len()
+                ),
             )?;
             continue;
         }

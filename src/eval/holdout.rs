@@ -5,7 +5,9 @@
 use super::runner::EvalCase;
 use crate::data::{Dataset, Split, UserTable};
 use crate::error::{DataError, LineError};
-use crate::model::{history_events, prepare, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest};
+use crate::model::{
+    history_events, prepare, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest,
+};
 use crate::train::examples::user_context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -77,7 +79,11 @@ pub fn write_holdout(cases: &[HoldoutCase], path: &Path) -> Result<(), DataError
 /// The test part of `split` as holdout cases: history = everything before the test targets
 /// (train + validation parts), relevant = the test targets (deduplicated). Users without a test
 /// target are left out.
-pub fn build_holdout(data: &Dataset, split: &Split, users: Option<&UserTable>) -> Result<Vec<HoldoutCase>, DataError> {
+pub fn build_holdout(
+    data: &Dataset,
+    split: &Split,
+    users: Option<&UserTable>,
+) -> Result<Vec<HoldoutCase>, DataError> {
     let mut out = Vec::new();
     for u in &data.users {
         let s = split.apply(u)?;
@@ -129,12 +135,15 @@ pub fn resolve(
     let mut out = Vec::with_capacity(cases.len());
     let mut unknown_relevant = 0;
     for (i, c) in cases.iter().enumerate() {
-        let history = history_events(c.history.clone(), "history").map_err(|e| format!("case {}: {e}", i + 1))?;
+        let history = history_events(c.history.clone(), "history")
+            .map_err(|e| format!("case {}: {e}", i + 1))?;
         let prepared = prepare(manifest, catalogue, &history, &c.context)
             .map_err(|e| format!("case {} (user {:?}): {e}", i + 1, c.user))?;
         let mut relevant = Vec::new();
         for id in c.relevant.clone() {
-            let id = id.into_checked("relevant").map_err(|e| format!("case {}: {e}", i + 1))?;
+            let id = id
+                .into_checked("relevant")
+                .map_err(|e| format!("case {}: {e}", i + 1))?;
             match catalogue.index_of(&id) {
                 Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
                 Some(_) => {}
@@ -152,4 +161,3 @@ pub fn resolve(
         unknown_relevant,
     })
 }
-

@@ -7,4 +7,6 @@ mod runner;
 pub mod stats;
 
 pub use metrics::{at_k, AtK};
-pub use runner::{evaluate_cases, evaluate_with, summary_map, EvalCase, EvalOptions, EvalResult, Ranker};
+pub use runner::{
+    evaluate_cases, evaluate_with, summary_map, EvalCase, EvalOptions, EvalResult, Ranker,
+};

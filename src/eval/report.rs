@@ -111,8 +111,12 @@ pub fn compare(names: &[String], results: &[EvalResult]) -> Result<Vec<Compariso
                 }
             }
             let holm_t = stats::holm(&family.iter().map(|f| f.2.t_p_value).collect::<Vec<_>>());
-            let holm_w =
-                stats::holm(&family.iter().map(|f| f.2.wilcoxon_p_value).collect::<Vec<_>>());
+            let holm_w = stats::holm(
+                &family
+                    .iter()
+                    .map(|f| f.2.wilcoxon_p_value)
+                    .collect::<Vec<_>>(),
+            );
             let holm_r = stats::holm(
                 &family
                     .iter()
@@ -173,7 +177,11 @@ pub fn render(r: &Report) -> String {
         for agg in ["f1_of_means", "coverage"] {
             let _ = write!(s, "{agg:<12}");
             for k in &r.ks {
-                let _ = write!(s, "{:>30}", format!("{:.4}", m.aggregates[&format!("{agg}@{k}")]));
+                let _ = write!(
+                    s,
+                    "{:>30}",
+                    format!("{:.4}", m.aggregates[&format!("{agg}@{k}")])
+                );
             }
             let _ = writeln!(s);
         }

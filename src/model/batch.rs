@@ -92,13 +92,14 @@ pub fn prepare(
 }
 
 /// Builds the left-padded batch, padded to the longest history in the batch (not to max_len).
-pub fn to_tensors(
-    queries: &[&Query],
-    manifest: &Manifest,
-    device: Device,
-) -> TensorBatch {
+pub fn to_tensors(queries: &[&Query], manifest: &Manifest, device: Device) -> TensorBatch {
     let b = queries.len() as i64;
-    let w = queries.iter().map(|q| q.items.len()).max().unwrap_or(0).max(1);
+    let w = queries
+        .iter()
+        .map(|q| q.items.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut items = vec![0i64; queries.len() * w];
     let with_behaviours = !manifest.behaviours.is_empty();
     let mut behaviours = vec![0i64; if with_behaviours { items.len() } else { 0 }];

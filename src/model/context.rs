@@ -24,7 +24,9 @@ impl ContextValue {
     fn category_key(&self) -> String {
         match self {
             ContextValue::Text(s) => s.clone(),
-            ContextValue::Number(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", *x as i64),
+            ContextValue::Number(x) if x.fract() == 0.0 && x.abs() < 1e15 => {
+                format!("{}", *x as i64)
+            }
             ContextValue::Number(x) => x.to_string(),
         }
     }
@@ -49,7 +51,11 @@ pub fn encode_context(
         if !manifest.context.iter().any(|f| f.name() == name) {
             return Err(InputError::UnknownFeature(
                 name.clone(),
-                manifest.context.iter().map(|f| f.name().to_string()).collect(),
+                manifest
+                    .context
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect(),
             ));
         }
     }
@@ -67,7 +73,9 @@ pub fn encode_context(
                             None => {
                                 return Err(InputError::BadFeature {
                                     name: name.clone(),
-                                    message: format!("unknown value {key:?}; known values: {values:?}"),
+                                    message: format!(
+                                        "unknown value {key:?}; known values: {values:?}"
+                                    ),
                                 })
                             }
                         }

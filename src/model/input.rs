@@ -51,6 +51,9 @@ impl HistoryEntry {
     }
 }
 
-pub fn history_events(entries: Vec<HistoryEntry>, field: &str) -> Result<Vec<HistoryEvent>, String> {
+pub fn history_events(
+    entries: Vec<HistoryEntry>,
+    field: &str,
+) -> Result<Vec<HistoryEvent>, String> {
     entries.into_iter().map(|e| e.into_event(field)).collect()
 }

@@ -155,7 +155,7 @@ impl Manifest {
         if a.n_items == 0 {
             return Err("architecture.n_items must be positive".into());
         }
-        if a.d_model == 0 || a.n_heads == 0 || a.d_model % a.n_heads != 0 {
+        if a.d_model == 0 || a.n_heads == 0 || !a.d_model.is_multiple_of(a.n_heads) {
             return Err(format!(
                 "architecture.d_model ({}) must be a positive multiple of n_heads ({})",
                 a.d_model, a.n_heads
@@ -189,12 +189,16 @@ impl Manifest {
                         return Err(format!("context feature {name:?} has no values"));
                     }
                     if *encoding == CategoricalEncoding::Embedding && *dim == 0 {
-                        return Err(format!("context feature {name:?}: embedding dim must be positive"));
+                        return Err(format!(
+                            "context feature {name:?}: embedding dim must be positive"
+                        ));
                     }
                 }
                 ContextFeature::Numeric { name, mean, std } => {
                     if !mean.is_finite() || !std.is_finite() || *std <= 0.0 {
-                        return Err(format!("context feature {name:?}: mean must be finite and std positive"));
+                        return Err(format!(
+                            "context feature {name:?}: mean must be finite and std positive"
+                        ));
                     }
                 }
             }

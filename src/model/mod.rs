@@ -105,12 +105,11 @@ impl Model {
                 ),
             });
         }
-        let model = Model::new(manifest, catalogue, device).map_err(|message| {
-            ModelError::BadFile {
+        let model =
+            Model::new(manifest, catalogue, device).map_err(|message| ModelError::BadFile {
                 path: manifest_path,
                 message,
-            }
-        })?;
+            })?;
         model.load_weights(&weights_path)?;
         Ok(model)
     }

@@ -146,46 +146,52 @@ async fn start(
     authorize(&st, &headers)?;
     let loaded = st.loaded()?;
     let Json(req) = payload.map_err(from_json_rejection)?;
-    if req.k.is_empty() || req.k.len() > 10 || req.k.iter().any(|&k| k == 0 || k > st.cfg.limits.max_k) {
+    if req.k.is_empty()
+        || req.k.len() > 10
+        || req.k.iter().any(|&k| k == 0 || k > st.cfg.limits.max_k)
+    {
         return Err(ApiError::validation(format!(
             "k must list 1 to 10 cut-offs between 1 and {} (limits.max_k)",
             st.cfg.limits.max_k
         )));
     }
-    let (cases, source) = match (req.holdout, req.cases) {
-        (Some(name), None) => {
-            let path = holdout_path(&st.cfg.admin.holdout_dir, &name)?;
-            let text = tokio::fs::read_to_string(&path)
-                .await
-                .map_err(|e| ApiError::validation(format!("cannot read holdout {name:?}: {e}")))?;
-            let cases = parse_holdout(&text, Path::new(&name))
-                .map_err(|e| ApiError::validation(e.to_string()))?;
-            (cases, name)
-        }
-        (None, Some(cases)) => {
-            if cases.is_empty() {
-                return Err(ApiError::validation("cases must not be empty"));
+    let (cases, source) =
+        match (req.holdout, req.cases) {
+            (Some(name), None) => {
+                let path = holdout_path(&st.cfg.admin.holdout_dir, &name)?;
+                let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                    ApiError::validation(format!("cannot read holdout {name:?}: {e}"))
+                })?;
+                let cases = parse_holdout(&text, Path::new(&name))
+                    .map_err(|e| ApiError::validation(e.to_string()))?;
+                (cases, name)
             }
-            if let Some(i) = cases.iter().position(|c| c.relevant.is_empty()) {
-                return Err(ApiError::validation(format!(
-                    "cases[{i}]: relevant must list at least one item"
-                )));
+            (None, Some(cases)) => {
+                if cases.is_empty() {
+                    return Err(ApiError::validation("cases must not be empty"));
+                }
+                if let Some(i) = cases.iter().position(|c| c.relevant.is_empty()) {
+                    return Err(ApiError::validation(format!(
+                        "cases[{i}]: relevant must list at least one item"
+                    )));
+                }
+                (cases, "inline".to_string())
             }
-            (cases, "inline".to_string())
-        }
-        _ => {
-            return Err(ApiError::validation(
+            _ => return Err(ApiError::validation(
                 "give exactly one of holdout (a file name in admin.holdout_dir) or cases (inline)",
-            ))
-        }
-    };
-    let resolved = resolve(&loaded.manifest, &loaded.catalogue, &cases).map_err(ApiError::validation)?;
+            )),
+        };
+    let resolved =
+        resolve(&loaded.manifest, &loaded.catalogue, &cases).map_err(ApiError::validation)?;
     let opts = EvalOptions {
         ks: req.k,
         mask_seen: req.mask_seen,
         batch_size: st.cfg.batching.max_batch_size,
     };
-    let id = format!("eval-{}", st.evaluations.next.fetch_add(1, Ordering::SeqCst) + 1);
+    let id = format!(
+        "eval-{}",
+        st.evaluations.next.fetch_add(1, Ordering::SeqCst) + 1
+    );
     let job = Arc::new(EvalJob {
         id: id.clone(),
         total: resolved.cases.len(),
@@ -204,7 +210,15 @@ async fn start(
     let (st2, job2) = (st.clone(), job.clone());
     let work = tokio::task::spawn_blocking(move || {
         let loaded = st2.loaded.get().expect("loaded before evaluation");
-        let outcome = run_evaluation(&st2, loaded, &job2, &resolved.cases, &opts, resolved.unknown_relevant, &source);
+        let outcome = run_evaluation(
+            &st2,
+            loaded,
+            &job2,
+            &resolved.cases,
+            &opts,
+            resolved.unknown_relevant,
+            &source,
+        );
         let state = match outcome {
             Some(Ok(v)) => JobState::Done(v),
             Some(Err(e)) => JobState::Failed(e),
@@ -214,7 +228,10 @@ async fn start(
         state
     });
     if inline {
-        return match work.await.map_err(|_| internal("evaluation task panicked"))? {
+        return match work
+            .await
+            .map_err(|_| internal("evaluation task panicked"))?
+        {
             JobState::Done(v) => Ok(Json(v).into_response()),
             JobState::Failed(e) => Err(internal(e)),
             JobState::Cancelled | JobState::Running => Err(ApiError::not_ready("shutting down")),
@@ -275,7 +292,12 @@ fn run_evaluation(
         ranking: "full catalogue".into(),
         tie_policy: report::TIE_POLICY.into(),
         f1_definition: report::F1_DEFINITION.into(),
-        models: vec![report::model_report(&m.name, &m.version, &result, unknown_relevant)],
+        models: vec![report::model_report(
+            &m.name,
+            &m.version,
+            &result,
+            unknown_relevant,
+        )],
         comparisons: Vec::new(),
     };
     Some(serde_json::to_value(&rep).map_err(|e| e.to_string()))
@@ -288,7 +310,13 @@ fn find(st: &AppState, id: &str) -> Result<Arc<EvalJob>, ApiError> {
         .expect("jobs lock")
         .get(id)
         .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no evaluation {id:?}")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no evaluation {id:?}"),
+            )
+        })
 }
 
 async fn status(
@@ -321,5 +349,7 @@ async fn cancel(
     authorize(&st, &headers)?;
     let job = find(&st, &id)?;
     job.cancelled.store(true, Ordering::SeqCst);
-    Ok(Json(serde_json::json!({"id": job.id, "status": "cancelling"})))
+    Ok(Json(
+        serde_json::json!({"id": job.id, "status": "cancelling"}),
+    ))
 }

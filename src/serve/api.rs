@@ -1,7 +1,9 @@
 //! Request and response bodies of POST /recommend and /recommend/batch, and their validation.
 use super::config::LimitsSection;
 use super::error::ApiError;
-use crate::model::{history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, Prepared, RankSpec};
+use crate::model::{
+    history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, Prepared, RankSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerSection,
@@ -83,19 +83,6 @@ pub struct AdminSection {
     pub holdout_dir: PathBuf,
     /// Evaluations with at most this many cases answer directly; larger ones become jobs (202).
     pub max_inline_cases: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerSection::default(),
-            model: ModelSection::default(),
-            batching: BatchingSection::default(),
-            limits: LimitsSection::default(),
-            logging: LoggingSection::default(),
-            admin: AdminSection::default(),
-        }
-    }
 }
 
 impl Default for ServerSection {
@@ -193,7 +180,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("server.body_limit_bytes", self.server.body_limit_bytes),
-            ("server.request_timeout_ms", self.server.request_timeout_ms as usize),
+            (
+                "server.request_timeout_ms",
+                self.server.request_timeout_ms as usize,
+            ),
             ("batching.max_batch_size", self.batching.max_batch_size),
             ("batching.max_queue_size", self.batching.max_queue_size),
             ("limits.max_k", self.limits.max_k),
@@ -205,7 +195,9 @@ impl Config {
             }
         }
         if self.batching.max_delay_us > 1_000_000 {
-            return Err("configuration: batching.max_delay_us must be at most 1000000 (1 s)".into());
+            return Err(
+                "configuration: batching.max_delay_us must be at most 1000000 (1 s)".into(),
+            );
         }
         if let Err(e) = crate::device::parse_device(&self.model.device) {
             return Err(format!("configuration: model.device: {e}"));
@@ -228,7 +220,11 @@ mod tests {
     fn layers_apply_in_order_and_bad_values_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[server]\nport = 9000\n[batching]\nmax_batch_size = 8\n").unwrap();
+        std::fs::write(
+            &f,
+            "[server]\nport = 9000\n[batching]\nmax_batch_size = 8\n",
+        )
+        .unwrap();
         let c = load(Some(&f), &[("batching.max_batch_size", "16".into())]).unwrap();
         assert_eq!(c.server.port, 9000);
         assert_eq!(c.batching.max_batch_size, 16);
@@ -250,13 +246,23 @@ mod tests {
     fn example_file_lists_every_key_and_parses() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/seqserve.toml");
         let c = load(Some(Path::new(example)), &[]).unwrap();
-        assert_eq!(c, Config::default(), "deploy/seqserve.toml should document the defaults");
+        assert_eq!(
+            c,
+            Config::default(),
+            "deploy/seqserve.toml should document the defaults"
+        );
         let text = std::fs::read_to_string(example).unwrap();
         let v = serde_json::to_value(Config::default()).unwrap();
         for (section, keys) in v.as_object().unwrap() {
-            assert!(text.contains(&format!("[{section}]")), "missing [{section}]");
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "missing [{section}]"
+            );
             for key in keys.as_object().unwrap().keys() {
-                assert!(text.contains(&format!("\n{key} =")), "missing {section}.{key}");
+                assert!(
+                    text.contains(&format!("\n{key} =")),
+                    "missing {section}.{key}"
+                );
             }
         }
     }

@@ -27,7 +27,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("seqserve_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "seqserve_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["route", "status"],
         )
         .unwrap();
@@ -61,10 +64,16 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )
         .unwrap();
-        let queue_depth =
-            IntGauge::new("seqserve_queue_depth", "Requests waiting in the batching queue").unwrap();
+        let queue_depth = IntGauge::new(
+            "seqserve_queue_depth",
+            "Requests waiting in the batching queue",
+        )
+        .unwrap();
         let model_info = GaugeVec::new(
-            Opts::new("seqserve_model_info", "The loaded model (value is always 1)"),
+            Opts::new(
+                "seqserve_model_info",
+                "The loaded model (value is always 1)",
+            ),
             &["model", "version", "device"],
         )
         .unwrap();

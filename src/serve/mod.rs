@@ -135,11 +135,10 @@ pub async fn run(
         let _ = signal_tx.send(true);
     });
     let mut stop_for_server = stop_rx.clone();
-    let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(
-        async move {
+    let server =
+        axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(async move {
             let _ = stop_for_server.wait_for(|s| *s).await;
-        },
-    );
+        });
     let mut server_task = tokio::spawn(server.into_future());
     let mut loader = loader;
     let worker = tokio::select! {

@@ -75,7 +75,9 @@ impl QueueHandle {
         self.depth.fetch_add(1, Ordering::SeqCst);
         match self.live.try_send(job) {
             Ok(()) => {
-                self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
+                self.metrics
+                    .queue_depth
+                    .set(self.depth.load(Ordering::SeqCst) as i64);
                 Ok(())
             }
             Err(e) => {
@@ -227,7 +229,10 @@ impl Worker {
         for job in jobs {
             if job.reply.is_closed() {
                 // The client went away (or its handler already answered 504): skip the compute.
-                self.metrics.rejected.with_label_values(&["client_gone"]).inc();
+                self.metrics
+                    .rejected
+                    .with_label_values(&["client_gone"])
+                    .inc();
             } else if now > job.deadline {
                 self.metrics.rejected.with_label_values(&["deadline"]).inc();
                 let _ = job.reply.send(Err(JobError::DeadlineExceeded));
@@ -251,7 +256,9 @@ impl Worker {
             .observe(inference_time.as_secs_f64());
         for (job, ranked) in runnable.into_iter().zip(ranked) {
             let queue_time = t0.saturating_duration_since(job.enqueued);
-            self.metrics.queue_duration.observe(queue_time.as_secs_f64());
+            self.metrics
+                .queue_duration
+                .observe(queue_time.as_secs_f64());
             let _ = job.reply.send(Ok(JobOutput {
                 ranked,
                 queue_time,

@@ -1,5 +1,7 @@
 //! HTTP routes: the router, its middleware (request id, timing, metrics, panic catching) and handlers.
-use super::api::{self, BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing};
+use super::api::{
+    self, BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing,
+};
 use super::error::{from_json_rejection, ApiError};
 use super::queue::{EnqueueError, Job, JobError, JobOutput};
 use super::{AppState, Loaded};
@@ -107,7 +109,12 @@ fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
     tracing::error!(panic = %msg, "handler panicked");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -194,7 +201,12 @@ async fn run_job(
     }
 }
 
-fn response(loaded: &Loaded, v: api::Validated, out: JobOutput, received: Instant) -> RecommendResponse {
+fn response(
+    loaded: &Loaded,
+    v: api::Validated,
+    out: JobOutput,
+    received: Instant,
+) -> RecommendResponse {
     RecommendResponse {
         model: loaded.manifest.name.clone(),
         version: loaded.manifest.version.clone(),
@@ -217,7 +229,11 @@ fn response(loaded: &Loaded, v: api::Validated, out: JobOutput, received: Instan
     }
 }
 
-fn validate(st: &AppState, loaded: &Loaded, req: RecommendRequest) -> Result<api::Validated, ApiError> {
+fn validate(
+    st: &AppState,
+    loaded: &Loaded,
+    req: RecommendRequest,
+) -> Result<api::Validated, ApiError> {
     let v = api::validate(req, &loaded.manifest, &loaded.catalogue, &st.cfg.limits)?;
     st.metrics
         .unknown_items
@@ -267,10 +283,9 @@ async fn recommend_batch(
         validated.push(v);
     }
     // All requests go to the queue at once so they can share model batches.
-    let outs = futures_util::future::try_join_all(
-        validated.iter().map(|v| run_job(&st, v, received)),
-    )
-    .await?;
+    let outs =
+        futures_util::future::try_join_all(validated.iter().map(|v| run_job(&st, v, received)))
+            .await?;
     Ok(Json(BatchResponse {
         results: validated
             .into_iter()

@@ -5,10 +5,8 @@ mod schema;
 
 use crate::data::{read_log, read_movielens_users, LogFormat, ReadOptions, Split, UserTable};
 use crate::eval::{self, EvalOptions};
-use crate::model::{
-    to_tensors, Architecture, Manifest, Model, Query, FORMAT_VERSION,
-};
 use crate::model::manifest::{EpochRecord, MetricsRecord, TrainingRecord};
+use crate::model::{to_tensors, Architecture, Manifest, Model, Query, FORMAT_VERSION};
 use anyhow::{bail, Context, Result};
 use examples::{Part, TrainSequence};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -135,7 +133,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let selection = format!("f1@{}", cfg.k);
     let mut opt = nn::Adam::default().build(&model.vs, cfg.learning_rate)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut best: Option<(usize, f64, Vec<(String, Tensor)>)> = None;
+    let mut best: Option<(usize, f64, Weights)> = None;
     let mut epochs = Vec::new();
     let mut epoch_seconds = Vec::new();
     let mut since_best = 0;
@@ -183,7 +181,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         } else {
             since_best += 1;
             if since_best >= cfg.patience {
-                eprintln!("early stop: no {selection} improvement for {} epochs", cfg.patience);
+                eprintln!(
+                    "early stop: no {selection} improvement for {} epochs",
+                    cfg.patience
+                );
                 break;
             }
         }
@@ -310,7 +311,10 @@ fn train_step(model: &Model, data: &[(Query, Vec<i64>)], batch: &[usize]) -> Ten
     logits.cross_entropy_for_logits(&y)
 }
 
-fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
+/// A copy of every variable, for restoring the best epoch.
+type Weights = Vec<(String, Tensor)>;
+
+fn snapshot(model: &Model) -> Weights {
     tch::no_grad(|| {
         model
             .vs

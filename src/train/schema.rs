@@ -1,6 +1,6 @@
 //! What a model learns from a log: its catalogue, behaviour vocabulary and context schema.
 use crate::data::{Dataset, UserTable};
-use crate::model::{CategoricalEncoding, Catalogue, ContextFeature};
+use crate::model::{Catalogue, CategoricalEncoding, ContextFeature};
 use anyhow::Result;
 use std::collections::{BTreeSet, HashSet};
 

@@ -1,7 +1,7 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 use seqserve::model::{
-    Architecture, CategoricalEncoding, Catalogue, ContextFeature, Manifest, Model, FORMAT_VERSION,
+    Architecture, Catalogue, CategoricalEncoding, ContextFeature, Manifest, Model, FORMAT_VERSION,
 };
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};

@@ -223,6 +223,8 @@ fn main() {
     cfg.server.port = 0;
     cfg.model.path = model_dir.clone().into();
     cfg.model.device = "cpu".into();
+    // BENCH_SERVER_THREADS: libtorch intra-op threads of the server's model worker (default: CPU quota).
+    cfg.model.intra_op_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     cfg.batching.max_queue_size = 4096;
     cfg.server.request_timeout_ms = 10_000;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

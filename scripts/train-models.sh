@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# Reproduces the shipped models in models/ from ../shared/data (the exact commands are also recorded
-# in each model.json under training.command). Usage: scripts/train-models.sh [beauty-1l|beauty-2l|ml1m-ctx ...]
+# Reproduces the shipped models in models/ from ../shared/data (the exact command is also recorded in
+# each model.json under training.command).
+# Usage: scripts/train-models.sh [NAME ...]   (default: every model below, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo build --release --quiet
 D=../shared/data
 [ -d "$D" ] || { echo "../shared/data is absent: the shipped models are trained on it" >&2; exit 1; }
-[ $# -gt 0 ] || set -- beauty-2l beauty-1l ml1m-ctx
+S=target/release/seqserve
+BEAUTY="--data $D/amazon_s3rec/Beauty.txt --max-len 50 --d-model 64 --epochs 40 --patience 4"
+ML1M="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat --max-len 200 --d-model 64 \
+      --dropout 0.2 --batch-size 128 --epochs 20 --patience 3"
+ALL="beauty-2l beauty-1l ml1m-ctx beauty-ll3-2l beauty-ll3-1l ml1m-ll3-2l ml1m-ll3-1l"
+[ $# -gt 0 ] || set -- $ALL
 for m in "$@"; do
   case $m in
-    beauty-2l) target/release/seqserve train --data $D/amazon_s3rec/Beauty.txt --out models/beauty-2l \
-                 --layers 2 --max-len 50 --d-model 64 --epochs 40 --patience 4 ;;
-    beauty-1l) target/release/seqserve train --data $D/amazon_s3rec/Beauty.txt --out models/beauty-1l \
-                 --layers 1 --max-len 50 --d-model 64 --epochs 40 --patience 4 ;;
-    ml1m-ctx)  target/release/seqserve train --data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat \
-                 --out models/ml1m-ctx --layers 2 --max-len 200 --d-model 64 --dropout 0.2 --batch-size 64 \
-                 --epochs 25 --patience 3 ;;
-    *) echo "unknown model $m" >&2; exit 1 ;;
+    # Leave-one-out (the published protocol): the service's models.
+    beauty-2l) $S train $BEAUTY --layers 2 --out models/beauty-2l ;;
+    beauty-1l) $S train $BEAUTY --layers 1 --out models/beauty-1l ;;
+    ml1m-ctx)  $S train $ML1M --layers 2 --out models/ml1m-ctx ;;
+    # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
+    # comparison of `seqserve evaluate` (README).
+    beauty-ll3-2l) $S train $BEAUTY --layers 2 --split leave-last-3 --out models/beauty-ll3-2l ;;
+    beauty-ll3-1l) $S train $BEAUTY --layers 1 --split leave-last-3 --out models/beauty-ll3-1l ;;
+    ml1m-ll3-2l)   $S train $ML1M --layers 2 --split leave-last-3 --out models/ml1m-ll3-2l ;;
+    ml1m-ll3-1l)   $S train $ML1M --layers 1 --split leave-last-3 --out models/ml1m-ll3-1l ;;
+    *) echo "unknown model $m (known: $ALL)" >&2; exit 1 ;;
   esac
 done

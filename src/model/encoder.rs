@@ -132,6 +132,13 @@ impl Encoder {
 
     /// Hidden states at every position, (B, W, d).
     pub fn hidden(&self, b: &TensorBatch, train: bool) -> Tensor {
+        self.encode(b, train, false)
+    }
+
+    /// With `last_only`, the final block computes only the most recent position (its keys and values
+    /// still come from every position): inference needs nothing else, and this skips most of the last
+    /// block's work. Returns (B, W, d), or (B, 1, d) with `last_only`.
+    fn encode(&self, b: &TensorBatch, train: bool, last_only: bool) -> Tensor {
         let (bsz, w) = b.items.size2().expect("items is (B, W)");
         let dev = b.items.device();
         let nonpad = b.items.ne(0);
@@ -154,17 +161,24 @@ impl Encoder {
             .unsqueeze(1);
         let dh = self.d / self.heads;
         let attn_dropout = if train { self.dropout } else { 0.0 };
-        for blk in &self.blocks {
+        let n_blocks = self.blocks.len();
+        for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.ln1.forward(&x);
-            let split = |t: Tensor| t.view([bsz, w, self.heads, dh]).transpose(1, 2);
-            let q = split(blk.q.forward(&h));
-            let k = split(blk.k.forward(&h));
-            let v = split(blk.v.forward(&h));
+            // Queries: every position, or only the last one in the final block.
+            let (xq, hq, mq, wq) = if last_only && i + 1 == n_blocks {
+                (x.narrow(1, w - 1, 1), h.narrow(1, w - 1, 1), mask.narrow(2, w - 1, 1), 1)
+            } else {
+                (x.shallow_clone(), h.shallow_clone(), mask.shallow_clone(), w)
+            };
+            let split = |t: Tensor, len: i64| t.view([bsz, len, self.heads, dh]).transpose(1, 2);
+            let q = split(blk.q.forward(&hq), wq);
+            let k = split(blk.k.forward(&h), w);
+            let v = split(blk.v.forward(&h), w);
             let a = Tensor::scaled_dot_product_attention(
                 &q,
                 &k,
                 &v,
-                Some(&mask),
+                Some(&mq),
                 attn_dropout,
                 false,
                 None,
@@ -172,14 +186,14 @@ impl Encoder {
             )
             .transpose(1, 2)
             .contiguous()
-            .view([bsz, w, self.d]);
-            x = &x + blk.o.forward(&a).dropout(self.dropout, train);
-            let h = blk.ln2.forward(&x);
+            .view([bsz, wq, self.d]);
+            let xr = xq + blk.o.forward(&a).dropout(self.dropout, train);
+            let h = blk.ln2.forward(&xr);
             let f = blk
                 .fc2
                 .forward(&blk.fc1.forward(&h).gelu("none"))
                 .dropout(self.dropout, train);
-            x = &x + f;
+            x = xr + f;
         }
         self.final_ln.forward(&x)
     }
@@ -220,9 +234,7 @@ impl Encoder {
 
     /// Scores for the most recent position of each history: (B, n_items).
     pub fn score_last(&self, b: &TensorBatch) -> Tensor {
-        let h = self.hidden(b, false);
-        let w = h.size()[1];
-        let y = h.select(1, w - 1);
+        let y = self.encode(b, false, true).select(1, 0);
         let c = self.context_vector(b);
         self.logits(&self.project(&y, c.as_ref()))
     }

@@ -33,7 +33,8 @@ pub struct ModelSection {
     pub path: PathBuf,
     /// auto | cpu | cuda:N
     pub device: String,
-    /// libtorch intra-op threads; 0 = the container's CPU quota (cgroup), not the host's cores.
+    /// libtorch intra-op threads; 0 = auto: the container's CPU quota (cgroup, not the host's cores)
+    /// minus one core for the HTTP threads, at least 1 (see device::serving_threads).
     pub intra_op_threads: usize,
 }
 

@@ -85,7 +85,9 @@ pub async fn run(
     let loader = tokio::task::spawn_blocking(move || -> Result<std::thread::JoinHandle<()>> {
         let cfg = &load_state.cfg;
         let device = crate::device::parse_device(&cfg.model.device)?;
-        let threads = crate::device::configure_threads(cfg.model.intra_op_threads);
+        let threads = crate::device::configure_threads(crate::device::serving_threads(
+            cfg.model.intra_op_threads,
+        ));
         let model = Model::load(&cfg.model.path, device)?;
         let device_name = crate::device::device_name(device);
         tracing::info!(

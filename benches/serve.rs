@@ -3,7 +3,8 @@
 //! In one run, on one machine, load generator included:
 //! 1. raw in-process throughput of the model (no HTTP) at batch 1, 8 and 32;
 //! 2. the real server over HTTP, closed loop at several concurrencies: requests/s, p50, p99;
-//! 3. open loop at half the best HTTP rate: p50, p99.
+//! 3. open loop at half the best HTTP rate: p50, p99;
+//! 4. the same open loop while an evaluation job (POST /evaluate) shares the model: p99 ratio.
 //!
 //! Prints a markdown table. Histories are random catalogue items (lengths 1..=50, fixed seed).
 use seqserve::model::{HistoryEvent, Model, Query, RankSpec};
@@ -179,6 +180,10 @@ async fn open_loop(
     (sent as f64 / secs, lat, errors)
 }
 
+async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.expect("request").json().await.expect("JSON answer")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -226,6 +231,19 @@ fn main() {
     // BENCH_SERVER_THREADS: libtorch intra-op threads of the server's model worker (default: CPU quota).
     cfg.model.intra_op_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     cfg.batching.max_queue_size = 4096;
+    // An evaluation to run beside live traffic (step 4): a holdout of random cases in a temp dir.
+    let holdout_dir = std::env::temp_dir().join(format!("seqserve-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&holdout_dir).unwrap();
+    let mut lines = String::new();
+    for (i, h) in hist.iter().cycle().take(50_000).enumerate() {
+        let rel = &hist[(i * 7) % hist.len()][0];
+        lines.push_str(&serde_json::json!({"user": format!("u{i}"), "history": h, "relevant": [rel]}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(holdout_dir.join("bench.jsonl"), lines).unwrap();
+    cfg.admin.token = "bench".into();
+    cfg.admin.holdout_dir = holdout_dir.clone();
+    cfg.admin.max_inline_cases = 0;
     cfg.server.request_timeout_ms = 10_000;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -274,9 +292,29 @@ fn main() {
         let (sent, lat, err) = open_loop(&url, bodies.clone(), rate, secs).await;
         println!("\n| HTTP open loop at half the best rate | offered req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
         println!("| | {sent:.0} | {:.2} | {:.2} | {err} |", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        // 4. The same open loop while an evaluation job shares the model at low priority.
+        let client = reqwest::Client::new();
+        let job = json_of(
+            client
+                .post(format!("http://{addr}/evaluate"))
+                .bearer_auth("bench")
+                .json(&serde_json::json!({"holdout": "bench.jsonl", "k": [10]})),
+        )
+        .await;
+        let id = job["id"].as_str().expect("evaluation job id").to_string();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (sent2, lat2, err2) = open_loop(&url, bodies.clone(), rate, secs).await;
+        let status = json_of(client.get(format!("http://{addr}/evaluate/{id}")).bearer_auth("bench")).await;
+        let progress = &status["progress"];
+        let _ = client.delete(format!("http://{addr}/evaluate/{id}")).bearer_auth("bench").send().await;
+        println!("| while an evaluation runs ({} status, {}/{} cases) | {sent2:.0} | {:.2} | {:.2} | {err2} |",
+            status["status"], progress["done"], progress["total"], percentile(&lat2, 0.5), percentile(&lat2, 0.99));
         println!("\nbest HTTP rate / raw in-process batch-32 rate = {best:.0} / {raw32:.0} = {:.2}", best / raw32);
         println!("p99 at half the best rate = {:.2} ms (target < 25 ms)", percentile(&lat, 0.99));
+        println!("p99 during evaluation / unloaded p99 = {:.2} / {:.2} = {:.2} (target <= 1.30)",
+            percentile(&lat2, 0.99), percentile(&lat, 0.99), percentile(&lat2, 0.99) / percentile(&lat, 0.99));
     });
     let _ = stop_tx.send(());
     let _ = server.join();
+    let _ = std::fs::remove_dir_all(&holdout_dir);
 }

@@ -159,12 +159,15 @@ async fn start(
         match (req.holdout, req.cases) {
             (Some(name), None) => {
                 let path = holdout_path(&st.cfg.admin.holdout_dir, &name)?;
-                let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
-                    ApiError::validation(format!("cannot read holdout {name:?}: {e}"))
-                })?;
-                let cases = parse_holdout(&text, Path::new(&name))
-                    .map_err(|e| ApiError::validation(e.to_string()))?;
-                (cases, name)
+                let label = name.clone();
+            let cases = tokio::task::spawn_blocking(move || {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ApiError::validation(format!("cannot read holdout {label:?}: {e}")))?;
+                parse_holdout(&text, Path::new(&label)).map_err(|e| ApiError::validation(e.to_string()))
+            })
+            .await
+            .map_err(|_| internal("holdout parsing panicked"))??;
+            (cases, name)
             }
             (None, Some(cases)) => {
                 if cases.is_empty() {
@@ -181,12 +184,17 @@ async fn start(
                 "give exactly one of holdout (a file name in admin.holdout_dir) or cases (inline)",
             )),
         };
-    let resolved =
-        resolve(&loaded.manifest, &loaded.catalogue, &cases).map_err(ApiError::validation)?;
+    // Resolving many cases is CPU work: keep it off the async threads.
+    let (manifest, catalogue) = (loaded.manifest.clone(), loaded.catalogue.clone());
+    let resolved = tokio::task::spawn_blocking(move || resolve(&manifest, &catalogue, &cases))
+        .await
+        .map_err(|_| internal("holdout resolution panicked"))?
+        .map_err(ApiError::validation)?;
     let opts = EvalOptions {
         ks: req.k,
         mask_seen: req.mask_seen,
-        batch_size: st.cfg.batching.max_batch_size,
+        // Small background batches: a live request arriving mid-batch waits for at most one of them.
+        batch_size: st.cfg.batching.max_batch_size.min(8),
     };
     let id = format!(
         "eval-{}",

@@ -309,3 +309,39 @@ fn rejected(st: &AppState, r: JsonRejection) -> ApiError {
 fn invalid(st: &AppState) {
     st.metrics.rejected.with_label_values(&["invalid"]).inc();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json_and_the_service_survives() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(on_panic));
+        let get = |uri: &'static str| {
+            Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let resp = app.clone().oneshot(get("/boom")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "internal");
+        assert_eq!(app.oneshot(get("/ok")).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(route_label("/evaluate/eval-17"), "/evaluate/{id}");
+        assert_eq!(route_label("/v2/health/ready"), "/health/ready");
+        assert_eq!(route_label("/items/123456"), "other");
+    }
+}

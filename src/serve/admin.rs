@@ -273,6 +273,7 @@ fn run_evaluation(
         let (tx, rx) = oneshot::channel();
         queue
             .submit_background(BackgroundJob {
+                enqueued: std::time::Instant::now(),
                 queries: q.iter().map(|x| (*x).clone()).collect(),
                 specs: s.to_vec(),
                 reply: tx,

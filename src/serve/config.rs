@@ -47,6 +47,9 @@ pub struct BatchingSection {
     pub max_delay_us: u64,
     /// Requests waiting beyond this are refused at once with 429.
     pub max_queue_size: usize,
+    /// Evaluation batches run when no live request waits, or after waiting this long (so evaluations
+    /// progress on a busy server, one small batch per interval).
+    pub background_max_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +117,7 @@ impl Default for BatchingSection {
             max_batch_size: 32,
             max_delay_us: 500,
             max_queue_size: 1024,
+            background_max_wait_ms: 50,
         }
     }
 }

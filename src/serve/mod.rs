@@ -107,6 +107,7 @@ pub async fn run(
             model,
             BatchingConfig {
                 max_batch_size: cfg.batching.max_batch_size,
+                background_max_wait: Duration::from_millis(cfg.batching.background_max_wait_ms),
                 max_delay: Duration::from_micros(cfg.batching.max_delay_us),
                 max_queue_size: cfg.batching.max_queue_size,
             },

@@ -4,8 +4,9 @@
 //! await a oneshot reply; they never touch tensors. One OS thread owns the [`Model`], closes a batch
 //! at `max_batch_size` jobs or `max_delay` after its first job arrived, drops jobs whose client has
 //! gone or whose deadline has passed (without using the model), and runs the rest as one forward pass.
-//! Background work (evaluations) goes through a second, small queue that the worker serves only when
-//! no live request is waiting, so live traffic keeps its latency.
+//! Background work (evaluations) goes through a second, small queue that the worker serves when no
+//! live request is waiting, or when a background batch has waited longer than `background_max_wait`
+//! (so a busy service still makes evaluation progress, at the cost of one small batch per interval).
 use super::metrics::Metrics;
 use crate::model::{Model, Query, RankSpec};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,6 +41,7 @@ pub enum JobError {
 
 /// Low-priority work: a batch of queries ranked together, answered as one.
 pub struct BackgroundJob {
+    pub enqueued: Instant,
     pub queries: Vec<Query>,
     pub specs: Vec<RankSpec>,
     pub reply: oneshot::Sender<Vec<Vec<(usize, f32)>>>,
@@ -56,6 +58,8 @@ pub enum EnqueueError {
 #[derive(Debug, Clone)]
 pub struct BatchingConfig {
     pub max_batch_size: usize,
+    /// Longest a background batch waits behind live traffic before it is served anyway.
+    pub background_max_wait: Duration,
     pub max_delay: Duration,
     pub max_queue_size: usize,
 }
@@ -166,17 +170,28 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        let mut pending: Option<BackgroundJob> = None;
         loop {
+            if pending.is_none() {
+                pending = self.background.try_recv().ok();
+            }
+            if pending
+                .as_ref()
+                .is_some_and(|b| b.enqueued.elapsed() >= self.cfg.background_max_wait)
+            {
+                self.run_background(pending.take().expect("checked"));
+                continue;
+            }
             let first = match self.live.try_recv() {
                 Ok(j) => j,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    if let Ok(bg) = self.background.try_recv() {
+                    if let Some(bg) = pending.take() {
                         self.run_background(bg);
                         continue;
                     }
                     // Idle: wait a little for live work, then look at the background queue again.
-                    match self.live.recv_timeout(Duration::from_millis(5)) {
+                    match self.live.recv_timeout(Duration::from_millis(2)) {
                         Ok(j) => j,
                         Err(RecvTimeoutError::Timeout) => continue,
                         Err(RecvTimeoutError::Disconnected) => break,

@@ -181,7 +181,12 @@ async fn open_loop(
 }
 
 async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
-    req.send().await.expect("request").json().await.expect("JSON answer")
+    req.send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON answer")
 }
 
 fn main() {
@@ -229,7 +234,10 @@ fn main() {
     cfg.model.path = model_dir.clone().into();
     cfg.model.device = "cpu".into();
     // BENCH_SERVER_THREADS: libtorch intra-op threads of the server's model worker (default: CPU quota).
-    cfg.model.intra_op_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    cfg.model.intra_op_threads = std::env::var("BENCH_SERVER_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     cfg.batching.max_queue_size = 4096;
     // An evaluation to run beside live traffic (step 4): a holdout of random cases in a temp dir.
     let holdout_dir = std::env::temp_dir().join(format!("seqserve-bench-{}", std::process::id()));
@@ -237,7 +245,10 @@ fn main() {
     let mut lines = String::new();
     for (i, h) in hist.iter().cycle().take(50_000).enumerate() {
         let rel = &hist[(i * 7) % hist.len()][0];
-        lines.push_str(&serde_json::json!({"user": format!("u{i}"), "history": h, "relevant": [rel]}).to_string());
+        lines.push_str(
+            &serde_json::json!({"user": format!("u{i}"), "history": h, "relevant": [rel]})
+                .to_string(),
+        );
         lines.push('\n');
     }
     std::fs::write(holdout_dir.join("bench.jsonl"), lines).unwrap();

@@ -296,12 +296,30 @@ async fn a_disconnected_client_is_dropped_before_compute() {
     // Batches wait 300 ms; the client gives up after 50 ms and closes its connection.
     let s = Server::start(&["--max-delay-us", "300000"]);
     let before = metric_value(&s, "seqserve_batch_size_count").await;
-    let c = reqwest::Client::builder().timeout(Duration::from_millis(50)).build().unwrap();
-    let r = c.post(s.url("/recommend")).json(&json!({"history": ["i1"], "timeout_ms": 5000})).send().await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let r = c
+        .post(s.url("/recommend"))
+        .json(&json!({"history": ["i1"], "timeout_ms": 5000}))
+        .send()
+        .await;
     assert!(r.is_err(), "the client should have timed out");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(metric_value(&s, "seqserve_rejected_requests_total{reason=\"client_gone\"}").await >= 1.0);
-    assert_eq!(metric_value(&s, "seqserve_batch_size_count").await, before, "the model must not run");
+    assert!(
+        metric_value(
+            &s,
+            "seqserve_rejected_requests_total{reason=\"client_gone\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric_value(&s, "seqserve_batch_size_count").await,
+        before,
+        "the model must not run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,9 +166,19 @@ impl Encoder {
             let h = blk.ln1.forward(&x);
             // Queries: every position, or only the last one in the final block.
             let (xq, hq, mq, wq) = if last_only && i + 1 == n_blocks {
-                (x.narrow(1, w - 1, 1), h.narrow(1, w - 1, 1), mask.narrow(2, w - 1, 1), 1)
+                (
+                    x.narrow(1, w - 1, 1),
+                    h.narrow(1, w - 1, 1),
+                    mask.narrow(2, w - 1, 1),
+                    1,
+                )
             } else {
-                (x.shallow_clone(), h.shallow_clone(), mask.shallow_clone(), w)
+                (
+                    x.shallow_clone(),
+                    h.shallow_clone(),
+                    mask.shallow_clone(),
+                    w,
+                )
             };
             let split = |t: Tensor, len: i64| t.view([bsz, len, self.heads, dh]).transpose(1, 2);
             let q = split(blk.q.forward(&hq), wq);

@@ -160,14 +160,16 @@ async fn start(
             (Some(name), None) => {
                 let path = holdout_path(&st.cfg.admin.holdout_dir, &name)?;
                 let label = name.clone();
-            let cases = tokio::task::spawn_blocking(move || {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ApiError::validation(format!("cannot read holdout {label:?}: {e}")))?;
-                parse_holdout(&text, Path::new(&label)).map_err(|e| ApiError::validation(e.to_string()))
-            })
-            .await
-            .map_err(|_| internal("holdout parsing panicked"))??;
-            (cases, name)
+                let cases = tokio::task::spawn_blocking(move || {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        ApiError::validation(format!("cannot read holdout {label:?}: {e}"))
+                    })?;
+                    parse_holdout(&text, Path::new(&label))
+                        .map_err(|e| ApiError::validation(e.to_string()))
+                })
+                .await
+                .map_err(|_| internal("holdout parsing panicked"))??;
+                (cases, name)
             }
             (None, Some(cases)) => {
                 if cases.is_empty() {

@@ -332,10 +332,15 @@ mod tests {
         };
         let resp = app.clone().oneshot(get("/boom")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["code"], "internal");
-        assert_eq!(app.oneshot(get("/ok")).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            app.oneshot(get("/ok")).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 
     #[test]

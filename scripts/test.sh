@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-cargo test --all-targets "$@"
+cargo test --lib --bins --tests "$@"

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::Args;
-use seqserve::data::{read_log, read_movielens_users, LogFormat, ReadOptions, Split};
+use seqserve::data::{read_inputs, LogFormat, ReadOptions, Split};
 use seqserve::eval::holdout::{build_holdout, write_holdout};
 use std::path::PathBuf;
 
@@ -30,15 +30,7 @@ pub fn run(a: HoldoutArgs) -> Result<()> {
     let opts = ReadOptions {
         skip_malformed: a.skip_malformed,
     };
-    let mut data = read_log(&a.data, a.format, &opts)?;
-    if let Some(n) = a.limit_users {
-        data.users.truncate(n);
-    }
-    let users = a
-        .users
-        .as_ref()
-        .map(|p| read_movielens_users(p, &opts))
-        .transpose()?;
+    let (data, users) = read_inputs(&a.data, a.format, a.users.as_deref(), a.limit_users, &opts)?;
     let cases = build_holdout(&data, &a.split, users.as_ref())?;
     write_holdout(&cases, &a.out)?;
     let relevant: usize = cases.iter().map(|c| c.relevant.len()).sum();

@@ -48,6 +48,23 @@ pub fn read_log(
     }
 }
 
+/// A log (its first `limit_users` users when given) and the optional user-attribute table: what
+/// `train` and `holdout` both read, so the two always see the same users.
+pub fn read_inputs(
+    log: &Path,
+    format: Option<LogFormat>,
+    users: Option<&Path>,
+    limit_users: Option<usize>,
+    opts: &ReadOptions,
+) -> Result<(Dataset, Option<UserTable>), DataError> {
+    let mut data = read_log(log, format, opts)?;
+    if let Some(n) = limit_users {
+        data.users.truncate(n);
+    }
+    let users = users.map(|p| read_movielens_users(p, opts)).transpose()?;
+    Ok((data, users))
+}
+
 pub(crate) fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, DataError> {
     std::fs::File::open(path)
         .map(std::io::BufReader::new)

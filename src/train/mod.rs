@@ -3,7 +3,7 @@
 pub mod examples;
 mod schema;
 
-use crate::data::{read_log, read_movielens_users, LogFormat, ReadOptions, Split, UserTable};
+use crate::data::{read_inputs, LogFormat, ReadOptions, Split};
 use crate::eval::{self, EvalOptions};
 use crate::model::manifest::{EpochRecord, MetricsRecord, TrainingRecord};
 use crate::model::{to_tensors, Architecture, Manifest, Model, Query, FORMAT_VERSION};
@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, nn::OptimizerConfig, Device, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -59,7 +59,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let opts = ReadOptions {
         skip_malformed: cfg.skip_malformed,
     };
-    let mut data = read_log(&cfg.data, cfg.format, &opts)?;
+    let (data, users) = read_inputs(
+        &cfg.data,
+        cfg.format,
+        cfg.users.as_deref(),
+        cfg.limit_users,
+        &opts,
+    )?;
     if !data.skipped.is_empty() {
         tracing::warn!(
             skipped = data.skipped.len(),
@@ -67,13 +73,6 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             "skipped malformed lines"
         );
     }
-    if let Some(n) = cfg.limit_users {
-        data.users.truncate(n);
-    }
-    let users: Option<UserTable> = match &cfg.users {
-        Some(p) => Some(read_movielens_users(p, &opts)?),
-        None => None,
-    };
     let catalogue = schema::catalogue(&data)?;
     let behaviours = schema::behaviours(&data);
     let context = users.as_ref().map(schema::context).unwrap_or_default();
@@ -344,6 +343,3 @@ fn progress_bar(len: u64, prefix: &str) -> ProgressBar {
     bar.set_prefix(prefix.to_string());
     bar
 }
-
-// Keep the Kind import meaningful for readers: all training tensors are float32.
-const _: Kind = Kind::Float;

@@ -9,17 +9,6 @@ use seqserve::model::{rank, ItemId, Query, RankSpec};
 use seqserve::train::examples;
 use std::io::Write;
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, m: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % m
-    }
-}
-
 #[test]
 fn holdout_and_training_share_one_split_without_leakage() {
     // Every event has a unique item, so "training saw a relevant item" is unambiguous.
@@ -99,7 +88,7 @@ fn malformed_holdout_lines_are_named() {
 
 #[test]
 fn metric_properties_hold_on_random_cases() {
-    let mut r = Lcg(3);
+    let mut r = common::Lcg(3);
     for _ in 0..2000 {
         let n_rel = 1 + r.next(6) as usize;
         let mut relevant: Vec<u64> = Vec::new();
@@ -184,7 +173,7 @@ fn ties_k_beyond_catalogue_duplicates_and_unknown_relevant() {
 #[test]
 fn metrics_agree_with_ranx_on_a_generated_holdout() {
     let model = common::random_model(80, 2, 9);
-    let mut r = Lcg(11);
+    let mut r = common::Lcg(11);
     let cases: Vec<EvalCase> = (0..300)
         .map(|_| {
             let len = r.next(9) as usize;
@@ -273,7 +262,7 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
     common::random_model(30, 2, 2).save(&b).unwrap();
     let holdout = dir.path().join("h.jsonl");
     let mut f = std::fs::File::create(&holdout).unwrap();
-    let mut r = Lcg(5);
+    let mut r = common::Lcg(5);
     for u in 0..120 {
         let h: Vec<String> = (0..1 + r.next(6))
             .map(|_| format!("\"i{}\"", 1 + r.next(30)))

@@ -12,14 +12,8 @@ use std::collections::BTreeMap;
 use tch::{Device, Tensor};
 
 fn random_queries(n: usize, n_items: i64, max_len: usize, seed: u64) -> Vec<Query> {
-    // A tiny LCG keeps the inputs reproducible without extra dependencies.
-    let mut s = seed;
-    let mut next = move |m: u64| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) % m
-    };
+    let mut rng = common::Lcg(seed);
+    let mut next = move |m: u64| rng.next(m);
     (0..n)
         .map(|q| {
             // Lengths 0..=max_len, including the empty (cold-start) history.

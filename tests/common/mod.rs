@@ -79,3 +79,15 @@ pub fn python() -> PathBuf {
     );
     PathBuf::from(p)
 }
+
+/// A tiny deterministic generator: reproducible test inputs without extra dependencies.
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn next(&mut self, m: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % m
+    }
+}

@@ -16,7 +16,7 @@ pub use input::{history_events, HistoryEntry, ItemId};
 pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
 
 use crate::error::{InputError, ModelError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -178,11 +178,19 @@ impl Model {
     /// Full-catalogue scores for a batch, as one row per query (column j = item index j + 1).
     /// Inference mode: no grad, no dropout.
     pub fn score(&self, queries: &[&Query]) -> Vec<Vec<f32>> {
+        let n = self.manifest.architecture.n_items;
+        self.score_flat(queries)
+            .chunks(n)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// The batch's scores as one row-major buffer (B × n_items), copied once off the device.
+    fn score_flat(&self, queries: &[&Query]) -> Vec<f32> {
         if queries.is_empty() {
             return Vec::new();
         }
-        let n = self.manifest.architecture.n_items;
-        let flat: Vec<f32> = tch::no_grad(|| {
+        tch::no_grad(|| {
             let batch = to_tensors(queries, &self.manifest, self.device);
             let scores = self
                 .encoder
@@ -192,14 +200,15 @@ impl Model {
                 .contiguous()
                 .view(-1);
             Vec::<f32>::try_from(&scores).expect("float scores convert")
-        });
-        flat.chunks(n).map(<[f32]>::to_vec).collect()
+        })
     }
 
-    /// Scores and ranks a batch: one ranked list of (item index, score) per query.
+    /// Scores and ranks a batch: one ranked list of (item index, score) per query. Ranks straight
+    /// from the flat buffer: the hot path of serving and evaluation makes no per-row copies.
     pub fn recommend(&self, queries: &[&Query], specs: &[RankSpec]) -> Vec<Vec<(usize, f32)>> {
-        self.score(queries)
-            .iter()
+        let n = self.manifest.architecture.n_items;
+        self.score_flat(queries)
+            .chunks(n)
             .zip(specs)
             .map(|(row, s)| rank::top_k(row, s.k, &s.exclude, s.candidates.as_deref()))
             .collect()
@@ -208,7 +217,6 @@ impl Model {
 
 /// Names become tensor names (`context.<name>`): keep them to identifier characters.
 fn check_names(m: &Manifest) -> Result<(), String> {
-    let mut seen = HashSet::new();
     for f in &m.context {
         let n = f.name();
         if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -216,7 +224,6 @@ fn check_names(m: &Manifest) -> Result<(), String> {
                 "context feature name {n:?} must be letters, digits or '_'"
             ));
         }
-        seen.insert(n);
     }
     Ok(())
 }

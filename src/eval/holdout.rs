@@ -11,7 +11,7 @@ use crate::model::{
 use crate::train::examples::user_context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,23 +20,46 @@ pub struct HoldoutCase {
     #[serde(default)]
     pub user: String,
     pub history: Vec<HistoryEntry>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::model::unique_context"
+    )]
     pub context: BTreeMap<String, ContextValue>,
     pub relevant: Vec<ItemId>,
 }
 
-/// Parses JSON Lines; errors name the source and line.
-pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
+/// Reads JSON Lines cases one line at a time (a holdout is never held whole as text), calling `f`
+/// with each case and its line number. Errors name the source and line; more than `max_cases`
+/// cases is an error.
+pub fn read_cases(
+    mut reader: impl BufRead,
+    source: &Path,
+    max_cases: usize,
+    mut f: impl FnMut(usize, HoldoutCase) -> Result<(), DataError>,
+) -> Result<usize, DataError> {
+    let mut buf = String::new();
+    let (mut line_no, mut count) = (0usize, 0usize);
+    loop {
+        buf.clear();
+        let n = reader
+            .read_line(&mut buf)
+            .map_err(|source_err| DataError::Io {
+                path: source.to_path_buf(),
+                source: source_err,
+            })?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let line = buf.trim();
         if line.is_empty() {
             continue;
         }
         let err = |message: String| {
             DataError::Malformed(LineError {
                 path: source.to_path_buf(),
-                line: i + 1,
+                line: line_no,
                 message,
             })
         };
@@ -44,23 +67,42 @@ pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, Data
         if case.relevant.is_empty() {
             return Err(err("relevant must list at least one item".into()));
         }
-        out.push(case);
+        count += 1;
+        if count > max_cases {
+            return Err(err(format!("more than {max_cases} cases (the limit)")));
+        }
+        f(line_no, case)?;
     }
-    if out.is_empty() {
+    if count == 0 {
         return Err(DataError::Invalid {
             path: source.to_path_buf(),
             message: "holdout has no cases".into(),
         });
     }
+    Ok(count)
+}
+
+/// Parses JSON Lines text; errors name the source and line.
+pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
+    let mut out = Vec::new();
+    read_cases(text.as_bytes(), source, usize::MAX, |_, c| {
+        out.push(c);
+        Ok(())
+    })?;
     Ok(out)
 }
 
 pub fn read_holdout(path: &Path) -> Result<Vec<HoldoutCase>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let f = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_holdout(&text, path)
+    let mut out = Vec::new();
+    read_cases(std::io::BufReader::new(f), path, usize::MAX, |_, c| {
+        out.push(c);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 pub fn write_holdout(cases: &[HoldoutCase], path: &Path) -> Result<(), DataError> {
@@ -135,29 +177,42 @@ pub fn resolve(
     let mut out = Vec::with_capacity(cases.len());
     let mut unknown_relevant = 0;
     for (i, c) in cases.iter().enumerate() {
-        let history = history_events(c.history.clone(), "history")
-            .map_err(|e| format!("case {}: {e}", i + 1))?;
-        let prepared = prepare(manifest, catalogue, &history, &c.context)
-            .map_err(|e| format!("case {} (user {:?}): {e}", i + 1, c.user))?;
-        let mut relevant = Vec::new();
-        for id in c.relevant.clone() {
-            let id = id
-                .into_checked("relevant")
-                .map_err(|e| format!("case {}: {e}", i + 1))?;
-            match catalogue.index_of(&id) {
-                Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
-                Some(_) => {}
-                None => unknown_relevant += 1,
-            }
-        }
-        out.push(EvalCase {
-            query: prepared.query,
-            seen: prepared.seen,
-            relevant,
-        });
+        let (case, unknown) =
+            resolve_case(manifest, catalogue, c).map_err(|e| format!("case {}: {e}", i + 1))?;
+        out.push(case);
+        unknown_relevant += unknown;
     }
     Ok(Resolved {
         cases: out,
         unknown_relevant,
     })
+}
+
+/// One case resolved against a model, and how many of its relevant ids the model does not know.
+pub fn resolve_case(
+    manifest: &Manifest,
+    catalogue: &Catalogue,
+    c: &HoldoutCase,
+) -> Result<(EvalCase, usize), String> {
+    let history = history_events(c.history.clone(), "history")?;
+    let prepared = prepare(manifest, catalogue, &history, &c.context)
+        .map_err(|e| format!("(user {:?}): {e}", c.user))?;
+    let mut relevant = Vec::new();
+    let mut unknown_relevant = 0;
+    for id in c.relevant.clone() {
+        let id = id.into_checked("relevant")?;
+        match catalogue.index_of(&id) {
+            Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
+            Some(_) => {}
+            None => unknown_relevant += 1,
+        }
+    }
+    Ok((
+        EvalCase {
+            query: prepared.query,
+            seen: prepared.seen,
+            relevant,
+        },
+        unknown_relevant,
+    ))
 }

@@ -4,11 +4,36 @@ use crate::error::InputError;
 use std::collections::BTreeMap;
 
 /// A context value as a caller gives it (JSON string/number, or a CLI `key=value`).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
 pub enum ContextValue {
     Number(f64),
     Text(String),
+}
+
+impl<'de> serde::Deserialize<'de> for ContextValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ContextValue, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ContextValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a context value: a number or a string")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ContextValue, E> {
+                Ok(ContextValue::Number(v as f64))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ContextValue, E> {
+                Ok(ContextValue::Number(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ContextValue, E> {
+                Ok(ContextValue::Number(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ContextValue, E> {
+                Ok(ContextValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl ContextValue {

@@ -1,9 +1,17 @@
-//! Histories as callers write them in JSON (HTTP requests, holdout files), before resolution.
+//! Histories and contexts as callers write them in JSON (HTTP requests, holdout files), before
+//! resolution. Deserialisation is strict everywhere, the same as for a request's top level: unknown
+//! fields inside a history event and duplicate keys in a context are refused with a message that
+//! says what was expected (an untagged serde enum would accept `{"item": 1, "behavor": "cart"}` and
+//! silently drop the typo, and answer wrong types with "data did not match any variant").
 use super::batch::HistoryEvent;
+use super::context::ContextValue;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
 
 /// An item id as JSON gives it: a non-negative integer or a string.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ItemId {
     Int(u64),
@@ -24,16 +32,119 @@ impl ItemId {
     }
 }
 
+const ITEM_ID: &str = "an item id (a non-negative integer or a string)";
+
+struct ItemIdVisitor;
+
+impl<'de> Visitor<'de> for ItemIdVisitor {
+    type Value = ItemId;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(ITEM_ID)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<ItemId, E> {
+        Ok(ItemId::Int(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<ItemId, E> {
+        u64::try_from(v)
+            .map(ItemId::Int)
+            .map_err(|_| E::custom(format!("item id {v} is negative; expected {ITEM_ID}")))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<ItemId, E> {
+        Err(E::custom(format!(
+            "item id {v} is not an integer; expected {ITEM_ID}"
+        )))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ItemId, E> {
+        Ok(ItemId::Str(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<ItemId, E> {
+        Ok(ItemId::Str(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for ItemId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ItemId, D::Error> {
+        d.deserialize_any(ItemIdVisitor)
+    }
+}
+
 /// One history entry: a bare id, or `{item, behavior}` (`behaviour` accepted too).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum HistoryEntry {
     Id(ItemId),
     Event {
         item: ItemId,
-        #[serde(alias = "behaviour", skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         behavior: Option<String>,
     },
+}
+
+const HISTORY_ENTRY: &str =
+    "a history entry: an item id (a non-negative integer or a string) or {\"item\": id, \"behavior\": name}";
+
+struct HistoryEntryVisitor;
+
+impl<'de> Visitor<'de> for HistoryEntryVisitor {
+    type Value = HistoryEntry;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(HISTORY_ENTRY)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<HistoryEntry, E> {
+        ItemIdVisitor.visit_u64(v).map(HistoryEntry::Id)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<HistoryEntry, E> {
+        ItemIdVisitor.visit_i64(v).map(HistoryEntry::Id)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<HistoryEntry, E> {
+        Err(E::custom(format!(
+            "{v} is not an integer; expected {HISTORY_ENTRY}"
+        )))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<HistoryEntry, E> {
+        ItemIdVisitor.visit_str(v).map(HistoryEntry::Id)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<HistoryEntry, E> {
+        ItemIdVisitor.visit_string(v).map(HistoryEntry::Id)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HistoryEntry, A::Error> {
+        let mut item: Option<ItemId> = None;
+        let mut behavior: Option<Option<String>> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "item" => {
+                    if item.is_some() {
+                        return Err(de::Error::custom("duplicate field `item` in history event"));
+                    }
+                    item = Some(map.next_value()?);
+                }
+                "behavior" | "behaviour" => {
+                    if behavior.is_some() {
+                        return Err(de::Error::custom(
+                            "duplicate field `behavior` in history event",
+                        ));
+                    }
+                    behavior = Some(map.next_value()?);
+                }
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown field `{other}` in history event; expected `item` and optionally `behavior`"
+                    )))
+                }
+            }
+        }
+        let item = item.ok_or_else(|| de::Error::custom("history event without `item`"))?;
+        Ok(HistoryEntry::Event {
+            item,
+            behavior: behavior.flatten(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HistoryEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HistoryEntry, D::Error> {
+        d.deserialize_any(HistoryEntryVisitor)
+    }
 }
 
 impl HistoryEntry {
@@ -56,4 +167,87 @@ pub fn history_events(
     field: &str,
 ) -> Result<Vec<HistoryEvent>, String> {
     entries.into_iter().map(|e| e.into_event(field)).collect()
+}
+
+/// `deserialize_with` for a context object: like a map, but a repeated key is an error (serde's map
+/// would keep the last value silently, where a repeated top-level field is refused).
+pub fn unique_context<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ContextValue>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<String, ContextValue>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a context object {\"feature\": value, ...}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value: ContextValue = map.next_value()?;
+                if out.insert(key.clone(), value).is_some() {
+                    return Err(de::Error::custom(format!(
+                        "duplicate context feature `{key}`"
+                    )));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Body {
+        #[allow(dead_code)]
+        history: Vec<HistoryEntry>,
+        #[serde(default, deserialize_with = "unique_context")]
+        #[allow(dead_code)]
+        context: BTreeMap<String, ContextValue>,
+    }
+
+    fn err(json: &str) -> String {
+        serde_json::from_str::<Body>(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn history_entries_are_strict_and_say_what_they_expect() {
+        let ok: Body = serde_json::from_str(
+            r#"{"history": [1, "a", {"item": 2}, {"item": "3", "behaviour": "cart"}, {"item": 4, "behavior": null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.history.len(), 5);
+        assert_eq!(
+            ok.history[3],
+            HistoryEntry::Event {
+                item: ItemId::Str("3".into()),
+                behavior: Some("cart".into())
+            }
+        );
+        assert!(err(r#"{"history": [{"item": 1, "foo": 2}]}"#).contains("unknown field `foo`"));
+        assert!(
+            err(r#"{"history": [{"item": 1, "behavor": "cart"}]}"#).contains("`behavor`"),
+            "typo must be named"
+        );
+        let e = err(r#"{"history": [1.5]}"#);
+        assert!(e.contains("history entry") && !e.contains("variant"), "{e}");
+        assert!(err(r#"{"history": [-3]}"#).contains("negative"));
+        assert!(err(r#"{"history": [true]}"#).contains("history entry"));
+        assert!(err(r#"{"history": [{"behavior": "cart"}]}"#).contains("without `item`"));
+        assert!(err(r#"{"history": [{"item": 1, "item": 2}]}"#).contains("duplicate"));
+        assert!(err(r#"{"history": [{"item": 1.5}]}"#).contains("not an integer"));
+    }
+
+    #[test]
+    fn a_repeated_context_key_is_refused() {
+        let e = err(r#"{"history": [], "context": {"gender": "F", "gender": "M"}}"#);
+        assert!(e.contains("duplicate context feature `gender`"), "{e}");
+        let ok: Body =
+            serde_json::from_str(r#"{"history": [], "context": {"gender": "F", "age": 25}}"#)
+                .unwrap();
+        assert_eq!(ok.context.len(), 2);
+    }
 }

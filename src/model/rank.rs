@@ -3,6 +3,7 @@
 //! Tie policy (deterministic, documented): higher score first; among equal scores the lower item
 //! index (earlier line of items.txt) first. Excluded items never appear, so fewer than k items come
 //! back when fewer than k are eligible.
+use std::collections::HashSet;
 
 /// Ranks `scores` (column j = item index j + 1) and returns the best `k` (item index, score).
 ///
@@ -18,7 +19,6 @@ pub fn top_k(
         return Vec::new();
     }
     let n = scores.len();
-    let excluded = |idx: usize| exclude.contains(&idx);
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
     let mut offer = |idx: usize, s: f32| {
         if s.is_nan() {
@@ -37,12 +37,15 @@ pub fn top_k(
     };
     match candidates {
         Some(cands) => {
-            let mut seen = Vec::with_capacity(cands.len());
+            // Sets, not linear scans: candidates and exclusions are caller-sized (up to
+            // limits.max_candidates / max_exclude each), and a quadratic loop here would stall the
+            // model thread for every request in its batch.
+            let excluded: HashSet<usize> = exclude.iter().copied().collect();
+            let mut seen = HashSet::with_capacity(cands.len());
             for &idx in cands {
-                if idx == 0 || idx > n || excluded(idx) || seen.contains(&idx) {
+                if idx == 0 || idx > n || excluded.contains(&idx) || !seen.insert(idx) {
                     continue;
                 }
-                seen.push(idx);
                 offer(idx, scores[idx - 1]);
             }
         }
@@ -62,7 +65,7 @@ pub fn top_k(
                 }
             } else {
                 for (j, &s) in scores.iter().enumerate() {
-                    if !excluded(j + 1) {
+                    if !exclude.contains(&(j + 1)) {
                         offer(j + 1, s);
                     }
                 }

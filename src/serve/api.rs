@@ -13,7 +13,7 @@ pub struct RecommendRequest {
     /// Item ids or {item, behavior} objects, most recent last. May be empty (cold start).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::unique_context")]
     pub context: BTreeMap<String, ContextValue>,
     pub k: Option<usize>,
     #[serde(default = "yes")]

@@ -21,15 +21,15 @@ ALL="beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-ll3-2l ml1m-l
 for m in "$@"; do
   case $m in
     # Leave-one-out (the published protocol): the service's models.
-    beauty-2l) $S train $BEAUTY --layers 2 --out models/beauty-2l ;;
-    beauty-1l) $S train $BEAUTY --layers 1 --out models/beauty-1l ;;
-    ml1m-ctx)  $S train $ML1M --layers 2 --out models/ml1m-ctx ;;
+    beauty-2l) $S train $BEAUTY --layers 2 --force --out models/beauty-2l ;;
+    beauty-1l) $S train $BEAUTY --layers 1 --force --out models/beauty-1l ;;
+    ml1m-ctx)  $S train $ML1M --layers 2 --force --out models/ml1m-ctx ;;
     # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
     # comparison of `seqserve evaluate` (README).
-    beauty-ll3-2l) $S train $BEAUTY --layers 2 --split leave-last-3 --out models/beauty-ll3-2l ;;
-    beauty-ll3-1l) $S train $BEAUTY --layers 1 --split leave-last-3 --out models/beauty-ll3-1l ;;
-    ml1m-ll3-2l)   $S train $ML1M_LL3 --layers 2 --out models/ml1m-ll3-2l ;;
-    ml1m-ll3-1l)   $S train $ML1M_LL3 --layers 1 --out models/ml1m-ll3-1l ;;
+    beauty-ll3-2l) $S train $BEAUTY --layers 2 --split leave-last-3 --force --out models/beauty-ll3-2l ;;
+    beauty-ll3-1l) $S train $BEAUTY --layers 1 --split leave-last-3 --force --out models/beauty-ll3-1l ;;
+    ml1m-ll3-2l)   $S train $ML1M_LL3 --layers 2 --force --out models/ml1m-ll3-2l ;;
+    ml1m-ll3-1l)   $S train $ML1M_LL3 --layers 1 --force --out models/ml1m-ll3-1l ;;
     *) echo "unknown model $m (known: $ALL)" >&2; exit 1 ;;
   esac
 done

@@ -269,3 +269,47 @@ fn every_load_error_names_file_and_problem() {
     assert!(matches!(e, ModelError::BadFile { .. }), "{e}");
     assert!(e.to_string().contains("unexpected tensor blocks.1"), "{e}");
 }
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    for bad in [f64::NAN, f64::INFINITY] {
+        let model = random_model(10, 1, 3);
+        let vars = model.vs.variables();
+        let name = vars
+            .keys()
+            .find(|k| k.starts_with("blocks.0"))
+            .unwrap()
+            .clone();
+        tch::no_grad(|| {
+            let mut t = vars[&name].shallow_clone();
+            let _ = t.fill_(bad);
+        });
+        let d = tempfile::tempdir().unwrap();
+        model.save(d.path()).unwrap();
+        expect_err(d.path(), &format!("tensor {name} holds non-finite values"));
+    }
+}
+
+#[test]
+fn atomic_save_refuses_an_existing_directory_unless_replacing_and_leaves_no_debris() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("m");
+    let a = random_model(10, 1, 3);
+    a.save_atomically(&dir, false).unwrap();
+    assert!(Model::load(&dir, Device::Cpu).is_ok());
+    let b = random_model(12, 1, 4);
+    let e = b.save_atomically(&dir, false).unwrap_err().to_string();
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(
+        Model::load(&dir, Device::Cpu).unwrap().catalogue.len(),
+        10,
+        "refused: the old model is untouched"
+    );
+    b.save_atomically(&dir, true).unwrap();
+    assert_eq!(Model::load(&dir, Device::Cpu).unwrap().catalogue.len(), 12);
+    let names: Vec<String> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["m"], "no temporary or old directories left behind");
+}

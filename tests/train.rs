@@ -18,6 +18,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         limit_users: None,
         split: Split::LeaveLastN(1),
         out: out.to_path_buf(),
+        force: false,
         name: "t".into(),
         version: "1".into(),
         d_model: 32,
@@ -148,4 +149,20 @@ fn taobao_events_train_with_behaviour_types() {
     }];
     let p = loaded.prepare(&h, &BTreeMap::new()).unwrap();
     assert_eq!(p.query.behaviours, vec![2]);
+}
+
+#[test]
+fn an_existing_output_directory_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shipped");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("model.json"), "{}").unwrap();
+    // The data path does not even exist: the refusal comes first, not after hours of training.
+    let cfg = config(&dir.path().join("no-such-log.txt"), &out);
+    let e = train(&cfg).err().unwrap().to_string();
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("model.json")).unwrap(),
+        "{}"
+    );
 }

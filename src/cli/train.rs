@@ -27,6 +27,9 @@ pub struct TrainArgs {
     /// Output model directory.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing model directory at --out (without it, an existing directory is refused).
+    #[arg(long)]
+    force: bool,
     /// Model name (default: the output directory's name).
     #[arg(long)]
     name: Option<String>,
@@ -85,6 +88,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         limit_users: a.limit_users,
         split: a.split,
         out: a.out,
+        force: a.force,
         name,
         version: a.model_version,
         d_model: a.d_model,

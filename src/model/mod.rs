@@ -12,7 +12,7 @@ pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
 pub use context::{encode_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
-pub use input::{history_events, HistoryEntry, ItemId};
+pub use input::{history_events, unique_context, HistoryEntry, ItemId};
 pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
 
 use crate::error::{InputError, ModelError};
@@ -144,6 +144,12 @@ impl Model {
                     src.kind()
                 )));
             }
+            // NaN/Inf weights load without complaint and then serve empty or garbage rankings.
+            if !bool::try_from(src.isfinite().all()).unwrap_or(false) {
+                return Err(bad(format!(
+                    "tensor {name} holds non-finite values (NaN or Inf)"
+                )));
+            }
             let mut var = var.shallow_clone();
             tch::no_grad(|| var.f_copy_(&src))?;
         }
@@ -164,6 +170,58 @@ impl Model {
         self.vs.save(dir.join(WEIGHTS_FILE))?;
         self.catalogue.write(&dir.join(ITEMS_FILE))?;
         self.manifest.write(&dir.join(MANIFEST_FILE))
+    }
+
+    /// Writes the model directory so that it is never seen half-written: into a temporary sibling
+    /// directory first, then renamed into place. An existing `dir` is refused unless `replace`,
+    /// and is then swapped out only after the new model is complete.
+    pub fn save_atomically(&self, dir: &Path, replace: bool) -> Result<(), ModelError> {
+        let write_err = |path: &Path, source| ModelError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        if dir.exists() && !replace {
+            return Err(ModelError::BadFile {
+                path: dir.to_path_buf(),
+                message: "already exists; pass --force to replace it".into(),
+            });
+        }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| ModelError::BadFile {
+                path: dir.to_path_buf(),
+                message: "not a directory name".into(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| write_err(&parent, e))?;
+        let pid = std::process::id();
+        let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+        let old = parent.join(format!(".{name}.old-{pid}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        if let Err(e) = self.save(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let had_old = dir.exists();
+        if had_old {
+            std::fs::rename(dir, &old).map_err(|e| write_err(dir, e))?;
+        }
+        if let Err(e) = std::fs::rename(&tmp, dir) {
+            if had_old {
+                let _ = std::fs::rename(&old, dir);
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(write_err(dir, e));
+        }
+        if had_old {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
     }
 
     /// Resolves a caller's history and context (see [`prepare`]).

@@ -28,6 +28,8 @@ pub struct TrainConfig {
     pub limit_users: Option<usize>,
     pub split: Split,
     pub out: PathBuf,
+    /// Replace an existing model directory at `out` (refused otherwise).
+    pub force: bool,
     pub name: String,
     pub version: String,
     pub d_model: usize,
@@ -55,6 +57,14 @@ pub struct TrainOutcome {
 
 pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let started = Instant::now();
+    // Refuse before hours of training, not after: `--out` naming a shipped model would replace it.
+    if cfg.out.exists() && !cfg.force {
+        bail!(
+            "{} already exists; pass --force to replace it (the new model is written beside it and \
+             swapped in only when complete)",
+            cfg.out.display()
+        );
+    }
     tch::manual_seed(cfg.seed as i64);
     let opts = ReadOptions {
         skip_malformed: cfg.skip_malformed,
@@ -233,7 +243,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         test: round_map(eval::summary_map(&tres)),
         test_cases: test.len(),
     });
-    model.save(&cfg.out)?;
+    model.save_atomically(&cfg.out, cfg.force)?;
     Ok(TrainOutcome {
         model,
         dir: cfg.out.clone(),

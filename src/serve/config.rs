@@ -23,8 +23,27 @@ pub struct ServerSection {
     pub body_limit_bytes: usize,
     /// Default per-request deadline; a request that cannot start in time gets 504.
     pub request_timeout_ms: u64,
-    /// After SIGTERM/SIGINT: how long in-flight and queued requests may take before exit.
+    /// After SIGTERM/SIGINT: the whole shutdown (announce, drain, exit) finishes within this.
     pub drain_timeout_secs: u64,
+    /// After SIGTERM the listener keeps answering (readiness 503, new work 503) at least this long,
+    /// so pollers and load balancers see the 503 before connections are refused.
+    pub drain_announce_ms: u64,
+    /// A connection must deliver a complete request head within this long after its first byte
+    /// (slow-header clients are cut off).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this long idle (new connections
+    /// included: one that never sends a byte is closed too).
+    pub keep_alive_timeout_ms: u64,
+    /// A request body must arrive within this long once its head was read (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// Most open client connections; further ones wait in the kernel's backlog. Also capped at
+    /// run time by the file-descriptor limit (which seqserve raises to its hard limit at start).
+    pub max_connections: usize,
+    /// Threads that parse and validate large request bodies off the async runtime (0 = the CPU
+    /// quota), so no request can hold the threads that answer /health/live.
+    pub parse_threads: usize,
+    /// Large requests waiting for a parse thread beyond this many are refused with 429.
+    pub max_parse_waiting: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,6 +95,9 @@ pub struct LoggingSection {
     pub format: LogFormat,
     /// tracing filter, e.g. "info" or "seqserve=debug,info".
     pub level: String,
+    /// At most this many refused-request lines (4xx, 429, 503, 504) are logged per second; the rest
+    /// are counted and summarised in one line (every refusal is in /metrics anyway).
+    pub max_refusal_logs_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +109,19 @@ pub struct AdminSection {
     pub holdout_dir: PathBuf,
     /// Evaluations with at most this many cases answer directly; larger ones become jobs (202).
     pub max_inline_cases: usize,
+    /// A separate listener (on server.host) for the admin routes (/evaluate) and /metrics; when
+    /// set, they are served only there. 0 = they share the public port.
+    pub port: u16,
+    /// Evaluations running at once (inline and jobs); more are refused with 429.
+    pub max_running_evaluations: usize,
+    /// Finished evaluation jobs are forgotten after this long...
+    pub evaluation_ttl_secs: u64,
+    /// ...or when more than this many finished ones are kept (oldest first).
+    pub max_finished_evaluations: usize,
+    /// Largest holdout file an evaluation may read (it is streamed, never read whole).
+    pub max_holdout_bytes: u64,
+    /// Most cases in one evaluation (file or inline).
+    pub max_evaluation_cases: usize,
 }
 
 impl Default for ServerSection {
@@ -97,6 +132,13 @@ impl Default for ServerSection {
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 1000,
             drain_timeout_secs: 30,
+            drain_announce_ms: 1000,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            parse_threads: 0,
+            max_parse_waiting: 256,
         }
     }
 }
@@ -139,6 +181,7 @@ impl Default for LoggingSection {
         LoggingSection {
             format: LogFormat::Human,
             level: "info".into(),
+            max_refusal_logs_per_sec: 10,
         }
     }
 }
@@ -149,6 +192,12 @@ impl Default for AdminSection {
             token: String::new(),
             holdout_dir: PathBuf::new(),
             max_inline_cases: 2000,
+            port: 0,
+            max_running_evaluations: 2,
+            evaluation_ttl_secs: 3600,
+            max_finished_evaluations: 100,
+            max_holdout_bytes: 256 << 20,
+            max_evaluation_cases: 1_000_000,
         }
     }
 }
@@ -182,27 +231,157 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
 }
 
 impl Config {
+    /// Every numeric key has a range, checked at start: an absurd value (a queue of 10^12 slots, a
+    /// million libtorch threads) must fail with the key's name, not abort or exhaust the host later.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("server.body_limit_bytes", self.server.body_limit_bytes),
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as u64;
+        let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
+        let ranges: [(&str, u64, u64, u64); 30] = [
+            (
+                "server.body_limit_bytes",
+                s.body_limit_bytes as u64,
+                1,
+                64 << 20,
+            ),
             (
                 "server.request_timeout_ms",
-                self.server.request_timeout_ms as usize,
+                s.request_timeout_ms,
+                1,
+                600_000,
             ),
-            ("batching.max_batch_size", self.batching.max_batch_size),
-            ("batching.max_queue_size", self.batching.max_queue_size),
-            ("limits.max_k", self.limits.max_k),
-            ("limits.max_batch_requests", self.limits.max_batch_requests),
+            ("server.drain_timeout_secs", s.drain_timeout_secs, 1, 3600),
+            ("server.drain_announce_ms", s.drain_announce_ms, 0, 60_000),
+            (
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "server.keep_alive_timeout_ms",
+                s.keep_alive_timeout_ms,
+                100,
+                3_600_000,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                s.body_read_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "server.max_connections",
+                s.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "server.parse_threads",
+                s.parse_threads as u64,
+                0,
+                cores.max(1) * 4,
+            ),
+            (
+                "server.max_parse_waiting",
+                s.max_parse_waiting as u64,
+                0,
+                100_000,
+            ),
+            (
+                "model.intra_op_threads",
+                self.model.intra_op_threads as u64,
+                0,
+                cores,
+            ),
+            ("batching.max_batch_size", b.max_batch_size as u64, 1, 4096),
+            ("batching.max_delay_us", b.max_delay_us, 0, 1_000_000),
+            (
+                "batching.max_queue_size",
+                b.max_queue_size as u64,
+                1,
+                100_000,
+            ),
+            (
+                "batching.background_max_wait_ms",
+                b.background_max_wait_ms,
+                1,
+                60_000,
+            ),
+            ("limits.max_k", l.max_k as u64, 1, 10_000),
+            ("limits.max_history", l.max_history as u64, 1, 1_000_000),
+            (
+                "limits.max_candidates",
+                l.max_candidates as u64,
+                1,
+                1_000_000,
+            ),
+            ("limits.max_exclude", l.max_exclude as u64, 0, 1_000_000),
+            (
+                "limits.max_batch_requests",
+                l.max_batch_requests as u64,
+                1,
+                4096,
+            ),
+            (
+                "logging.max_refusal_logs_per_sec",
+                self.logging.max_refusal_logs_per_sec as u64,
+                0,
+                100_000,
+            ),
+            (
+                "admin.max_inline_cases",
+                a.max_inline_cases as u64,
+                1,
+                1_000_000,
+            ),
+            ("admin.port", a.port as u64, 0, 65_535),
+            (
+                "admin.max_running_evaluations",
+                a.max_running_evaluations as u64,
+                1,
+                64,
+            ),
+            (
+                "admin.evaluation_ttl_secs",
+                a.evaluation_ttl_secs,
+                1,
+                30 * 86_400,
+            ),
+            (
+                "admin.max_finished_evaluations",
+                a.max_finished_evaluations as u64,
+                1,
+                10_000,
+            ),
+            ("admin.max_holdout_bytes", a.max_holdout_bytes, 1, 64 << 30),
+            (
+                "admin.max_evaluation_cases",
+                a.max_evaluation_cases as u64,
+                1,
+                100_000_000,
+            ),
+            ("server.port", s.port as u64, 0, 65_535),
+            (
+                "server.drain_announce_ms (in ms, at most the drain timeout)",
+                s.drain_announce_ms,
+                0,
+                s.drain_timeout_secs.saturating_mul(1000),
+            ),
         ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err(format!("configuration: {key} must be positive"));
+        for (key, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                return Err(format!(
+                    "configuration: {key} must be between {lo} and {hi}, got {v}"
+                ));
             }
         }
-        if self.batching.max_delay_us > 1_000_000 {
-            return Err(
-                "configuration: batching.max_delay_us must be at most 1000000 (1 s)".into(),
-            );
+        if a.port != 0 && a.port == s.port {
+            return Err(format!(
+                "configuration: admin.port must differ from server.port ({})",
+                s.port
+            ));
         }
         if let Err(e) = crate::device::parse_device(&self.model.device) {
             return Err(format!("configuration: model.device: {e}"));
@@ -245,6 +424,36 @@ mod tests {
         assert!(e.contains("batching.max_batch_size"), "{e}");
         let e = load(None, &[("model.device", "tpu".into())]).unwrap_err();
         assert!(e.contains("model.device"), "{e}");
+    }
+
+    #[test]
+    fn every_numeric_key_has_an_upper_bound_checked_at_start() {
+        // Each of these aborted, panicked or exhausted the host before the ranges existed.
+        for (key, value) in [
+            ("batching.max_queue_size", "1000000000000"),
+            ("batching.max_queue_size", "9223372036854775807"),
+            ("model.intra_op_threads", "1000000"),
+            ("batching.max_batch_size", "100000000"),
+            ("server.body_limit_bytes", "1000000000000"),
+            ("limits.max_k", "1000000000"),
+            ("admin.max_running_evaluations", "0"),
+            ("server.header_read_timeout_ms", "0"),
+        ] {
+            let e = load(None, &[(key, value.into())]).unwrap_err();
+            assert!(
+                e.contains(key) && e.contains("between"),
+                "{key}={value}: {e}"
+            );
+        }
+        let e = load(
+            None,
+            &[
+                ("admin.port", "8080".into()),
+                ("server.port", "8080".into()),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("admin.port"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .thread_name("seqserve-http")
         .build()?;
-    rt.block_on(seqserve::serve::run(cfg, shutdown_signal(), |_| {}))
+    let r = rt.block_on(seqserve::serve::run(cfg, shutdown_signal(), |_| {}));
+    // run() has drained within the drain timeout; blocking tasks still winding down (a cancelled
+    // evaluation finishing its batch) must not hold the exit, as dropping the runtime would.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    r
 }
 
 fn init_logging(format: LogFormat, level: &str) {

@@ -3,16 +3,21 @@
 //!
 //! Evaluation shares the model with live traffic through the worker's low-priority queue, one batch
 //! at a time, so live requests always go first. Small evaluations answer directly; larger ones become
-//! jobs (202 + id) so no connection is held for minutes.
-use super::error::{from_json_rejection, ApiError};
+//! jobs (202 + id) so no connection is held for minutes. Evaluations are bounded: at most
+//! admin.max_running_evaluations run at once (429 beyond), holdout files are streamed with size and
+//! case limits, finished jobs are forgotten after admin.evaluation_ttl_secs (or beyond
+//! admin.max_finished_evaluations), an inline evaluation whose client has gone is cancelled, and
+//! shutdown cancels everything still running.
+use super::body;
+use super::error::ApiError;
 use super::queue::BackgroundJob;
 use super::{AppState, Loaded};
-use crate::eval::holdout::{parse_holdout, resolve, HoldoutCase};
+use crate::eval::holdout::{read_cases, resolve_case, HoldoutCase, Resolved};
 use crate::eval::metrics::METRIC_NAMES;
 use crate::eval::report::{self, Report};
 use crate::eval::{evaluate_with, EvalOptions, EvalResult};
-use crate::model::{Query, RankSpec};
-use axum::extract::rejection::JsonRejection;
+use crate::model::{Catalogue, Manifest, Query, RankSpec};
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +28,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
@@ -32,6 +38,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/evaluate/{id}", get(status).delete(cancel))
 }
 
+/// Every evaluation known to the server: running ones (inline and jobs) and finished jobs until
+/// they expire.
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<EvalJob>>>,
@@ -40,10 +48,13 @@ pub struct Jobs {
 
 struct EvalJob {
     id: String,
-    total: usize,
+    /// Answered on the request's own connection (forgotten when it finishes).
+    inline: AtomicBool,
+    total: AtomicUsize,
     done: AtomicUsize,
     cancelled: AtomicBool,
     state: Mutex<JobState>,
+    finished_at: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone)]
@@ -52,6 +63,140 @@ enum JobState {
     Done(serde_json::Value),
     Failed(String),
     Cancelled,
+}
+
+impl JobState {
+    fn name(&self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done(_) => "done",
+            JobState::Failed(_) => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl EvalJob {
+    fn is_running(&self) -> bool {
+        matches!(*self.state.lock().expect("job lock"), JobState::Running)
+    }
+
+    fn finish(&self, state: JobState) {
+        *self.state.lock().expect("job lock") = state;
+        *self.finished_at.lock().expect("job lock") = Some(Instant::now());
+    }
+}
+
+impl Jobs {
+    /// Registers a new running evaluation, or refuses with 429 when admin.max_running_evaluations
+    /// already run. Expired finished jobs are forgotten on the way.
+    fn admit(&self, st: &AppState) -> Result<Arc<EvalJob>, ApiError> {
+        let cfg = &st.cfg.admin;
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        forget_expired(
+            &mut jobs,
+            Duration::from_secs(cfg.evaluation_ttl_secs),
+            cfg.max_finished_evaluations,
+        );
+        let running = jobs.values().filter(|j| j.is_running()).count();
+        if running >= cfg.max_running_evaluations {
+            st.metrics.refuse("evaluations_full");
+            return Err(ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "evaluations_full",
+                    format!(
+                        "{running} evaluations are running (admin.max_running_evaluations); retry when one finishes"
+                    ),
+                )
+            });
+        }
+        let id = format!("eval-{}", self.next.fetch_add(1, Ordering::SeqCst) + 1);
+        let job = Arc::new(EvalJob {
+            id: id.clone(),
+            inline: AtomicBool::new(true),
+            total: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            cancelled: AtomicBool::new(false),
+            state: Mutex::new(JobState::Running),
+            finished_at: Mutex::new(None),
+        });
+        jobs.insert(id, job.clone());
+        Ok(job)
+    }
+
+    fn forget(&self, id: &str) {
+        self.jobs.lock().expect("jobs lock").remove(id);
+    }
+
+    fn find(&self, st: &AppState, id: &str) -> Result<Arc<EvalJob>, ApiError> {
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        forget_expired(
+            &mut jobs,
+            Duration::from_secs(st.cfg.admin.evaluation_ttl_secs),
+            st.cfg.admin.max_finished_evaluations,
+        );
+        jobs.get(id)
+            .filter(|j| !j.inline.load(Ordering::SeqCst))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no evaluation {id:?} (finished jobs are kept admin.evaluation_ttl_secs)"
+                    ),
+                )
+            })
+    }
+
+    /// Shutdown: every running evaluation stops at its next batch.
+    pub fn cancel_all(&self) {
+        for j in self.jobs.lock().expect("jobs lock").values() {
+            j.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Evaluations running now (inline and jobs).
+    pub fn running(&self) -> usize {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .filter(|j| j.is_running())
+            .count()
+    }
+}
+
+/// Drops finished jobs older than `ttl`, then the oldest finished ones beyond `keep`.
+fn forget_expired(jobs: &mut HashMap<String, Arc<EvalJob>>, ttl: Duration, keep: usize) {
+    let mut finished: Vec<(Instant, String)> = jobs
+        .values()
+        .filter_map(|j| {
+            let at = (*j.finished_at.lock().expect("job lock"))?;
+            Some((at, j.id.clone()))
+        })
+        .collect();
+    finished.sort();
+    let excess = finished.len().saturating_sub(keep);
+    for (i, (at, id)) in finished.iter().enumerate() {
+        if i < excess || at.elapsed() >= ttl {
+            jobs.remove(id);
+        }
+    }
+}
+
+/// Cancels an inline evaluation when its handler is dropped (the client disconnected) before it
+/// answered; disarmed once the evaluation became a background job.
+struct CancelOnDrop(Option<Arc<EvalJob>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(j) = self.0.take() {
+            j.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,11 +286,12 @@ fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
 async fn start(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    payload: Result<Json<EvaluateRequest>, JsonRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
-    let loaded = st.loaded()?;
-    let Json(req) = payload.map_err(from_json_rejection)?;
+    st.loaded()?;
+    let bytes = body::read_json_body(&st, &headers, body).await?;
+    let req: EvaluateRequest = body::parse_then(&st, bytes, Ok).await?;
     if req.k.is_empty()
         || req.k.len() > 10
         || req.k.iter().any(|&k| k == 0 || k > st.cfg.limits.max_k)
@@ -155,71 +301,83 @@ async fn start(
             st.cfg.limits.max_k
         )));
     }
-    let (cases, source) =
-        match (req.holdout, req.cases) {
+    let max_cases = st.cfg.admin.max_evaluation_cases;
+    let source =
+        match (&req.holdout, &req.cases) {
             (Some(name), None) => {
-                let path = holdout_path(&st.cfg.admin.holdout_dir, &name)?;
-                let label = name.clone();
-                let cases = tokio::task::spawn_blocking(move || {
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        ApiError::validation(format!("cannot read holdout {label:?}: {e}"))
-                    })?;
-                    parse_holdout(&text, Path::new(&label))
-                        .map_err(|e| ApiError::validation(e.to_string()))
-                })
-                .await
-                .map_err(|_| internal("holdout parsing panicked"))??;
-                (cases, name)
+                CaseSource::File(holdout_path(&st.cfg.admin.holdout_dir, name)?, name.clone())
             }
             (None, Some(cases)) => {
                 if cases.is_empty() {
                     return Err(ApiError::validation("cases must not be empty"));
+                }
+                if cases.len() > max_cases {
+                    return Err(ApiError::validation(format!(
+                        "{} cases; the limit is {max_cases} (admin.max_evaluation_cases)",
+                        cases.len()
+                    )));
                 }
                 if let Some(i) = cases.iter().position(|c| c.relevant.is_empty()) {
                     return Err(ApiError::validation(format!(
                         "cases[{i}]: relevant must list at least one item"
                     )));
                 }
-                (cases, "inline".to_string())
+                CaseSource::Inline
             }
             _ => return Err(ApiError::validation(
                 "give exactly one of holdout (a file name in admin.holdout_dir) or cases (inline)",
             )),
         };
-    // Resolving many cases is CPU work: keep it off the async threads.
-    let (manifest, catalogue) = (loaded.manifest.clone(), loaded.catalogue.clone());
-    let resolved = tokio::task::spawn_blocking(move || resolve(&manifest, &catalogue, &cases))
-        .await
-        .map_err(|_| internal("holdout resolution panicked"))?
-        .map_err(ApiError::validation)?;
+    // Admission before any file is read: a flood of evaluations must not even read holdouts.
+    let job = st.evaluations.admit(&st)?;
+    let mut guard = CancelOnDrop(Some(job.clone()));
+    let label = match &source {
+        CaseSource::File(_, name) => name.clone(),
+        CaseSource::Inline => "inline".to_string(),
+    };
+    // Reading and resolving many cases is CPU and disk work: off the async threads.
+    let (st2, job2) = (st.clone(), job.clone());
+    let loaded_cases = tokio::task::spawn_blocking(move || {
+        let loaded = st2.loaded()?;
+        let (manifest, catalogue) = (&loaded.manifest, &loaded.catalogue);
+        match source {
+            CaseSource::File(path, name) => {
+                stream_holdout(&st2, &path, &name, manifest, catalogue, &job2)
+            }
+            CaseSource::Inline => resolve_inline(
+                manifest,
+                catalogue,
+                req.cases.as_deref().unwrap_or_default(),
+                &job2,
+            ),
+        }
+    })
+    .await
+    .map_err(|_| internal("holdout reading panicked"))
+    .and_then(|r| r);
+    let resolved = match loaded_cases {
+        Ok(r) => r,
+        Err(e) => {
+            st.evaluations.forget(&job.id);
+            return Err(e);
+        }
+    };
     let opts = EvalOptions {
         ks: req.k,
         mask_seen: req.mask_seen,
         // Small background batches: a live request arriving mid-batch waits for at most one of them.
         batch_size: st.cfg.batching.max_batch_size.min(8),
     };
-    let id = format!(
-        "eval-{}",
-        st.evaluations.next.fetch_add(1, Ordering::SeqCst) + 1
-    );
-    let job = Arc::new(EvalJob {
-        id: id.clone(),
-        total: resolved.cases.len(),
-        done: AtomicUsize::new(0),
-        cancelled: AtomicBool::new(false),
-        state: Mutex::new(JobState::Running),
-    });
+    let id = job.id.clone();
+    job.total.store(resolved.cases.len(), Ordering::SeqCst);
     let inline = resolved.cases.len() <= st.cfg.admin.max_inline_cases;
-    if !inline {
-        st.evaluations
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .insert(id.clone(), job.clone());
-    }
+    job.inline.store(inline, Ordering::SeqCst);
     let (st2, job2) = (st.clone(), job.clone());
     let work = tokio::task::spawn_blocking(move || {
-        let loaded = st2.loaded.get().expect("loaded before evaluation");
+        let Ok(loaded) = st2.loaded() else {
+            job2.finish(JobState::Cancelled);
+            return JobState::Cancelled;
+        };
         let outcome = run_evaluation(
             &st2,
             loaded,
@@ -227,30 +385,135 @@ async fn start(
             &resolved.cases,
             &opts,
             resolved.unknown_relevant,
-            &source,
+            &label,
         );
         let state = match outcome {
             Some(Ok(v)) => JobState::Done(v),
             Some(Err(e)) => JobState::Failed(e),
             None => JobState::Cancelled,
         };
-        *job2.state.lock().expect("job lock") = state.clone();
+        job2.finish(state.clone());
+        if job2.inline.load(Ordering::SeqCst) {
+            // Its answer went (or would have gone) to its own connection: nothing to keep.
+            st2.evaluations.forget(&job2.id);
+        }
         state
     });
     if inline {
-        return match work
+        let state = work
             .await
-            .map_err(|_| internal("evaluation task panicked"))?
-        {
+            .map_err(|_| internal("evaluation task panicked"))?;
+        guard.0 = None;
+        return match state {
             JobState::Done(v) => Ok(Json(v).into_response()),
             JobState::Failed(e) => Err(internal(e)),
             JobState::Cancelled | JobState::Running => Err(ApiError::not_ready("shutting down")),
         };
     }
+    guard.0 = None;
     let body = serde_json::json!({
-        "id": id, "status": "running", "cases": job.total, "status_url": format!("/evaluate/{id}"),
+        "id": id, "status": "running", "cases": job.total.load(Ordering::SeqCst),
+        "status_url": format!("/evaluate/{id}"),
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+enum CaseSource {
+    File(PathBuf, String),
+    Inline,
+}
+
+fn resolve_inline(
+    manifest: &Manifest,
+    catalogue: &Catalogue,
+    cases: &[HoldoutCase],
+    job: &EvalJob,
+) -> Result<Resolved, ApiError> {
+    let mut out = Resolved {
+        cases: Vec::with_capacity(cases.len()),
+        unknown_relevant: 0,
+    };
+    for (i, c) in cases.iter().enumerate() {
+        if i % 1024 == 0 && job.cancelled.load(Ordering::SeqCst) {
+            return Err(ApiError::not_ready("evaluation cancelled"));
+        }
+        let (case, unknown) = resolve_case(manifest, catalogue, c)
+            .map_err(|e| ApiError::validation(format!("cases[{i}]: {e}")))?;
+        out.cases.push(case);
+        out.unknown_relevant += unknown;
+    }
+    Ok(out)
+}
+
+/// Opens a holdout refusing anything but a regular file (a FIFO would block the reader forever;
+/// O_NONBLOCK makes the open itself return at once), checks its size, and streams it case by case
+/// into resolved cases: memory grows with the resolved cases, never with the file's text.
+fn stream_holdout(
+    st: &AppState,
+    path: &Path,
+    name: &str,
+    manifest: &Manifest,
+    catalogue: &Catalogue,
+    job: &EvalJob,
+) -> Result<Resolved, ApiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let max_bytes = st.cfg.admin.max_holdout_bytes;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| ApiError::validation(format!("cannot open holdout {name:?}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ApiError::validation(format!("cannot read holdout {name:?}: {e}")))?;
+    if !meta.is_file() {
+        return Err(ApiError::validation(format!(
+            "holdout {name:?} is not a regular file"
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "holdout_too_large",
+            format!(
+                "holdout {name:?} is {} bytes; the limit is {max_bytes} (admin.max_holdout_bytes)",
+                meta.len()
+            ),
+        ));
+    }
+    // Bounded even if the file grows while it is read.
+    let reader = std::io::BufReader::with_capacity(
+        1 << 16,
+        std::io::Read::take(file, max_bytes.saturating_add(1)),
+    );
+    let mut out = Resolved {
+        cases: Vec::new(),
+        unknown_relevant: 0,
+    };
+    let source = Path::new(name);
+    read_cases(
+        reader,
+        source,
+        st.cfg.admin.max_evaluation_cases,
+        |line, case| {
+            let fail = |message: String| {
+                crate::error::DataError::Malformed(crate::error::LineError {
+                    path: source.to_path_buf(),
+                    line,
+                    message,
+                })
+            };
+            if line % 1024 == 0 && job.cancelled.load(Ordering::SeqCst) {
+                return Err(fail("evaluation cancelled".into()));
+            }
+            let (c, unknown) = resolve_case(manifest, catalogue, &case).map_err(fail)?;
+            out.cases.push(c);
+            out.unknown_relevant += unknown;
+            Ok(())
+        },
+    )
+    .map_err(|e| ApiError::validation(e.to_string()))?;
+    Ok(out)
 }
 
 fn internal(msg: impl Into<String>) -> ApiError {
@@ -314,53 +577,49 @@ fn run_evaluation(
     Some(serde_json::to_value(&rep).map_err(|e| e.to_string()))
 }
 
-fn find(st: &AppState, id: &str) -> Result<Arc<EvalJob>, ApiError> {
-    st.evaluations
-        .jobs
-        .lock()
-        .expect("jobs lock")
-        .get(id)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no evaluation {id:?}"),
-            )
-        })
-}
-
 async fn status(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&st, &headers)?;
-    let job = find(&st, &id)?;
+    let job = st.evaluations.find(&st, &id)?;
     let state = job.state.lock().expect("job lock").clone();
-    let (status, extra) = match state {
-        JobState::Running => ("running", serde_json::Value::Null),
-        JobState::Done(v) => ("done", v),
-        JobState::Failed(e) => ("failed", serde_json::json!(e)),
-        JobState::Cancelled => ("cancelled", serde_json::Value::Null),
+    let status = state.name();
+    let (result, error) = match state {
+        JobState::Done(v) => (v, serde_json::Value::Null),
+        JobState::Failed(e) => (serde_json::Value::Null, serde_json::json!(e)),
+        _ => (serde_json::Value::Null, serde_json::Value::Null),
     };
     Ok(Json(serde_json::json!({
         "id": job.id, "status": status,
-        "progress": {"done": job.done.load(Ordering::SeqCst), "total": job.total},
-        "result": if status == "done" { extra.clone() } else { serde_json::Value::Null },
-        "error": if status == "failed" { extra } else { serde_json::Value::Null },
+        "progress": {"done": job.done.load(Ordering::SeqCst), "total": job.total.load(Ordering::SeqCst)},
+        "result": result,
+        "error": error,
     })))
 }
 
+/// Cancels a running job (202, "cancelling"); a finished one is left as it is and the answer says
+/// what it is (200 with its status).
 async fn cancel(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
-    let job = find(&st, &id)?;
-    job.cancelled.store(true, Ordering::SeqCst);
-    Ok(Json(
-        serde_json::json!({"id": job.id, "status": "cancelling"}),
-    ))
+    let job = st.evaluations.find(&st, &id)?;
+    let state = job.state.lock().expect("job lock").clone();
+    if matches!(state, JobState::Running) {
+        job.cancelled.store(true, Ordering::SeqCst);
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"id": job.id, "status": "cancelling"})),
+        )
+            .into_response());
+    }
+    Ok(Json(serde_json::json!({
+        "id": job.id, "status": state.name(),
+        "message": format!("evaluation already {}; nothing to cancel", state.name()),
+    }))
+    .into_response())
 }

@@ -65,21 +65,3 @@ impl IntoResponse for ApiError {
         resp
     }
 }
-
-/// Maps axum's JSON extractor rejections: 400 malformed JSON, 413 too large, 415 wrong content
-/// type, 422 well-formed JSON of the wrong shape.
-pub fn from_json_rejection(r: axum::extract::rejection::JsonRejection) -> ApiError {
-    let status = r.status();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "validation",
-        _ => "invalid_json",
-    };
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "request body is larger than the configured limit (server.body_limit_bytes)".to_string()
-    } else {
-        r.body_text()
-    };
-    ApiError::new(status, code, message)
-}

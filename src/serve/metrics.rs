@@ -19,6 +19,21 @@ pub struct Metrics {
     pub eval_metric: GaugeVec,
 }
 
+/// Every reason a request is refused or dropped, counted once each. Pre-initialised so dashboards
+/// see zeros rather than absent series.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "invalid",
+    "content_type",
+    "too_large",
+    "body_timeout",
+    "queue_full",
+    "parse_busy",
+    "deadline",
+    "client_gone",
+    "not_ready",
+    "evaluations_full",
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -98,6 +113,9 @@ impl Metrics {
             &["model", "version", "metric", "k"],
         )
         .unwrap();
+        for r in REFUSAL_REASONS {
+            rejected.with_label_values(&[r]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -125,6 +143,12 @@ impl Metrics {
             rejected,
             eval_metric,
         }
+    }
+
+    /// Counts one refused request. `reason` must be one of [`REFUSAL_REASONS`] (bounded labels).
+    pub fn refuse(&self, reason: &'static str) {
+        debug_assert!(REFUSAL_REASONS.contains(&reason), "unknown reason {reason}");
+        self.rejected.with_label_values(&[reason]).inc();
     }
 
     pub fn render(&self) -> String {

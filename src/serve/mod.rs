@@ -2,8 +2,11 @@
 //! huggingface/text-embeddings-inference).
 mod admin;
 pub mod api;
+mod body;
 pub mod config;
 mod error;
+pub mod listener;
+mod log_limit;
 pub mod metrics;
 pub mod queue;
 mod routes;
@@ -15,8 +18,8 @@ use anyhow::{Context, Result};
 use error::ApiError;
 use metrics::Metrics;
 use queue::{BatchingConfig, QueueHandle};
-use std::future::{Future, IntoFuture};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,6 +39,10 @@ pub struct AppState {
     warmed_up: Arc<AtomicBool>,
     shutting_down: AtomicBool,
     pub evaluations: admin::Jobs,
+    /// Requests being handled other than health and metrics: what shutdown waits for.
+    in_flight: AtomicUsize,
+    parse_pool: body::ParsePool,
+    refusal_log: log_limit::LogLimit,
 }
 
 impl AppState {
@@ -48,18 +55,30 @@ impl AppState {
     fn loaded(&self) -> Result<&Loaded, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             // In-flight requests finish; new ones are told to go elsewhere.
+            self.metrics.refuse("not_ready");
             return Err(ApiError::not_ready("shutting down"));
         }
         match self.loaded.get() {
             Some(l) if self.warmed_up.load(Ordering::SeqCst) => Ok(l),
-            _ => Err(ApiError::not_ready("model loading or warming up")),
+            _ => {
+                self.metrics.refuse("not_ready");
+                Err(ApiError::not_ready("model loading or warming up"))
+            }
         }
     }
 }
 
-/// Serves until `shutdown` resolves, then drains: readiness goes 503, new connections are refused,
-/// in-flight and queued requests finish (up to server.drain_timeout_secs), the worker stops.
-/// `on_listening` receives the bound address (tests bind port 0).
+/// Serves until `shutdown` resolves, then drains, all within server.drain_timeout_secs of the signal:
+/// 1. readiness answers 503 and new work 503 (with `Connection: close`), running evaluations are
+///    cancelled, while the listener stays open — at least server.drain_announce_ms, and until
+///    in-flight requests have finished — so pollers and load balancers see the 503 rather than a
+///    refused connection;
+/// 2. the listeners close; idle and half-open connections are closed at once, busy ones after their
+///    response;
+/// 3. the model worker finishes what is queued and stops.
+///
+/// `on_listening` receives the bound public address (tests bind port 0); the admin listener, when
+/// admin.port is set, logs its own address.
 pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -70,6 +89,27 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let admin_listener = if cfg.admin.port != 0 {
+        let addr = format!("{}:{}", cfg.server.host, cfg.admin.port);
+        let l = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin.port)"))?;
+        tracing::info!(local = %l.local_addr()?, "admin listening");
+        Some(l)
+    } else {
+        None
+    };
+    let fd_limit = listener::raise_fd_limit();
+    let limits = listener::ConnLimits {
+        header_read: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        keep_alive: Duration::from_millis(cfg.server.keep_alive_timeout_ms),
+        max_connections: listener::connection_cap(cfg.server.max_connections, fd_limit),
+    };
+    let parse_threads = if cfg.server.parse_threads == 0 {
+        crate::device::cpu_quota()
+    } else {
+        cfg.server.parse_threads
+    };
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -78,6 +118,9 @@ pub async fn run(
         warmed_up: Arc::new(AtomicBool::new(false)),
         shutting_down: AtomicBool::new(false),
         evaluations: admin::Jobs::default(),
+        in_flight: AtomicUsize::new(0),
+        parse_pool: body::ParsePool::new(parse_threads, cfg.server.max_parse_waiting),
+        refusal_log: log_limit::LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 
     // Load in the background so /health/live answers at once and /health/ready says 503 meanwhile.
@@ -126,57 +169,75 @@ pub async fn run(
         Ok(worker)
     });
 
-    tracing::info!(%local, "listening");
+    tracing::info!(%local, max_connections = limits.max_connections, "listening");
     on_listening(local);
+    let (public, admin) = routes::routers(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let (drain_state, signal_tx) = (state.clone(), stop_tx.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(listener::serve(listener, public, limits, stop_rx.clone()));
+    if let (Some(l), Some(r)) = (admin_listener, admin) {
+        servers.spawn(listener::serve(l, r, limits, stop_rx.clone()));
+    }
+
+    // The signal: everything below must finish by its deadline.
+    let (signal_tx, mut signal_rx) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     tokio::spawn(async move {
         shutdown.await;
-        drain_state.shutting_down.store(true, Ordering::SeqCst);
-        tracing::info!("shutdown requested: draining");
-        let _ = signal_tx.send(true);
+        let _ = signal_tx.send(Some(tokio::time::Instant::now()));
     });
-    let mut stop_for_server = stop_rx.clone();
-    let server =
-        axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(async move {
-            let _ = stop_for_server.wait_for(|s| *s).await;
-        });
-    let mut server_task = tokio::spawn(server.into_future());
     let mut loader = loader;
-    let worker = tokio::select! {
-        r = &mut loader => match r.context("model loader panicked")? {
-            Ok(worker) => worker,
-            Err(e) => {
-                let _ = stop_tx.send(true);
-                return Err(e.context("cannot load the model"));
-            }
-        },
-        r = &mut server_task => {
-            // Shut down before the model finished loading.
-            r.context("server task panicked")??;
-            return Ok(());
+    let mut worker = None;
+    let signalled_at = loop {
+        tokio::select! {
+            r = &mut loader, if worker.is_none() => match r.context("model loader panicked")? {
+                Ok(w) => worker = Some(w),
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    return Err(e.context("cannot load the model"));
+                }
+            },
+            r = signal_rx.wait_for(|s| s.is_some()) => break r.ok().and_then(|s| *s)
+                .unwrap_or_else(tokio::time::Instant::now),
         }
     };
-    let drain = Duration::from_secs(cfg.server.drain_timeout_secs);
-    let mut stop_for_timer = stop_rx.clone();
-    let timer = async move {
-        let _ = stop_for_timer.wait_for(|s| *s).await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        r = &mut server_task => r.context("server task panicked")??,
-        _ = timer => {
-            tracing::warn!("drain timeout reached: exiting with requests still in flight");
-            return Ok(());
-        }
+    let deadline = signalled_at + Duration::from_secs(cfg.server.drain_timeout_secs);
+    state.shutting_down.store(true, Ordering::SeqCst);
+    state.evaluations.cancel_all();
+    tracing::info!(
+        in_flight = state.in_flight.load(Ordering::SeqCst),
+        "shutdown requested: readiness 503, draining"
+    );
+
+    // 1. Announce: keep answering (503 for new work) until in-flight work is done, at least
+    //    drain_announce_ms.
+    let announce_until =
+        (signalled_at + Duration::from_millis(cfg.server.drain_announce_ms)).min(deadline);
+    tokio::time::sleep_until(announce_until).await;
+    while state.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The router (and with it every queue handle) is gone: the worker finishes what is queued, then
-    // stops. Wait for it, still within the drain budget.
+    // 2. Close the listeners and the connections.
+    let _ = stop_tx.send(true);
+    let closed = tokio::time::timeout_at(deadline, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!("drain timeout reached with connections still open: exiting");
+        servers.abort_all();
+    }
+    // 3. Stop the model worker once its queue is empty.
+    if let Some(l) = state.loaded.get() {
+        l.queue.stop();
+    }
     drop(state);
-    let joined = tokio::task::spawn_blocking(move || worker.join());
-    if tokio::time::timeout(drain, joined).await.is_err() {
-        tracing::warn!("model worker did not stop within the drain timeout");
+    if let Some(w) = worker {
+        let joined = tokio::task::spawn_blocking(move || w.join());
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            tracing::warn!("model worker did not stop within the drain timeout");
+        }
+    } else {
+        loader.abort();
     }
     tracing::info!("stopped");
     Ok(())

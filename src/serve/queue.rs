@@ -9,7 +9,7 @@
 //! (so a busy service still makes evaluation progress, at the cost of one small batch per interval).
 use super::metrics::Metrics;
 use crate::model::{Model, Query, RankSpec};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +20,35 @@ pub struct Job {
     pub spec: RankSpec,
     pub enqueued: Instant,
     pub deadline: Instant,
-    /// Set by the worker when the job's batch starts; a handler whose deadline passes keeps waiting
-    /// for a started job instead of answering 504.
-    pub started: Arc<AtomicBool>,
+    /// Who owns the job's fate, decided once by compare-and-swap (see [`JobState`]): the worker
+    /// starts it, or whoever gives up on it first (the handler at its deadline, or the worker for a
+    /// gone client / passed deadline) counts the refusal. So each refusal is counted exactly once.
+    pub state: Arc<JobState>,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
+}
+
+/// Queued → Started (by the worker) or Queued → Abandoned (by the handler or the worker).
+#[derive(Debug, Default)]
+pub struct JobState(AtomicU8);
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl JobState {
+    /// True for the one caller that moves a queued job to started.
+    pub fn start(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// True for the one caller that abandons a queued job (and so counts the refusal).
+    pub fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +96,7 @@ pub struct QueueHandle {
     background: SyncSender<BackgroundJob>,
     depth: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
 }
 
 impl QueueHandle {
@@ -102,6 +128,12 @@ impl QueueHandle {
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
     }
+
+    /// Asks the worker to stop once the live queue is empty (shutdown), whoever still holds a
+    /// handle; pending background work is dropped.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Starts the worker thread. `on_ready` runs on the worker after the warm-up forward pass.
@@ -114,11 +146,13 @@ pub fn start(
     let (live_tx, live_rx) = mpsc::sync_channel(cfg.max_queue_size);
     let (bg_tx, bg_rx) = mpsc::sync_channel(2);
     let depth = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let handle = QueueHandle {
         live: live_tx,
         background: bg_tx,
         depth: depth.clone(),
         metrics: metrics.clone(),
+        stop: stop.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("seqserve-model".into())
@@ -134,6 +168,7 @@ pub fn start(
                 background: bg_rx,
                 depth,
                 metrics,
+                stop,
             }
             .run();
         })
@@ -166,6 +201,7 @@ struct Worker {
     background: Receiver<BackgroundJob>,
     depth: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -185,6 +221,7 @@ impl Worker {
             let first = match self.live.try_recv() {
                 Ok(j) => j,
                 Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if self.stop.load(Ordering::SeqCst) => break,
                 Err(TryRecvError::Empty) => {
                     if let Some(bg) = pending.take() {
                         self.run_background(bg);
@@ -243,16 +280,17 @@ impl Worker {
         let mut runnable = Vec::with_capacity(jobs.len());
         for job in jobs {
             if job.reply.is_closed() {
-                // The client went away (or its handler already answered 504): skip the compute.
-                self.metrics
-                    .rejected
-                    .with_label_values(&["client_gone"])
-                    .inc();
+                // The client went away: skip the compute. When its handler already answered 504 it
+                // abandoned the job first and counted it; count only a job nobody has counted.
+                if job.state.abandon() {
+                    self.metrics.refuse("client_gone");
+                }
             } else if now > job.deadline {
-                self.metrics.rejected.with_label_values(&["deadline"]).inc();
-                let _ = job.reply.send(Err(JobError::DeadlineExceeded));
-            } else {
-                job.started.store(true, Ordering::SeqCst);
+                if job.state.abandon() {
+                    self.metrics.refuse("deadline");
+                    let _ = job.reply.send(Err(JobError::DeadlineExceeded));
+                }
+            } else if job.state.start() {
                 runnable.push(job);
             }
         }

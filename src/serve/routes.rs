@@ -2,37 +2,50 @@
 use super::api::{
     self, BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing,
 };
-use super::error::{from_json_rejection, ApiError};
-use super::queue::{EnqueueError, Job, JobError, JobOutput};
+use super::body;
+use super::config::LimitsSection;
+use super::error::ApiError;
+use super::queue::{EnqueueError, Job, JobError, JobOutput, JobState};
 use super::{AppState, Loaded};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.cfg.server.body_limit_bytes;
-    Router::new()
+/// The public router (inference and health) and, when admin.port is set, the admin router
+/// (evaluation, metrics, health) for its own listener; without admin.port one router serves all.
+pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
+    let public = Router::new()
         .route("/recommend", post(recommend))
-        .route("/recommend/batch", post(recommend_batch))
+        .route("/recommend/batch", post(recommend_batch));
+    let admin = Router::new()
+        .route("/metrics", get(metrics))
+        .merge(super::admin::routes());
+    if state.cfg.admin.port == 0 {
+        (finish(public.merge(admin), state), None)
+    } else {
+        (finish(public, state.clone()), Some(finish(admin, state)))
+    }
+}
+
+/// Health routes, fallbacks and middleware, shared by both listeners.
+fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(super::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(on_panic))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -63,13 +76,33 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
-/// Request id (accepted or generated, returned), a span carrying it, duration and status metrics.
+/// Counts a request as in-flight work (what shutdown waits for) while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicUsize) -> InFlight<'a> {
+        c.fetch_add(1, Ordering::SeqCst);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Request id (accepted or generated, returned), a span carrying it, duration and status metrics,
+/// in-flight accounting for the drain, and rate-limited logs of refusals.
 async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = route_label(req.uri().path());
     let id = request_id(req.headers());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), route);
     let start = Instant::now();
+    let work = !matches!(route, "/health/live" | "/health/ready" | "/metrics");
+    let in_flight = work.then(|| InFlight::new(&st.in_flight));
     let mut resp = next.run(req).instrument(span.clone()).await;
+    drop(in_flight);
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status();
     st.metrics
@@ -85,12 +118,31 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
         h.insert(REQUEST_ID.clone(), v);
     }
     h.insert("x-total-time", ms_header(secs * 1000.0));
+    if st.shutting_down.load(Ordering::SeqCst) {
+        // Tell keep-alive clients not to reuse this connection: they reconnect (to another replica
+        // once the load balancer has seen readiness 503) instead of racing our close.
+        h.insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     span.in_scope(|| {
         let ms = secs * 1000.0;
-        if status.is_server_error() {
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(status = status.as_u16(), ms, "request failed");
-        } else if status.is_client_error() {
-            tracing::info!(status = status.as_u16(), ms, "request refused");
+        } else if status.is_client_error() || status.is_server_error() {
+            // Refusals (4xx, 503, 504) come in floods under overload or attack: a sample per
+            // second and a count of the rest (every one is in /metrics).
+            let v = st.refusal_log.check();
+            if v.suppressed_before > 0 {
+                tracing::info!(
+                    suppressed = v.suppressed_before,
+                    "refused-request lines suppressed (logging.max_refusal_logs_per_sec)"
+                );
+            }
+            if v.log {
+                tracing::info!(status = status.as_u16(), ms, "request refused");
+            }
         } else {
             tracing::debug!(status = status.as_u16(), ms, "request");
         }
@@ -164,19 +216,19 @@ async fn run_job(
     let timeout = Duration::from_millis(v.timeout_ms.unwrap_or(st.cfg.server.request_timeout_ms));
     let deadline = received + timeout;
     let (tx, mut rx) = oneshot::channel();
-    let started = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(JobState::default());
     let job = Job {
         query: v.prepared.query.clone(),
         spec: v.spec.clone(),
         enqueued: Instant::now(),
         deadline,
-        started: started.clone(),
+        state: state.clone(),
         reply: tx,
     };
     let loaded = st.loaded()?;
     loaded.queue.submit(job).map_err(|e| match e {
         EnqueueError::Full => {
-            st.metrics.rejected.with_label_values(&["queue_full"]).inc();
+            st.metrics.refuse("queue_full");
             ApiError::overloaded()
         }
         EnqueueError::Closed => ApiError::not_ready("shutting down"),
@@ -184,19 +236,18 @@ async fn run_job(
     let result = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
         Ok(r) => r,
         // Not started by the deadline: answer now rather than wait behind running batches.
-        Err(_) if !started.load(Ordering::SeqCst) => {
-            st.metrics.rejected.with_label_values(&["deadline"]).inc();
+        Err(_) if state.abandon() => {
+            st.metrics.refuse("deadline");
             return Err(ApiError::deadline());
         }
+        // Started (or abandoned by the worker, which answers): wait for its answer.
         Err(_) => rx.await,
     };
     match result {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(JobError::DeadlineExceeded)) => Err(ApiError::deadline()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the model worker stopped",
+        Err(_) => Err(ApiError::not_ready(
+            "the model worker stopped (shutting down)",
         )),
     }
 }
@@ -229,26 +280,58 @@ fn response(
     }
 }
 
-fn validate(
-    st: &AppState,
-    loaded: &Loaded,
+/// Parses and validates a body (off the async threads when large; see body.rs). Validation
+/// resolves ids against the catalogue and counts unknown history items.
+async fn parse_request<T, R>(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    validate: impl FnOnce(T, &Loaded, &LimitsSection) -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+    R: Send + 'static,
+{
+    let bytes = body::read_json_body(st, headers, body).await?;
+    let st2 = st.clone();
+    body::parse_then(st, bytes, move |req: T| {
+        let loaded = st2.loaded()?;
+        validate(req, loaded, &st2.cfg.limits)
+    })
+    .await
+    .inspect_err(|e| {
+        if matches!(
+            e.status,
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+        ) {
+            st.metrics.refuse("invalid");
+        }
+    })
+}
+
+fn validate_one(
     req: RecommendRequest,
+    loaded: &Loaded,
+    limits: &LimitsSection,
 ) -> Result<api::Validated, ApiError> {
-    let v = api::validate(req, &loaded.manifest, &loaded.catalogue, &st.cfg.limits)?;
+    api::validate(req, &loaded.manifest, &loaded.catalogue, limits)
+}
+
+fn count_unknown(st: &AppState, v: &api::Validated) {
     st.metrics
         .unknown_items
         .inc_by(v.prepared.unknown_items.len() as u64);
-    Ok(v)
 }
 
 async fn recommend(
     State(st): State<Arc<AppState>>,
-    payload: Result<Json<RecommendRequest>, JsonRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = st.loaded()?;
-    let Json(req) = payload.map_err(|r| rejected(&st, r))?;
-    let v = validate(&st, loaded, req).inspect_err(|_| invalid(&st))?;
+    let v = parse_request(&st, &headers, body, validate_one).await?;
+    count_unknown(&st, &v);
     let out = run_job(&st, &v, received).await?;
     let (q, inf) = (out.queue_time, out.inference_time);
     let mut resp = Json(response(loaded, v, out, received)).into_response();
@@ -260,27 +343,39 @@ async fn recommend(
 
 async fn recommend_batch(
     State(st): State<Arc<AppState>>,
-    payload: Result<Json<BatchRequest>, JsonRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let received = Instant::now();
     let loaded = st.loaded()?;
-    let Json(batch) = payload.map_err(|r| rejected(&st, r))?;
-    let max = st.cfg.limits.max_batch_requests;
-    if batch.requests.is_empty() || batch.requests.len() > max {
-        invalid(&st);
-        return Err(ApiError::validation(format!(
-            "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
-            batch.requests.len()
-        )));
-    }
-    let mut validated = Vec::with_capacity(batch.requests.len());
-    for (i, r) in batch.requests.into_iter().enumerate() {
-        let v = validate(&st, loaded, r).map_err(|mut e| {
-            invalid(&st);
-            e.message = format!("requests[{i}]: {}", e.message);
-            e
-        })?;
-        validated.push(v);
+    let validated = parse_request(
+        &st,
+        &headers,
+        body,
+        |batch: BatchRequest, loaded, limits| {
+            let max = limits.max_batch_requests;
+            if batch.requests.is_empty() || batch.requests.len() > max {
+                return Err(ApiError::validation(format!(
+                    "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
+                    batch.requests.len()
+                )));
+            }
+            batch
+                .requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    validate_one(r, loaded, limits).map_err(|mut e| {
+                        e.message = format!("requests[{i}]: {}", e.message);
+                        e
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        },
+    )
+    .await?;
+    for v in &validated {
+        count_unknown(&st, v);
     }
     // All requests go to the queue at once so they can share model batches.
     let outs =
@@ -293,21 +388,6 @@ async fn recommend_batch(
             .map(|(v, o)| response(loaded, v, o, received))
             .collect(),
     }))
-}
-
-fn rejected(st: &AppState, r: JsonRejection) -> ApiError {
-    let e = from_json_rejection(r);
-    let reason = match e.status {
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
-        _ => "invalid",
-    };
-    st.metrics.rejected.with_label_values(&[reason]).inc();
-    e
-}
-
-fn invalid(st: &AppState) {
-    st.metrics.rejected.with_label_values(&["invalid"]).inc();
 }
 
 #[cfg(test)]

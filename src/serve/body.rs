@@ -1,0 +1,197 @@
+//! Reading and parsing JSON request bodies without ever holding the async runtime's threads.
+//!
+//! The body is read with a size limit (413) and a time limit (408). A small body is parsed and
+//! validated in place (microseconds). A large one (up to server.body_limit_bytes, e.g. a batch of
+//! 64 long histories) is parsed and validated on a small, bounded pool of blocking threads
+//! (server.parse_threads), with at most server.max_parse_waiting requests waiting for it (429
+//! beyond): two clients looping 1 MB bodies once froze every route, /health/live included.
+use super::error::ApiError;
+use super::AppState;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Bodies up to this size are parsed on the async thread: cheaper than a thread hand-off.
+const INLINE_PARSE_BYTES: usize = 16 << 10;
+
+/// The blocking-parse pool's admission control.
+pub struct ParsePool {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl ParsePool {
+    pub fn new(threads: usize, max_waiting: usize) -> ParsePool {
+        ParsePool {
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+}
+
+/// Reads the body of a JSON request: 415 unless the content type is JSON, 413 above the body
+/// limit, 408 when it does not arrive within server.body_read_timeout_ms.
+pub async fn read_json_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime_lite::Mime>().ok())
+        .is_some_and(|m| m.is_json());
+    if !json {
+        st.metrics.refuse("content_type");
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected request with `Content-Type: application/json`",
+        ));
+    }
+    let limit = st.cfg.server.body_limit_bytes;
+    let timeout = Duration::from_millis(st.cfg.server.body_read_timeout_ms);
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => {
+            st.metrics.refuse("body_timeout");
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms (server.body_read_timeout_ms)",
+                    st.cfg.server.body_read_timeout_ms
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            st.metrics.refuse("too_large");
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {limit} bytes (server.body_limit_bytes)"),
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Parses JSON; errors carry the path of the offending field.
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(e.into_inner(), &path)
+    })?;
+    de.end().map_err(|e| json_error(e, "."))?;
+    Ok(v)
+}
+
+/// Maps serde_json errors: malformed JSON is 400, well-formed JSON of the wrong shape is 422.
+fn json_error(e: serde_json::Error, path: &str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data if path == "." => ApiError::validation(format!("invalid request: {e}")),
+        Category::Data => ApiError::validation(format!("invalid request: {path}: {e}")),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        ),
+    }
+}
+
+/// Parses `bytes` as `T` and runs `then` on it (validation: resolving ids against the catalogue),
+/// in place for small bodies and on the bounded parse pool for large ones.
+pub async fn parse_then<T, R>(
+    st: &AppState,
+    bytes: Bytes,
+    then: impl FnOnce(T) -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError>
+where
+    T: DeserializeOwned,
+    R: Send + 'static,
+{
+    let small = bytes.len() <= INLINE_PARSE_BYTES;
+    let work = move || -> Result<R, ApiError> {
+        let v: T = from_json(&bytes)?;
+        then(v)
+    };
+    if small {
+        return work();
+    }
+    let pool = &st.parse_pool;
+    let permit = match pool.permits.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            if pool.waiting.fetch_add(1, Ordering::SeqCst) >= pool.max_waiting {
+                pool.waiting.fetch_sub(1, Ordering::SeqCst);
+                st.metrics.refuse("parse_busy");
+                return Err(ApiError::overloaded());
+            }
+            // Decrements on every exit, including a client that goes away while waiting.
+            struct Waiting<'a>(&'a AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _waiting = Waiting(&pool.waiting);
+            pool.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("parse pool never closed")
+        }
+    };
+    // The permit moves with the work: a client that disconnects frees its slot only when the
+    // thread is really done, so at most server.parse_threads parse at once.
+    tokio::task::spawn_blocking(move || {
+        let r = work();
+        drop(permit);
+        r
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "parse failed",
+        )
+    })?
+}
+
+/// A tiny content-type check (axum's rule: `application/json` or `application/*+json`).
+mod mime_lite {
+    pub struct Mime(String);
+    impl std::str::FromStr for Mime {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Mime, ()> {
+            let essence = s
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            Ok(Mime(essence))
+        }
+    }
+    impl Mime {
+        pub fn is_json(&self) -> bool {
+            let m = self.0.as_str();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        }
+    }
+}

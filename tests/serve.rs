@@ -1,143 +1,10 @@
 //! The server over real HTTP: the real binary on an ephemeral port, with a small random model.
 mod common;
 
+use common::server::{blocking_get, metric_value, post, Server};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let model = common::random_model(60, 2, 17);
-        model.save(dir.path()).unwrap();
-        Self::start_with_model(dir, extra)
-    }
-
-    fn start_with_model(dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        Self::start_env(dir, extra, &[])
-    }
-
-    fn start_env(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqserve"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--model")
-            .arg(dir.path())
-            .args(["--device", "cpu", "--threads", "1"])
-            .args(extra)
-            .env("SEQSERVE_LOG", "info")
-            .envs(envs.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start seqserve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["fields"]["message"] == "listening" {
-                        let _ = tx.send(v["fields"]["local"].as_str().unwrap().to_string());
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server listening");
-        let s = Server {
-            child,
-            base: format!("http://{addr}"),
-            _dir: dir,
-        };
-        // Ready once the model is loaded and warmed up.
-        let t0 = Instant::now();
-        loop {
-            if let Ok(r) = blocking_get(&format!("{}/health/ready", s.base)) {
-                if r == 200 {
-                    break;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking GET returning the status, for readiness polling outside async code.
-/// Runs on its own thread, so it also works when called from inside an async test.
-fn blocking_get(url: &str) -> Result<u16, ()> {
-    let url = url.to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|_| ())?;
-        rt.block_on(async {
-            reqwest::get(url)
-                .await
-                .map(|r| r.status().as_u16())
-                .map_err(|_| ())
-        })
-    })
-    .join()
-    .map_err(|_| ())?
-}
-
-async fn post(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let v = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, v, headers)
-}
-
-async fn metric_value(s: &Server, name_and_labels: &str) -> f64 {
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_match_the_offline_cli() {
@@ -522,14 +389,23 @@ fn shutdown_drains_in_flight_requests_and_exits_zero() {
         })
     });
     std::thread::sleep(Duration::from_millis(100));
-    Command::new("kill")
-        .args(["-TERM", &s.child.id().to_string()])
-        .status()
-        .unwrap();
+    s.sigterm();
     std::thread::sleep(Duration::from_millis(50));
-    // Readiness drops (or the listener is already closed) while the queued request is drained.
-    let r = blocking_get(&ready);
-    assert!(r != Ok(200), "ready must not be 200 during shutdown: {r:?}");
+    // The listener stays open while the queued request drains: readiness answers 503 (load
+    // balancers must see it, not a refused connection), and new work is turned away with 503.
+    assert_eq!(blocking_get(&ready), Ok(503), "readiness during drain");
+    let url2 = s.url("/recommend");
+    let (st, v, h) = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(post(&url2, json!({"history": ["i1"]})))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(h["connection"], "close");
     assert_eq!(
         inflight.join().unwrap(),
         200,
@@ -537,22 +413,6 @@ fn shutdown_drains_in_flight_requests_and_exits_zero() {
     );
     let status = s.terminate_wait();
     assert!(status.success(), "exit status {status:?}");
-}
-
-impl Server {
-    fn terminate_wait(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "server did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 #[test]
@@ -750,7 +610,8 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
     let t0 = Instant::now();
     loop {
         let v: Value = c
@@ -770,6 +631,17 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         assert!(t0.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // DELETE on a finished job says what it is and changes nothing.
+    let r = c
+        .delete(s.url(&format!("/evaluate/{id}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("nothing to cancel"));
     // Live traffic is still served while and after evaluating.
     let (st, _, _) = post_json(&s.url("/recommend"), json!({"history": ["i1"]})).await;
     assert_eq!(st, 200);

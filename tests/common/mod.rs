@@ -1,5 +1,6 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
+pub mod server;
 use seqserve::model::{
     Architecture, Catalogue, CategoricalEncoding, ContextFeature, Manifest, Model, FORMAT_VERSION,
 };

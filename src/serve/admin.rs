@@ -335,70 +335,73 @@ async fn start(
         CaseSource::File(_, name) => name.clone(),
         CaseSource::Inline => "inline".to_string(),
     };
-    // Reading and resolving many cases is CPU and disk work: off the async threads.
-    let (st2, job2) = (st.clone(), job.clone());
-    let loaded_cases = tokio::task::spawn_blocking(move || {
-        let loaded = st2.loaded()?;
-        let (manifest, catalogue) = (&loaded.manifest, &loaded.catalogue);
-        match source {
-            CaseSource::File(path, name) => {
-                stream_holdout(&st2, &path, &name, manifest, catalogue, &job2)
-            }
-            CaseSource::Inline => resolve_inline(
-                manifest,
-                catalogue,
-                req.cases.as_deref().unwrap_or_default(),
-                &job2,
-            ),
-        }
-    })
-    .await
-    .map_err(|_| internal("holdout reading panicked"))
-    .and_then(|r| r);
-    let resolved = match loaded_cases {
-        Ok(r) => r,
-        Err(e) => {
-            st.evaluations.forget(&job.id);
-            return Err(e);
-        }
-    };
     let opts = EvalOptions {
-        ks: req.k,
+        ks: req.k.clone(),
         mask_seen: req.mask_seen,
         // Small background batches: a live request arriving mid-batch waits for at most one of them.
         batch_size: st.cfg.batching.max_batch_size.min(8),
     };
-    let id = job.id.clone();
-    job.total.store(resolved.cases.len(), Ordering::SeqCst);
-    let inline = resolved.cases.len() <= st.cfg.admin.max_inline_cases;
-    job.inline.store(inline, Ordering::SeqCst);
+    // One blocking task owns the evaluation from reading its cases to its end, so the job is
+    // finished or forgotten whatever happens to this handler (a client that goes away while the
+    // holdout is read must not leave a "running" job holding a slot for good). Reading and
+    // resolving many cases is CPU and disk work: off the async threads.
+    let (loaded_tx, loaded_rx) = oneshot::channel::<Result<bool, ApiError>>();
     let (st2, job2) = (st.clone(), job.clone());
     let work = tokio::task::spawn_blocking(move || {
-        let Ok(loaded) = st2.loaded() else {
-            job2.finish(JobState::Cancelled);
-            return JobState::Cancelled;
+        let read = st2.loaded().and_then(|loaded| {
+            let (manifest, catalogue) = (&loaded.manifest, &loaded.catalogue);
+            match source {
+                CaseSource::File(path, name) => {
+                    stream_holdout(&st2, &path, &name, manifest, catalogue, &job2)
+                }
+                CaseSource::Inline => resolve_inline(
+                    manifest,
+                    catalogue,
+                    req.cases.as_deref().unwrap_or_default(),
+                    &job2,
+                ),
+            }
+        });
+        let resolved = match read {
+            Ok(r) => r,
+            Err(e) => {
+                st2.evaluations.forget(&job2.id);
+                let _ = loaded_tx.send(Err(e));
+                return JobState::Cancelled;
+            }
         };
-        let outcome = run_evaluation(
-            &st2,
-            loaded,
-            &job2,
-            &resolved.cases,
-            &opts,
-            resolved.unknown_relevant,
-            &label,
-        );
+        job2.total.store(resolved.cases.len(), Ordering::SeqCst);
+        let inline = resolved.cases.len() <= st2.cfg.admin.max_inline_cases;
+        job2.inline.store(inline, Ordering::SeqCst);
+        let _ = loaded_tx.send(Ok(inline));
+        let outcome = match st2.loaded() {
+            Ok(loaded) => run_evaluation(
+                &st2,
+                loaded,
+                &job2,
+                &resolved.cases,
+                &opts,
+                resolved.unknown_relevant,
+                &label,
+            ),
+            Err(_) => None,
+        };
         let state = match outcome {
             Some(Ok(v)) => JobState::Done(v),
             Some(Err(e)) => JobState::Failed(e),
             None => JobState::Cancelled,
         };
         job2.finish(state.clone());
-        if job2.inline.load(Ordering::SeqCst) {
+        if inline {
             // Its answer went (or would have gone) to its own connection: nothing to keep.
             st2.evaluations.forget(&job2.id);
         }
         state
     });
+    let inline = loaded_rx
+        .await
+        .map_err(|_| internal("holdout reading failed"))??;
+    let id = job.id.clone();
     if inline {
         let state = work
             .await

@@ -2,7 +2,7 @@
 //! and checks it is closed, over real HTTP against the real binary.
 mod common;
 
-use common::server::{blocking_get, metric_value, post, Server};
+use common::server::{blocking_get, holdout_lines, metric_value, post, Server};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -51,18 +51,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn holdout_lines(n: usize) -> String {
-    (0..n)
-        .map(|u| {
-            format!(
-                "{{\"user\": \"u{u}\", \"history\": [\"i{}\"], \"relevant\": [\"i{}\"]}}\n",
-                1 + u % 50,
-                1 + (u * 3) % 60
-            )
-        })
-        .collect()
 }
 
 /// Item 1: request preparation is linear, large bodies are parsed off the async threads, and
@@ -256,7 +244,7 @@ async fn holdout_files_are_bounded_and_must_be_regular() {
         &[
             ("SEQSERVE__ADMIN__TOKEN", "t"),
             ("SEQSERVE__ADMIN__HOLDOUT_DIR", &hd),
-            ("SEQSERVE__ADMIN__MAX_HOLDOUT_BYTES", "100000"),
+            ("SEQSERVE__ADMIN__MAX_HOLDOUT_BYTES", "150000"),
             ("SEQSERVE__ADMIN__MAX_EVALUATION_CASES", "1000"),
         ],
     );
@@ -286,7 +274,9 @@ async fn holdout_files_are_bounded_and_must_be_regular() {
         "{v}"
     );
     // Under the byte limit but over the case limit.
-    std::fs::write(holdouts.path().join("many.jsonl"), holdout_lines(1_500)).unwrap();
+    let many = holdout_lines(1_200);
+    assert!(many.len() < 150_000);
+    std::fs::write(holdouts.path().join("many.jsonl"), many).unwrap();
     let r = start("many.jsonl").await.unwrap();
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
@@ -362,61 +352,17 @@ fn connections_time_out_and_descriptor_exhaustion_is_survived() {
 /// server keeps serving new clients and does not spin on accept errors.
 #[test]
 fn a_low_descriptor_limit_caps_connections_instead_of_failing() {
-    let dir = small_model_dir();
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"));
-        cmd.args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--model")
-        .arg(dir.path())
-        .args(["--device", "cpu", "--threads", "1"])
-        .env("SEQSERVE__SERVER__HEADER_READ_TIMEOUT_MS", "500")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
-        // SAFETY: setrlimit in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 256,
-                    rlim_max: 256,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                Ok(())
-            });
-        }
-        cmd.spawn().unwrap()
-    };
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "listening" {
-                    let _ = tx.send((
-                        v["fields"]["local"].as_str().unwrap().to_string(),
-                        v["fields"]["max_connections"].as_u64().unwrap_or(0),
-                    ));
-                }
-            }
-            sink.lock().unwrap().push_str(&line);
-        }
-    });
-    let (addr, cap) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(cap, 192, "256 descriptors leave 192 connections");
+    let s = Server::start_limited(
+        small_model_dir(),
+        &[],
+        &[("SEQSERVE__SERVER__HEADER_READ_TIMEOUT_MS", "500")],
+        Some(256),
+    );
+    assert_eq!(
+        s.listening["max_connections"], 192,
+        "256 descriptors leave 192 connections"
+    );
+    let addr = s.addr().to_string();
     let hogs: Vec<TcpStream> = (0..400)
         .filter_map(|_| {
             let mut c = TcpStream::connect(&addr).ok()?;
@@ -435,9 +381,7 @@ fn a_low_descriptor_limit_caps_connections_instead_of_failing() {
     };
     assert_eq!(got, Ok(200));
     drop(hogs);
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = log.lock().unwrap().clone();
+    let text = s.logs.lock().unwrap().join("\n");
     assert!(
         !text.contains("Too many open files"),
         "the cap keeps the process below its descriptor limit"

@@ -1,7 +1,7 @@
 //! The server over real HTTP: the real binary on an ephemeral port, with a small random model.
 mod common;
 
-use common::server::{blocking_get, metric_value, post, Server};
+use common::server::{blocking_get, holdout_lines, metric_value, post, Server};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -440,17 +440,6 @@ fn bad_configuration_fails_at_start_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/model"), "{err}");
-}
-
-fn holdout_lines(n: usize) -> String {
-    (0..n)
-        .map(|u| {
-            format!(
-                "{{\"user\": \"u{u}\", \"history\": [\"i{}\", \"i{}\"], \"relevant\": [\"i{}\", \"i{}\"]}}\n",
-                1 + u % 50, 1 + (u * 7) % 50, 1 + (u * 3) % 60, 1 + (u * 11) % 60
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,8 @@ pub struct Server {
     pub base: String,
     /// Every line the server logged (JSON), as it arrives.
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The fields of the server's "listening" log line (local address, max_connections).
+    pub listening: Value,
     _dir: tempfile::TempDir,
 }
 
@@ -26,26 +28,49 @@ impl Server {
     }
 
     pub fn start_env(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqserve"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--model")
-            .arg(dir.path())
-            .args(["--device", "cpu", "--threads", "1"])
-            .args(extra)
-            .env("SEQSERVE_LOG", "info")
-            .envs(envs.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start seqserve");
+        Self::start_limited(dir, extra, envs, None)
+    }
+
+    /// As `start_env`, with the process's open-file limit (soft and hard) set to `nofile`.
+    pub fn start_limited(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqserve"));
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--model")
+        .arg(dir.path())
+        .args(["--device", "cpu", "--threads", "1"])
+        .args(extra)
+        .env("SEQSERVE_LOG", "info")
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start seqserve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -55,18 +80,20 @@ impl Server {
                 sink.lock().unwrap().push(line.clone());
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["fields"]["message"] == "listening" {
-                        let _ = tx.send(v["fields"]["local"].as_str().unwrap().to_string());
+                        let _ = tx.send(v["fields"].clone());
                     }
                 }
             }
         });
-        let addr = rx
+        let listening = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server listening");
+        let addr = listening["local"].as_str().unwrap().to_string();
         let s = Server {
             child,
             base: format!("http://{addr}"),
             logs,
+            listening,
             _dir: dir,
         };
         // Ready once the model is loaded and warmed up.
@@ -125,6 +152,18 @@ impl Drop for Server {
 
 /// A blocking GET returning the status, for readiness polling outside async code.
 /// Runs on its own thread, so it also works when called from inside an async test.
+/// JSON Lines holdout cases over a 60-item test catalogue: two history items, two relevant ones.
+pub fn holdout_lines(n: usize) -> String {
+    (0..n)
+        .map(|u| {
+            format!(
+                "{{\"user\": \"u{u}\", \"history\": [\"i{}\", \"i{}\"], \"relevant\": [\"i{}\", \"i{}\"]}}\n",
+                1 + u % 50, 1 + (u * 7) % 50, 1 + (u * 3) % 60, 1 + (u * 11) % 60
+            )
+        })
+        .collect()
+}
+
 pub fn blocking_get(url: &str) -> Result<u16, ()> {
     let url = url.to_string();
     std::thread::spawn(move || {

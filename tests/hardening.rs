@@ -619,3 +619,191 @@ async fn admin_and_metrics_move_to_their_own_listener() {
     let (st, _, _) = post(&s.url("/recommend"), json!({"history": ["i1"]})).await;
     assert_eq!(st, 200);
 }
+
+/// Sends raw bytes on a new connection and returns what comes back within `wait`.
+fn raw_exchange(s: &Server, request: &[u8], wait: Duration) -> String {
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.write_all(request).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Red-team findings on connections: at the cap only a connection that has stalled (idle head,
+/// trickling body) for a while is evicted, never a fresh well-behaved one; a client that stops
+/// reading is cut off after server.send_timeout_ms.
+#[test]
+fn eviction_spares_fresh_clients_and_stalled_writers_are_cut_off() {
+    let s = Server::start_env(
+        small_model_dir(),
+        &[],
+        &[
+            ("SEQSERVE__SERVER__MAX_CONNECTIONS", "4"),
+            ("SEQSERVE__SERVER__HEADER_READ_TIMEOUT_MS", "20000"),
+            ("SEQSERVE__SERVER__BODY_READ_TIMEOUT_MS", "20000"),
+            ("SEQSERVE__SERVER__SEND_TIMEOUT_MS", "1000"),
+        ],
+    );
+    // Two stuck heads and one trickling body hold three of the four slots.
+    let mut stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr()).unwrap();
+            c.write_all(b"GET /health/live HTTP/1.1\r\nHo").unwrap();
+            c
+        })
+        .collect();
+    let mut body = TcpStream::connect(s.addr()).unwrap();
+    body.write_all(
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"hist",
+    )
+    .unwrap();
+    stuck.push(body);
+    // A fresh client takes the last slot and waits a moment before it speaks: nobody else is
+    // waiting, so nobody is evicted.
+    let mut fresh = TcpStream::connect(s.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fresh
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = fresh.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Once the stuck ones are stale (> 1 s), newcomers that keep their connections get in by
+    // evicting them, stalest first, one each.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut newcomers = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(s.addr()).unwrap();
+        c.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let n = c.read(&mut buf).expect("a newcomer is served within 2 s");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        newcomers.push(c);
+    }
+    let closed = stuck
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(500)).is_some())
+        .filter(|&c| c)
+        .count();
+    assert_eq!(closed, 3, "the stalled connections were evicted");
+    // The fresh client's keep-alive connection survived all of that.
+    fresh
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let n = fresh.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(fresh);
+    drop(newcomers);
+
+    // A client that pipelines requests and never reads: cut off after the send timeout.
+    let mut greedy = TcpStream::connect(s.addr()).unwrap();
+    let many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = greedy.write_all(&many);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Drain what the kernel buffered: a connection still open would keep delivering responses
+    // until the read times out; a closed one ends (EOF or reset) first.
+    greedy
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut big = vec![0u8; 1 << 16];
+    let ended = loop {
+        match greedy.read(&mut big) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(ended, "a client that never reads must be cut off");
+}
+
+/// Red-team findings on bodies: an over-limit Content-Length is refused at once (no
+/// `100 Continue`), errors that end the connection say so, compressed bodies and unknown transfer
+/// codings are refused, structs must be objects, and a refused batch counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_checked_before_they_are_read() {
+    let s = Server::start_env(
+        small_model_dir(),
+        &[
+            "--max-batch-size",
+            "1",
+            "--max-queue-size",
+            "1",
+            "--max-delay-us",
+            "300000",
+        ],
+        &[],
+    );
+    let huge = raw_exchange(
+        &s,
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    assert!(!huge.contains("100 Continue"), "{huge}");
+    assert!(huge.to_lowercase().contains("connection: close"), "{huge}");
+    let gz = raw_exchange(
+        &s,
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",
+        Duration::from_secs(3),
+    );
+    assert!(gz.starts_with("HTTP/1.1 415"), "{gz}");
+    let te = raw_exchange(
+        &s,
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(te.starts_with("HTTP/1.1 501"), "{te}");
+    for (path, body) in [
+        ("/recommend", r#"[["i1"], {}, 3]"#),
+        ("/recommend/batch", r#"{"requests": [[["i1"]]]}"#),
+    ] {
+        let (st, v) = raw_post(&s, path, body.to_string()).await;
+        assert_eq!(st, 422, "{body} -> {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("a JSON object"),
+            "{v}"
+        );
+    }
+    // Queue of one, one-request batches that wait 300 ms: a batch of five cannot all be queued.
+    // It is refused once, and the jobs it did queue are withdrawn without being counted again.
+    let before = metric_value(
+        &s,
+        "seqserve_rejected_requests_total{reason=\"queue_full\"}",
+    )
+    .await;
+    let reqs: Vec<Value> = (1..=5)
+        .map(|i| json!({"history": [format!("i{i}")]}))
+        .collect();
+    let (st, v, _) = post(&s.url("/recommend/batch"), json!({"requests": reqs})).await;
+    assert_eq!(st, 429, "{v}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let full = metric_value(
+        &s,
+        "seqserve_rejected_requests_total{reason=\"queue_full\"}",
+    )
+    .await;
+    let gone = metric_value(
+        &s,
+        "seqserve_rejected_requests_total{reason=\"client_gone\"}",
+    )
+    .await;
+    assert_eq!((full - before, gone), (1.0, 0.0));
+}

@@ -196,11 +196,33 @@ pub fn unique_context<'de, D: Deserializer<'de>>(
     d.deserialize_map(V)
 }
 
+/// A struct that must be written as a JSON object. serde's derived structs also accept the
+/// positional array form (`[[1, 2], {}, 3]` for `{history, context, k}`), which callers never mean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ObjectOnly<T>, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ObjectOnly<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Body {
         #[allow(dead_code)]
         history: Vec<HistoryEntry>,
@@ -239,6 +261,20 @@ mod tests {
         assert!(err(r#"{"history": [{"behavior": "cart"}]}"#).contains("without `item`"));
         assert!(err(r#"{"history": [{"item": 1, "item": 2}]}"#).contains("duplicate"));
         assert!(err(r#"{"history": [{"item": 1.5}]}"#).contains("not an integer"));
+    }
+
+    #[test]
+    fn structs_must_be_objects() {
+        let e = serde_json::from_str::<ObjectOnly<Body>>(r#"[[1, 2], {}]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a JSON object"), "{e}");
+        let ok: ObjectOnly<Body> = serde_json::from_str(r#"{"history": [1]}"#).unwrap();
+        assert_eq!(ok.0.history.len(), 1);
+        let e = serde_json::from_str::<ObjectOnly<Body>>(r#"{"history": [1], "x": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
 pub use context::{encode_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
-pub use input::{history_events, unique_context, HistoryEntry, ItemId};
+pub use input::{history_events, unique_context, HistoryEntry, ItemId, ObjectOnly};
 pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
 
 use crate::error::{InputError, ModelError};

@@ -17,8 +17,7 @@ use crate::eval::metrics::METRIC_NAMES;
 use crate::eval::report::{self, Report};
 use crate::eval::{evaluate_with, EvalOptions, EvalResult};
 use crate::model::{Catalogue, Manifest, Query, RankSpec};
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -283,14 +282,10 @@ fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
     Ok(full)
 }
 
-async fn start(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers)?;
+async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    authorize(&st, req.headers())?;
     st.loaded()?;
-    let bytes = body::read_json_body(&st, &headers, body).await?;
+    let bytes = body::read_json_body(&st, req).await?;
     let req: EvaluateRequest = body::parse_then(&st, bytes, Ok).await?;
     if req.k.is_empty()
         || req.k.len() > 10

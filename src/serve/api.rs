@@ -2,7 +2,8 @@
 use super::config::LimitsSection;
 use super::error::ApiError;
 use crate::model::{
-    history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, Prepared, RankSpec,
+    history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, ObjectOnly, Prepared,
+    RankSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    pub requests: Vec<RecommendRequest>,
+    pub requests: Vec<ObjectOnly<RecommendRequest>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

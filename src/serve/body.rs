@@ -6,9 +6,11 @@
 //! (server.parse_threads), with at most server.max_parse_waiting requests waiting for it (429
 //! beyond): two clients looping 1 MB bodies once froze every route, /health/live included.
 use super::error::ApiError;
+use super::listener::ConnHandle;
 use super::AppState;
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,13 +38,13 @@ impl ParsePool {
     }
 }
 
-/// Reads the body of a JSON request: 415 unless the content type is JSON, 413 above the body
-/// limit, 408 when it does not arrive within server.body_read_timeout_ms.
-pub async fn read_json_body(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Bytes, ApiError> {
+/// Reads the body of a JSON request: 415 unless the content type is JSON (and not compressed),
+/// 501 for a transfer coding other than chunked, 413 above the body limit (at once when the
+/// declared length says so: no `100 Continue` invites an upload that will be refused), 408 when it
+/// does not arrive within server.body_read_timeout_ms.
+pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -56,10 +58,59 @@ pub async fn read_json_body(
             "expected request with `Content-Type: application/json`",
         ));
     }
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        st.metrics.refuse("content_type");
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "compressed request bodies (Content-Encoding) are not supported; send plain JSON",
+        ));
+    }
+    let coded = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+    if coded {
+        st.metrics.refuse("content_type");
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            "only the chunked transfer coding is supported",
+        ));
+    }
     let limit = st.cfg.server.body_limit_bytes;
+    let too_large = || {
+        st.metrics.refuse("too_large");
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes (server.body_limit_bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
     let timeout = Duration::from_millis(st.cfg.server.body_read_timeout_ms);
     let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    // While the body trickles in, the connection counts as stalled (evictable at the cap).
+    let conn = parts.extensions.get::<ConnHandle>();
+    if let Some(c) = conn {
+        c.body_reading(true);
+    }
+    let read = tokio::time::timeout(timeout, limited.collect()).await;
+    if let Some(c) = conn {
+        c.body_reading(false);
+    }
+    match read {
         Err(_) => {
             st.metrics.refuse("body_timeout");
             Err(ApiError::new(
@@ -91,12 +142,13 @@ pub async fn read_json_body(
 /// Parses JSON; errors carry the path of the offending field.
 fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        json_error(e.into_inner(), &path)
-    })?;
+    let v: crate::model::ObjectOnly<T> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            json_error(e.into_inner(), &path)
+        })?;
     de.end().map_err(|e| json_error(e, "."))?;
-    Ok(v)
+    Ok(v.0)
 }
 
 /// Maps serde_json errors: malformed JSON is 400, well-formed JSON of the wrong shape is 422.

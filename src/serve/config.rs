@@ -36,6 +36,9 @@ pub struct ServerSection {
     pub keep_alive_timeout_ms: u64,
     /// A request body must arrive within this long once its head was read (408 otherwise).
     pub body_read_timeout_ms: u64,
+    /// A connection whose client stops reading its responses is closed after this long without
+    /// progress.
+    pub send_timeout_ms: u64,
     /// Most open client connections; further ones wait in the kernel's backlog. Also capped at
     /// run time by the file-descriptor limit (which seqserve raises to its hard limit at start).
     pub max_connections: usize,
@@ -136,6 +139,7 @@ impl Default for ServerSection {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
+            send_timeout_ms: 10_000,
             max_connections: 4096,
             parse_threads: 0,
             max_parse_waiting: 256,
@@ -238,7 +242,7 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
-        let ranges: [(&str, u64, u64, u64); 30] = [
+        let ranges: [(&str, u64, u64, u64); 31] = [
             (
                 "server.body_limit_bytes",
                 s.body_limit_bytes as u64,
@@ -271,6 +275,7 @@ impl Config {
                 100,
                 600_000,
             ),
+            ("server.send_timeout_ms", s.send_timeout_ms, 100, 600_000),
             (
                 "server.max_connections",
                 s.max_connections as u64,

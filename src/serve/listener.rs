@@ -28,6 +28,8 @@ use tower::ServiceExt;
 pub struct ConnLimits {
     pub header_read: Duration,
     pub keep_alive: Duration,
+    /// A write that makes no progress for this long (a client that never reads) fails.
+    pub send: Duration,
     pub max_connections: usize,
 }
 
@@ -81,17 +83,11 @@ pub async fn serve(
     let open: Arc<Mutex<HashMap<u64, Open>>> = Arc::default();
     let mut next_id = 0u64;
     let mut last_warn: Option<std::time::Instant> = None;
-    loop {
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                evict_stalest(&open);
-                tokio::select! {
-                    p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-                    _ = stopped(&mut stop) => break,
-                }
-            }
-        };
+    // A connection must have been idle, stuck in its head or trickling its body this long before it
+    // can be evicted (never the client that just connected).
+    let min_stale = limits.header_read.min(Duration::from_secs(1));
+    'accept: loop {
+        // Accept first: a slot is fought over only when a connection is really waiting for one.
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
@@ -108,6 +104,18 @@ pub async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
+        let permit = loop {
+            if let Ok(p) = slots.clone().try_acquire_owned() {
+                break p;
+            }
+            evict_stalest(&open, min_stale);
+            tokio::select! {
+                p = slots.clone().acquire_owned() => break p.expect("semaphore never closed"),
+                // Busy connections may become evictable (stale) later: look again.
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stopped(&mut stop) => break 'accept,
+            }
+        };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Mutex::new(Activity::new()));
         let evict = Arc::new(Notify::new());
@@ -123,8 +131,9 @@ pub async fn serve(
         let io = TokioIo::new(TimedStream::new(stream, activity.clone(), limits));
         let router = router.clone();
         let act = activity.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let busy = Busy::begin(act.clone());
+            req.extensions_mut().insert(ConnHandle(act.clone()));
             let router = router.clone();
             async move {
                 let resp = router.oneshot(req.map(axum::body::Body::new)).await;
@@ -167,19 +176,35 @@ struct Open {
     evict: Arc<Notify>,
 }
 
-/// Closes the connection that has been idle, or stuck in its request head, the longest (none if
-/// every connection is busy with a request).
-fn evict_stalest(open: &Mutex<HashMap<u64, Open>>) {
+/// Closes the connection that has been stalled the longest — idle, stuck in its request head, or
+/// trickling a request body — if it has been so for at least `min_stale`. A connection whose
+/// request is being computed is never evicted.
+fn evict_stalest(open: &Mutex<HashMap<u64, Open>>, min_stale: Duration) {
+    let now = Instant::now();
     let open = open.lock().expect("connections lock");
     let stalest = open
         .values()
         .filter_map(|o| {
             let a = o.activity.lock().expect("activity lock");
-            (a.in_flight == 0).then_some((a.idle_since, o))
+            let since = a.stalled_since()?;
+            (!a.evicted && now.duration_since(since) >= min_stale).then_some((since, o))
         })
         .min_by_key(|(since, _)| *since);
     if let Some((_, o)) = stalest {
+        o.activity.lock().expect("activity lock").evicted = true;
         o.evict.notify_one();
+    }
+}
+
+/// The connection a request arrived on, as a request extension: body readers mark the time they
+/// spend waiting for a body, which makes a trickling upload evictable like a stalled head.
+#[derive(Clone)]
+pub struct ConnHandle(Arc<Mutex<Activity>>);
+
+impl ConnHandle {
+    pub fn body_reading(&self, reading: bool) {
+        let mut a = self.0.lock().expect("activity lock");
+        a.body_since = reading.then(Instant::now);
     }
 }
 
@@ -195,6 +220,10 @@ struct Activity {
     idle_since: Instant,
     /// When the first byte of the next request head arrived, while idle.
     head_started: Option<Instant>,
+    /// When the handler started waiting for the request body (None when not waiting).
+    body_since: Option<Instant>,
+    /// Already chosen for eviction.
+    evicted: bool,
     /// The connection task, parked on a read while a request was in progress (no deadline then):
     /// woken when the request ends so that its idle deadline is armed. hyper does not poll the
     /// read side again by itself after writing a response.
@@ -207,7 +236,19 @@ impl Activity {
             in_flight: 0,
             idle_since: Instant::now(),
             head_started: None,
+            body_since: None,
+            evicted: false,
             parked: None,
+        }
+    }
+
+    /// Since when the connection has made the server wait on its client (None while a request is
+    /// being computed).
+    fn stalled_since(&self) -> Option<Instant> {
+        if self.in_flight == 0 {
+            Some(self.idle_since)
+        } else {
+            self.body_since
         }
     }
 
@@ -242,6 +283,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let mut g = self.0.lock().expect("activity lock");
         g.in_flight -= 1;
+        g.body_since = None;
         if g.in_flight == 0 {
             g.idle_since = Instant::now();
             if let Some(w) = g.parked.take() {
@@ -258,6 +300,9 @@ struct TimedStream {
     activity: Arc<Mutex<Activity>>,
     limits: ConnLimits,
     timer: Pin<Box<Sleep>>,
+    /// Since when writes have made no progress (the client is not reading), and its timer.
+    write_stalled: Option<Instant>,
+    write_timer: Pin<Box<Sleep>>,
 }
 
 impl TimedStream {
@@ -267,6 +312,36 @@ impl TimedStream {
             activity,
             limits,
             timer: Box::pin(tokio::time::sleep(limits.keep_alive)),
+            write_stalled: None,
+            write_timer: Box::pin(tokio::time::sleep(limits.send)),
+        }
+    }
+
+    /// A write's outcome, failing it once writes have made no progress for `limits.send`.
+    fn check_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => {
+                let since = *self.write_stalled.get_or_insert_with(Instant::now);
+                let deadline = since + self.limits.send;
+                if self.write_timer.deadline() != deadline {
+                    self.write_timer.as_mut().reset(deadline);
+                }
+                match self.write_timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading (server.send_timeout_ms)",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.write_stalled = None;
+                ready
+            }
         }
     }
 }
@@ -323,7 +398,8 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -339,7 +415,8 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -356,6 +433,7 @@ mod tests {
         let limits = ConnLimits {
             header_read: Duration::from_secs(2),
             keep_alive: Duration::from_secs(30),
+            send: Duration::from_secs(10),
             max_connections: 10,
         };
         let mut a = Activity::new();

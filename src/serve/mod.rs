@@ -103,6 +103,7 @@ pub async fn run(
     let limits = listener::ConnLimits {
         header_read: Duration::from_millis(cfg.server.header_read_timeout_ms),
         keep_alive: Duration::from_millis(cfg.server.keep_alive_timeout_ms),
+        send: Duration::from_millis(cfg.server.send_timeout_ms),
         max_connections: listener::connection_cap(cfg.server.max_connections, fd_limit),
     };
     let parse_threads = if cfg.server.parse_threads == 0 {

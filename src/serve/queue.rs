@@ -24,6 +24,9 @@ pub struct Job {
     /// starts it, or whoever gives up on it first (the handler at its deadline, or the worker for a
     /// gone client / passed deadline) counts the refusal. So each refusal is counted exactly once.
     pub state: Arc<JobState>,
+    /// Shared by the jobs of one HTTP request (a /recommend/batch has several): that request's
+    /// refusal is counted once, whichever job notices it.
+    pub fate: Arc<RequestFate>,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
@@ -48,6 +51,19 @@ impl JobState {
         self.0
             .compare_exchange(QUEUED, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+}
+
+/// One HTTP request's refusal accounting.
+#[derive(Debug, Default)]
+pub struct RequestFate(AtomicBool);
+
+impl RequestFate {
+    /// Counts `reason` unless this request's refusal was already counted.
+    pub fn refuse_once(&self, metrics: &Metrics, reason: &'static str) {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            metrics.refuse(reason);
+        }
     }
 }
 
@@ -283,11 +299,11 @@ impl Worker {
                 // The client went away: skip the compute. When its handler already answered 504 it
                 // abandoned the job first and counted it; count only a job nobody has counted.
                 if job.state.abandon() {
-                    self.metrics.refuse("client_gone");
+                    job.fate.refuse_once(&self.metrics, "client_gone");
                 }
             } else if now > job.deadline {
                 if job.state.abandon() {
-                    self.metrics.refuse("deadline");
+                    job.fate.refuse_once(&self.metrics, "deadline");
                     let _ = job.reply.send(Err(JobError::DeadlineExceeded));
                 }
             } else if job.state.start() {

@@ -5,9 +5,8 @@ use super::api::{
 use super::body;
 use super::config::LimitsSection;
 use super::error::ApiError;
-use super::queue::{EnqueueError, Job, JobError, JobOutput, JobState};
+use super::queue::{EnqueueError, Job, JobError, JobOutput, JobState, RequestFate};
 use super::{AppState, Loaded};
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -118,6 +117,16 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
         h.insert(REQUEST_ID.clone(), v);
     }
     h.insert("x-total-time", ms_header(secs * 1000.0));
+    if matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        // The body was not read to its end: the connection cannot be reused, say so.
+        h.insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     if st.shutting_down.load(Ordering::SeqCst) {
         // Tell keep-alive clients not to reuse this connection: they reconnect (to another replica
         // once the load balancer has seen readiness 503) instead of racing our close.
@@ -206,16 +215,24 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Queues one validated request and waits for its result, answering 429 at once when the queue is
-/// full and 504 when it cannot start before its deadline.
-async fn run_job(
+/// A validated request's job on the queue.
+struct Queued {
+    state: Arc<JobState>,
+    rx: oneshot::Receiver<Result<JobOutput, JobError>>,
+    deadline: Instant,
+}
+
+/// Queues one validated request (429 at once when the queue is full). `fate` is shared by all the
+/// jobs of one HTTP request so that its refusal is counted once.
+fn submit(
     st: &AppState,
     v: &api::Validated,
     received: Instant,
-) -> Result<JobOutput, ApiError> {
+    fate: &Arc<RequestFate>,
+) -> Result<Queued, ApiError> {
     let timeout = Duration::from_millis(v.timeout_ms.unwrap_or(st.cfg.server.request_timeout_ms));
     let deadline = received + timeout;
-    let (tx, mut rx) = oneshot::channel();
+    let (tx, rx) = oneshot::channel();
     let state = Arc::new(JobState::default());
     let job = Job {
         query: v.prepared.query.clone(),
@@ -223,33 +240,71 @@ async fn run_job(
         enqueued: Instant::now(),
         deadline,
         state: state.clone(),
+        fate: fate.clone(),
         reply: tx,
     };
     let loaded = st.loaded()?;
     loaded.queue.submit(job).map_err(|e| match e {
         EnqueueError::Full => {
-            st.metrics.refuse("queue_full");
+            fate.refuse_once(&st.metrics, "queue_full");
             ApiError::overloaded()
         }
         EnqueueError::Closed => ApiError::not_ready("shutting down"),
     })?;
-    let result = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
-        Ok(r) => r,
-        // Not started by the deadline: answer now rather than wait behind running batches.
-        Err(_) if state.abandon() => {
-            st.metrics.refuse("deadline");
-            return Err(ApiError::deadline());
+    Ok(Queued {
+        state,
+        rx,
+        deadline,
+    })
+}
+
+impl Queued {
+    /// Waits for the result, answering 504 at the deadline when the job has not started (rather
+    /// than waiting behind running batches).
+    async fn wait(mut self, st: &AppState, fate: &RequestFate) -> Result<JobOutput, ApiError> {
+        let result = match tokio::time::timeout_at(self.deadline.into(), &mut self.rx).await {
+            Ok(r) => r,
+            Err(_) if self.state.abandon() => {
+                fate.refuse_once(&st.metrics, "deadline");
+                return Err(ApiError::deadline());
+            }
+            // Started (or abandoned by the worker, which answers): wait for its answer.
+            Err(_) => self.rx.await,
+        };
+        match result {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(JobError::DeadlineExceeded)) => Err(ApiError::deadline()),
+            Err(_) => Err(ApiError::not_ready(
+                "the model worker stopped (shutting down)",
+            )),
         }
-        // Started (or abandoned by the worker, which answers): wait for its answer.
-        Err(_) => rx.await,
-    };
-    match result {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(JobError::DeadlineExceeded)) => Err(ApiError::deadline()),
-        Err(_) => Err(ApiError::not_ready(
-            "the model worker stopped (shutting down)",
-        )),
     }
+
+    /// Withdraws a queued job (its batch-mates were refused): the worker skips it uncounted.
+    fn withdraw(self) {
+        self.state.abandon();
+    }
+}
+
+/// Queues all of a request's jobs at once (so they can share model batches) and waits for them.
+/// If one cannot be queued, the others are withdrawn and the request is refused once.
+async fn run_jobs(
+    st: &AppState,
+    validated: &[api::Validated],
+    received: Instant,
+) -> Result<Vec<JobOutput>, ApiError> {
+    let fate = Arc::new(RequestFate::default());
+    let mut queued = Vec::with_capacity(validated.len());
+    for v in validated {
+        match submit(st, v, received, &fate) {
+            Ok(q) => queued.push(q),
+            Err(e) => {
+                queued.into_iter().for_each(Queued::withdraw);
+                return Err(e);
+            }
+        }
+    }
+    futures_util::future::try_join_all(queued.into_iter().map(|q| q.wait(st, &fate))).await
 }
 
 fn response(
@@ -284,15 +339,14 @@ fn response(
 /// resolves ids against the catalogue and counts unknown history items.
 async fn parse_request<T, R>(
     st: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Body,
+    req: Request,
     validate: impl FnOnce(T, &Loaded, &LimitsSection) -> Result<R, ApiError> + Send + 'static,
 ) -> Result<R, ApiError>
 where
     T: serde::de::DeserializeOwned,
     R: Send + 'static,
 {
-    let bytes = body::read_json_body(st, headers, body).await?;
+    let bytes = body::read_json_body(st, req).await?;
     let st2 = st.clone();
     body::parse_then(st, bytes, move |req: T| {
         let loaded = st2.loaded()?;
@@ -323,16 +377,15 @@ fn count_unknown(st: &AppState, v: &api::Validated) {
         .inc_by(v.prepared.unknown_items.len() as u64);
 }
 
-async fn recommend(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn recommend(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = st.loaded()?;
-    let v = parse_request(&st, &headers, body, validate_one).await?;
+    let v = parse_request(&st, req, validate_one).await?;
     count_unknown(&st, &v);
-    let out = run_job(&st, &v, received).await?;
+    let out = run_jobs(&st, std::slice::from_ref(&v), received)
+        .await?
+        .pop()
+        .expect("one job, one output");
     let (q, inf) = (out.queue_time, out.inference_time);
     let mut resp = Json(response(loaded, v, out, received)).into_response();
     let h = resp.headers_mut();
@@ -343,44 +396,35 @@ async fn recommend(
 
 async fn recommend_batch(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let received = Instant::now();
     let loaded = st.loaded()?;
-    let validated = parse_request(
-        &st,
-        &headers,
-        body,
-        |batch: BatchRequest, loaded, limits| {
-            let max = limits.max_batch_requests;
-            if batch.requests.is_empty() || batch.requests.len() > max {
-                return Err(ApiError::validation(format!(
-                    "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
-                    batch.requests.len()
-                )));
-            }
-            batch
-                .requests
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    validate_one(r, loaded, limits).map_err(|mut e| {
-                        e.message = format!("requests[{i}]: {}", e.message);
-                        e
-                    })
+    let validated = parse_request(&st, req, |batch: BatchRequest, loaded, limits| {
+        let max = limits.max_batch_requests;
+        if batch.requests.is_empty() || batch.requests.len() > max {
+            return Err(ApiError::validation(format!(
+                "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
+                batch.requests.len()
+            )));
+        }
+        batch
+            .requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                validate_one(r.0, loaded, limits).map_err(|mut e| {
+                    e.message = format!("requests[{i}]: {}", e.message);
+                    e
                 })
-                .collect::<Result<Vec<_>, _>>()
-        },
-    )
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
     .await?;
     for v in &validated {
         count_unknown(&st, v);
     }
-    // All requests go to the queue at once so they can share model batches.
-    let outs =
-        futures_util::future::try_join_all(validated.iter().map(|v| run_job(&st, v, received)))
-            .await?;
+    let outs = run_jobs(&st, &validated, received).await?;
     Ok(Json(BatchResponse {
         results: validated
             .into_iter()

@@ -96,17 +96,39 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // An over-limit body is read and discarded up to this much, so that the client, which is
+    // busy sending it, reads our 413 instead of a reset; beyond it the connection is just closed.
+    let drain_cap = limit.saturating_mul(4) as u64;
+    if declared.is_some_and(|n| n > limit as u64 && (expects_continue || n > drain_cap)) {
+        // Refused before a byte is read: no `100 Continue` invites an upload we would refuse.
         return Err(too_large());
     }
     let timeout = Duration::from_millis(st.cfg.server.body_read_timeout_ms);
-    let limited = http_body_util::Limited::new(body, limit);
     // While the body trickles in, the connection counts as stalled (evictable at the cap).
     let conn = parts.extensions.get::<ConnHandle>();
     if let Some(c) = conn {
         c.body_reading(true);
     }
-    let read = tokio::time::timeout(timeout, limited.collect()).await;
+    let mut body = body;
+    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    let mut seen = 0u64;
+    let read = tokio::time::timeout(timeout, async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(chunk) = frame?.into_data() {
+                seen += chunk.len() as u64;
+                if seen <= limit as u64 {
+                    data.extend_from_slice(&chunk);
+                } else if seen > drain_cap {
+                    break;
+                }
+            }
+        }
+        Ok::<(), axum::Error>(())
+    })
+    .await;
     if let Some(c) = conn {
         c.body_reading(false);
     }
@@ -122,20 +144,13 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
                 ),
             ))
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            st.metrics.refuse("too_large");
-            Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than {limit} bytes (server.body_limit_bytes)"),
-            ))
-        }
+        Ok(_) if seen > limit as u64 => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_body",
             format!("cannot read the request body: {e}"),
         )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(())) => Ok(Bytes::from(data)),
     }
 }
 

@@ -113,7 +113,9 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
         c.body_reading(true);
     }
     let mut body = body;
-    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    // Grows with what really arrives: a declared length alone must not reserve memory (thousands
+    // of connections each declaring the limit and sending nothing).
+    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(64 << 10) as usize);
     let mut seen = 0u64;
     let read = tokio::time::timeout(timeout, async {
         while let Some(frame) = body.frame().await {

@@ -91,9 +91,18 @@ pub fn serving_threads(configured: usize) -> usize {
     }
 }
 
+/// A configured thread count where 0 means "the CPU quota".
+pub fn or_cpu_quota(configured: usize) -> usize {
+    if configured == 0 {
+        cpu_quota()
+    } else {
+        configured
+    }
+}
+
 /// Sets libtorch's intra-op threads (0 = the CPU quota) and a single inter-op thread. Call once, early.
 pub fn configure_threads(intra_op: usize) -> usize {
-    let n = if intra_op == 0 { cpu_quota() } else { intra_op };
+    let n = or_cpu_quota(intra_op);
     tch::set_num_threads(n as i32);
     // Inter-op parallelism only helps graphs with independent branches; ours is a chain.
     // libtorch aborts if this is set twice or after parallel work started, hence the Once.

@@ -2,7 +2,7 @@
 //! and checks it is closed, over real HTTP against the real binary.
 mod common;
 
-use common::server::{blocking_get, holdout_lines, metric_value, post, Server};
+use common::server::{blocking_get, holdout_lines, metric_value, metrics_text, post, Server};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -449,12 +449,7 @@ async fn refusals_are_counted_once_and_their_logs_are_capped() {
         &["--max-delay-us", "300000"],
         &[("SEQSERVE__LOGGING__MAX_REFUSAL_LOGS_PER_SEC", "2")],
     );
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&s).await;
     for reason in [
         "queue_full",
         "deadline",

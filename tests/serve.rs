@@ -1,7 +1,7 @@
 //! The server over real HTTP: the real binary on an ephemeral port, with a small random model.
 mod common;
 
-use common::server::{blocking_get, holdout_lines, metric_value, post, Server};
+use common::server::{blocking_get, holdout_lines, metric_value, metrics_text, post, Server};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -566,12 +566,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
     assert_eq!(done["progress"]["done"], 200);
     assert_eq!(done["result"]["cases"], 200);
     assert!(metric_value(&s, "seqserve_evaluation_metric{k=\"10\",metric=\"f1\"").await >= 0.0);
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&s).await;
     assert!(
         text.contains("seqserve_evaluation_metric{k=\"10\",metric=\"ndcg\""),
         "gauges exported"

@@ -82,14 +82,19 @@ pub fn read_cases(
     Ok(count)
 }
 
-/// Parses JSON Lines text; errors name the source and line.
-pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
+/// Every case of a JSON Lines reader.
+fn collect_cases(reader: impl BufRead, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
     let mut out = Vec::new();
-    read_cases(text.as_bytes(), source, usize::MAX, |_, c| {
+    read_cases(reader, source, usize::MAX, |_, c| {
         out.push(c);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Parses JSON Lines text; errors name the source and line.
+pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
+    collect_cases(text.as_bytes(), source)
 }
 
 pub fn read_holdout(path: &Path) -> Result<Vec<HoldoutCase>, DataError> {
@@ -97,12 +102,7 @@ pub fn read_holdout(path: &Path) -> Result<Vec<HoldoutCase>, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut out = Vec::new();
-    read_cases(std::io::BufReader::new(f), path, usize::MAX, |_, c| {
-        out.push(c);
-        Ok(())
-    })?;
-    Ok(out)
+    collect_cases(std::io::BufReader::new(f), path)
 }
 
 pub fn write_holdout(cases: &[HoldoutCase], path: &Path) -> Result<(), DataError> {
@@ -162,9 +162,39 @@ pub fn build_holdout(
 /// Cases resolved against one model. `unknown_relevant` counts relevant ids the model does not know
 /// (they cannot be ranked and count as misses); cases left with no known relevant item are kept
 /// (scoring 0) and counted by the evaluator.
+#[derive(Default)]
 pub struct Resolved {
     pub cases: Vec<EvalCase>,
     pub unknown_relevant: usize,
+}
+
+impl Resolved {
+    /// Resolves one case against a model and adds it.
+    pub fn add(
+        &mut self,
+        manifest: &Manifest,
+        catalogue: &Catalogue,
+        c: &HoldoutCase,
+    ) -> Result<(), String> {
+        let history = history_events(c.history.clone(), "history")?;
+        let prepared = prepare(manifest, catalogue, &history, &c.context)
+            .map_err(|e| format!("(user {:?}): {e}", c.user))?;
+        let mut relevant = Vec::new();
+        for id in c.relevant.clone() {
+            let id = id.into_checked("relevant")?;
+            match catalogue.index_of(&id) {
+                Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
+                Some(_) => {}
+                None => self.unknown_relevant += 1,
+            }
+        }
+        self.cases.push(EvalCase {
+            query: prepared.query,
+            seen: prepared.seen,
+            relevant,
+        });
+        Ok(())
+    }
 }
 
 /// Resolves holdout cases through `Model::prepare` (the serving path). Bad cases (unknown behaviour,
@@ -174,45 +204,10 @@ pub fn resolve(
     catalogue: &Catalogue,
     cases: &[HoldoutCase],
 ) -> Result<Resolved, String> {
-    let mut out = Vec::with_capacity(cases.len());
-    let mut unknown_relevant = 0;
+    let mut out = Resolved::default();
     for (i, c) in cases.iter().enumerate() {
-        let (case, unknown) =
-            resolve_case(manifest, catalogue, c).map_err(|e| format!("case {}: {e}", i + 1))?;
-        out.push(case);
-        unknown_relevant += unknown;
+        out.add(manifest, catalogue, c)
+            .map_err(|e| format!("case {}: {e}", i + 1))?;
     }
-    Ok(Resolved {
-        cases: out,
-        unknown_relevant,
-    })
-}
-
-/// One case resolved against a model, and how many of its relevant ids the model does not know.
-pub fn resolve_case(
-    manifest: &Manifest,
-    catalogue: &Catalogue,
-    c: &HoldoutCase,
-) -> Result<(EvalCase, usize), String> {
-    let history = history_events(c.history.clone(), "history")?;
-    let prepared = prepare(manifest, catalogue, &history, &c.context)
-        .map_err(|e| format!("(user {:?}): {e}", c.user))?;
-    let mut relevant = Vec::new();
-    let mut unknown_relevant = 0;
-    for id in c.relevant.clone() {
-        let id = id.into_checked("relevant")?;
-        match catalogue.index_of(&id) {
-            Some(idx) if !relevant.contains(&idx) => relevant.push(idx),
-            Some(_) => {}
-            None => unknown_relevant += 1,
-        }
-    }
-    Ok((
-        EvalCase {
-            query: prepared.query,
-            seen: prepared.seen,
-            relevant,
-        },
-        unknown_relevant,
-    ))
+    Ok(out)
 }

@@ -9,10 +9,11 @@
 //! admin.max_finished_evaluations), an inline evaluation whose client has gone is cancelled, and
 //! shutdown cancels everything still running.
 use super::body;
+use super::config::AdminSection;
 use super::error::ApiError;
 use super::queue::BackgroundJob;
 use super::{AppState, Loaded};
-use crate::eval::holdout::{read_cases, resolve_case, HoldoutCase, Resolved};
+use crate::eval::holdout::{read_cases, HoldoutCase, Resolved};
 use crate::eval::metrics::METRIC_NAMES;
 use crate::eval::report::{self, Report};
 use crate::eval::{evaluate_with, EvalOptions, EvalResult};
@@ -92,11 +93,7 @@ impl Jobs {
     fn admit(&self, st: &AppState) -> Result<Arc<EvalJob>, ApiError> {
         let cfg = &st.cfg.admin;
         let mut jobs = self.jobs.lock().expect("jobs lock");
-        forget_expired(
-            &mut jobs,
-            Duration::from_secs(cfg.evaluation_ttl_secs),
-            cfg.max_finished_evaluations,
-        );
+        forget_expired(&mut jobs, cfg);
         let running = jobs.values().filter(|j| j.is_running()).count();
         if running >= cfg.max_running_evaluations {
             st.metrics.refuse("evaluations_full");
@@ -131,11 +128,7 @@ impl Jobs {
 
     fn find(&self, st: &AppState, id: &str) -> Result<Arc<EvalJob>, ApiError> {
         let mut jobs = self.jobs.lock().expect("jobs lock");
-        forget_expired(
-            &mut jobs,
-            Duration::from_secs(st.cfg.admin.evaluation_ttl_secs),
-            st.cfg.admin.max_finished_evaluations,
-        );
+        forget_expired(&mut jobs, &st.cfg.admin);
         jobs.get(id)
             .filter(|j| !j.inline.load(Ordering::SeqCst))
             .cloned()
@@ -156,20 +149,15 @@ impl Jobs {
             j.cancelled.store(true, Ordering::SeqCst);
         }
     }
-
-    /// Evaluations running now (inline and jobs).
-    pub fn running(&self) -> usize {
-        self.jobs
-            .lock()
-            .expect("jobs lock")
-            .values()
-            .filter(|j| j.is_running())
-            .count()
-    }
 }
 
-/// Drops finished jobs older than `ttl`, then the oldest finished ones beyond `keep`.
-fn forget_expired(jobs: &mut HashMap<String, Arc<EvalJob>>, ttl: Duration, keep: usize) {
+/// Drops finished jobs older than admin.evaluation_ttl_secs, then the oldest finished ones beyond
+/// admin.max_finished_evaluations.
+fn forget_expired(jobs: &mut HashMap<String, Arc<EvalJob>>, cfg: &AdminSection) {
+    let (ttl, keep) = (
+        Duration::from_secs(cfg.evaluation_ttl_secs),
+        cfg.max_finished_evaluations,
+    );
     let mut finished: Vec<(Instant, String)> = jobs
         .values()
         .filter_map(|j| {
@@ -427,18 +415,13 @@ fn resolve_inline(
     cases: &[HoldoutCase],
     job: &EvalJob,
 ) -> Result<Resolved, ApiError> {
-    let mut out = Resolved {
-        cases: Vec::with_capacity(cases.len()),
-        unknown_relevant: 0,
-    };
+    let mut out = Resolved::default();
     for (i, c) in cases.iter().enumerate() {
         if i % 1024 == 0 && job.cancelled.load(Ordering::SeqCst) {
             return Err(ApiError::not_ready("evaluation cancelled"));
         }
-        let (case, unknown) = resolve_case(manifest, catalogue, c)
+        out.add(manifest, catalogue, c)
             .map_err(|e| ApiError::validation(format!("cases[{i}]: {e}")))?;
-        out.cases.push(case);
-        out.unknown_relevant += unknown;
     }
     Ok(out)
 }
@@ -484,10 +467,7 @@ fn stream_holdout(
         1 << 16,
         std::io::Read::take(file, max_bytes.saturating_add(1)),
     );
-    let mut out = Resolved {
-        cases: Vec::new(),
-        unknown_relevant: 0,
-    };
+    let mut out = Resolved::default();
     let source = Path::new(name);
     read_cases(
         reader,
@@ -504,10 +484,7 @@ fn stream_holdout(
             if line % 1024 == 0 && job.cancelled.load(Ordering::SeqCst) {
                 return Err(fail("evaluation cancelled".into()));
             }
-            let (c, unknown) = resolve_case(manifest, catalogue, &case).map_err(fail)?;
-            out.cases.push(c);
-            out.unknown_relevant += unknown;
-            Ok(())
+            out.add(manifest, catalogue, &case).map_err(fail)
         },
     )
     .map_err(|e| ApiError::validation(e.to_string()))?;

@@ -48,40 +48,37 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime_lite::Mime>().ok())
-        .is_some_and(|m| m.is_json());
-    if !json {
-        st.metrics.refuse("content_type");
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected request with `Content-Type: application/json`",
-        ));
-    }
+        .is_some_and(is_json_content_type);
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        st.metrics.refuse("content_type");
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "compressed request bodies (Content-Encoding) are not supported; send plain JSON",
-        ));
-    }
     let coded = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
-    if coded {
-        st.metrics.refuse("content_type");
-        return Err(ApiError::new(
+    let unsupported = match (json, encoded, coded) {
+        (false, _, _) => Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected request with `Content-Type: application/json`",
+        )),
+        (_, true, _) => Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "compressed request bodies (Content-Encoding) are not supported; send plain JSON",
+        )),
+        (_, _, true) => Some((
             StatusCode::NOT_IMPLEMENTED,
             "unsupported_transfer_coding",
             "only the chunked transfer coding is supported",
-        ));
+        )),
+        _ => None,
+    };
+    if let Some((status, code, message)) = unsupported {
+        st.metrics.refuse("content_type");
+        return Err(ApiError::new(status, code, message));
     }
     let limit = st.cfg.server.body_limit_bytes;
     let too_large = || {
@@ -242,25 +239,13 @@ where
     })?
 }
 
-/// A tiny content-type check (axum's rule: `application/json` or `application/*+json`).
-mod mime_lite {
-    pub struct Mime(String);
-    impl std::str::FromStr for Mime {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Mime, ()> {
-            let essence = s
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            Ok(Mime(essence))
-        }
-    }
-    impl Mime {
-        pub fn is_json(&self) -> bool {
-            let m = self.0.as_str();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        }
-    }
+/// axum's rule for JSON bodies: `application/json` or `application/*+json`, parameters ignored.
+fn is_json_content_type(value: &str) -> bool {
+    let m = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
 }

@@ -68,9 +68,9 @@ pub fn connection_cap(configured: usize, fd_limit: u64) -> usize {
 /// Accepts until `stop` turns true, then closes connections and returns once every one has closed
 /// (the caller bounds this with its drain deadline).
 ///
-/// When every connection slot is taken, the connection idle (or stuck in its request head) for the
-/// longest is closed to make room: a flood of half-open connections then costs its senders their
-/// connections, not the service its new clients. On stop, connections with no request in progress
+/// When every connection slot is taken and a new connection is waiting, the connection stalled the
+/// longest (see [`evict_stalest`]) is closed to make room: a flood of half-open connections then
+/// costs its senders their connections, not the service its new clients. On stop, connections with no request in progress
 /// close at once (a half-open one would otherwise hold the exit until its header timeout); busy ones
 /// finish their response first.
 pub async fn serve(

@@ -106,11 +106,6 @@ pub async fn run(
         send: Duration::from_millis(cfg.server.send_timeout_ms),
         max_connections: listener::connection_cap(cfg.server.max_connections, fd_limit),
     };
-    let parse_threads = if cfg.server.parse_threads == 0 {
-        crate::device::cpu_quota()
-    } else {
-        cfg.server.parse_threads
-    };
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -120,7 +115,10 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         evaluations: admin::Jobs::default(),
         in_flight: AtomicUsize::new(0),
-        parse_pool: body::ParsePool::new(parse_threads, cfg.server.max_parse_waiting),
+        parse_pool: body::ParsePool::new(
+            crate::device::or_cpu_quota(cfg.server.parse_threads),
+            cfg.server.max_parse_waiting,
+        ),
         refusal_log: log_limit::LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 

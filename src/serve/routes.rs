@@ -117,19 +117,14 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
         h.insert(REQUEST_ID.clone(), v);
     }
     h.insert("x-total-time", ms_header(secs * 1000.0));
-    if matches!(
+    // 408/413: the body was not read to its end, so the connection cannot be reused. Shutting
+    // down: keep-alive clients reconnect (to another replica once the load balancer has seen
+    // readiness 503) instead of racing our close. Either way, say so.
+    let unread_body = matches!(
         status,
         StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
-    ) {
-        // The body was not read to its end: the connection cannot be reused, say so.
-        h.insert(
-            axum::http::header::CONNECTION,
-            HeaderValue::from_static("close"),
-        );
-    }
-    if st.shutting_down.load(Ordering::SeqCst) {
-        // Tell keep-alive clients not to reuse this connection: they reconnect (to another replica
-        // once the load balancer has seen readiness 503) instead of racing our close.
+    );
+    if unread_body || st.shutting_down.load(Ordering::SeqCst) {
         h.insert(
             axum::http::header::CONNECTION,
             HeaderValue::from_static("close"),

@@ -195,14 +195,21 @@ pub async fn post(url: &str, body: Value) -> (u16, Value, reqwest::header::Heade
     (status, v, headers)
 }
 
-pub async fn metric_value(s: &Server, name_and_labels: &str) -> f64 {
-    let text = reqwest::get(s.url("/metrics"))
+/// The /metrics page.
+pub async fn metrics_text(s: &Server) -> String {
+    reqwest::get(s.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// Sum of the /metrics samples whose line starts with `name_and_labels`.
+pub async fn metric_value(s: &Server, name_and_labels: &str) -> f64 {
+    metrics_text(s)
+        .await
+        .lines()
         .filter(|l| l.starts_with(name_and_labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

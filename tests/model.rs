@@ -2,10 +2,10 @@
 //! save/load round trip and every load error.
 mod common;
 
-use common::random_model;
+use common::{random_model, random_model_with};
 use seqserve::model::{
-    ContextValue, EncodedContext, HistoryEvent, Model, Query, RankSpec, ITEMS_FILE, MANIFEST_FILE,
-    WEIGHTS_FILE,
+    ContextValue, EncodedContext, HistoryEvent, Model, Norm, Query, RankSpec, ITEMS_FILE,
+    MANIFEST_FILE, WEIGHTS_FILE,
 };
 use seqserve::ModelError;
 use std::collections::BTreeMap;
@@ -36,8 +36,17 @@ fn random_queries(n: usize, n_items: i64, max_len: usize, seed: u64) -> Vec<Quer
 
 #[test]
 fn scores_match_pytorch_reference() {
-    for layers in [1, 2] {
-        let model = random_model(40, layers, 7 + layers as i64);
+    // Every architecture variant: 1 and 2 layers, pre- and post-LN, with and without the input
+    // embedding LayerNorm.
+    let variants = [
+        (1, false, Norm::Pre),
+        (2, false, Norm::Pre),
+        (1, true, Norm::Post),
+        (2, true, Norm::Post),
+        (2, true, Norm::Pre),
+    ];
+    for (layers, emb_norm, norm) in variants {
+        let model = random_model_with(40, layers, 7 + layers as i64, emb_norm, norm);
         let dir = tempfile::tempdir().unwrap();
         model.save(dir.path()).unwrap();
         let queries = random_queries(24, 40, 8, 3);
@@ -75,8 +84,11 @@ fn scores_match_pytorch_reference() {
                 worst = worst.max((*a as f64 - b.as_f64().unwrap()).abs());
             }
         }
-        eprintln!("layers={layers}: max |rust - pytorch| = {worst:e}");
-        assert!(worst < 1e-4, "layers={layers}: max abs diff {worst}");
+        eprintln!("layers={layers} emb_norm={emb_norm} {norm:?}: max |rust - pytorch| = {worst:e}");
+        assert!(
+            worst < 1e-4,
+            "layers={layers} emb_norm={emb_norm} {norm:?}: max abs diff {worst}"
+        );
     }
 }
 

@@ -2,12 +2,22 @@
 mod common;
 
 use seqserve::data::Split;
-use seqserve::model::{HistoryEvent, Model, RankSpec};
-use seqserve::train::{train, TrainConfig};
+use seqserve::model::{HistoryEvent, Model, Norm, RankSpec};
+use seqserve::train::loss::{LossConfig, LossKind, Sampling};
+use seqserve::train::optim::Schedule;
+use seqserve::train::{checkpoint, train, Recipe, TrainConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Device;
+
+/// libtorch's random generator (dropout, sampled negatives) is global to the process: tests that
+/// train hold this lock so that one run's draws are never interleaved with another's.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn config(data: &Path, out: &Path) -> TrainConfig {
     TrainConfig {
@@ -27,23 +37,38 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         ffn_dim: 64,
         dropout: 0.1,
         max_len: 20,
-        batch_size: 64,
-        learning_rate: 3e-3,
-        max_epochs: 4,
-        patience: 10,
-        seed: 1,
+        embedding_norm: false,
+        norm: Norm::Pre,
+        recipe: Recipe {
+            batch_size: 64,
+            learning_rate: 3e-3,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0.0,
+            min_lr_ratio: 0.0,
+            loss: LossConfig {
+                kind: LossKind::Full,
+                negatives: 16,
+                sampling: Sampling::Uniform,
+                label_smoothing: 0.0,
+            },
+            max_epochs: 4,
+            patience: 10,
+            smoothing: 0.0,
+            seed: 1,
+        },
         k: 10,
         device: Device::Cpu,
         threads: 1,
+        resume: false,
+        stop_after: None,
         command: "test".into(),
     }
 }
 
-#[test]
-fn learns_a_synthetic_pattern_and_writes_a_loadable_model() {
-    // Each user walks the 40-item ring from a different start: the next item is fully predictable.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("ring.txt");
+/// Each user walks the 40-item ring from a different start: the next item is fully predictable.
+fn ring(dir: &Path) -> PathBuf {
+    let data = dir.join("ring.txt");
     let mut f = std::fs::File::create(&data).unwrap();
     for u in 0..400 {
         let len = 6 + u % 7;
@@ -52,6 +77,14 @@ fn learns_a_synthetic_pattern_and_writes_a_loadable_model() {
             .collect();
         writeln!(f, "{u} {}", items.join(" ")).unwrap();
     }
+    data
+}
+
+#[test]
+fn learns_a_synthetic_pattern_and_writes_a_loadable_model() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
     let out = dir.path().join("model");
     let res = train(&config(&data, &out)).unwrap();
     let t = res.model.manifest.training.clone().unwrap();
@@ -100,12 +133,101 @@ fn learns_a_synthetic_pattern_and_writes_a_loadable_model() {
     );
 }
 
+/// The other architecture and loss: post-LN blocks with the input LayerNorm, trained with sampled
+/// softmax (popularity negatives, log-Q) under warm-up + cosine, AdamW with weight decay.
+#[test]
+fn sampled_loss_with_post_norm_learns_the_pattern() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let mut cfg = config(&data, &dir.path().join("model"));
+    cfg.embedding_norm = true;
+    cfg.norm = Norm::Post;
+    cfg.recipe.loss.kind = LossKind::Sampled;
+    cfg.recipe.loss.sampling = Sampling::Popularity;
+    cfg.recipe.schedule = Schedule::Cosine;
+    cfg.recipe.warmup_epochs = 0.5;
+    cfg.recipe.weight_decay = 0.01;
+    cfg.recipe.max_epochs = 6;
+    let res = train(&cfg).unwrap();
+    let m = res.model.manifest.metrics.clone().unwrap();
+    assert!(m.test["hr@10"] > 0.6, "test hr@10 {}", m.test["hr@10"]);
+    let loaded = Model::load(&dir.path().join("model"), Device::Cpu).unwrap();
+    assert!(loaded.manifest.architecture.embedding_norm);
+    assert_eq!(loaded.manifest.architecture.norm, Norm::Post);
+    let recipe = &loaded.manifest.training.unwrap().recipe.unwrap();
+    assert_eq!(recipe["loss"]["kind"], "sampled");
+}
+
+/// A run paused after 2 epochs and resumed from its checkpoint ends with exactly the weights and
+/// curve of the same run made in one sitting; a resume under another recipe is refused.
+#[test]
+fn resumed_run_reproduces_the_uninterrupted_one() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let mut base = config(&data, &dir.path().join("straight"));
+    base.recipe.schedule = Schedule::Cosine;
+    base.recipe.warmup_epochs = 1.0;
+    base.recipe.max_epochs = 5;
+    let straight = train(&base).unwrap();
+    assert!(straight.finished);
+
+    let out = dir.path().join("paused");
+    let mut cfg = base.clone();
+    cfg.out = out.clone();
+    cfg.stop_after = Some(2);
+    let first = train(&cfg).unwrap();
+    assert!(!first.finished);
+    assert!(!out.exists(), "no model is written before the run ends");
+    let ckpt = checkpoint::dir_for(&out);
+    assert!(ckpt.join("state.json").exists());
+
+    let mut other = cfg.clone();
+    other.recipe.learning_rate = 1e-2;
+    other.resume = true;
+    let e = train(&other).err().unwrap().to_string();
+    assert!(e.contains("different training configuration"), "{e}");
+
+    cfg.resume = true;
+    cfg.stop_after = None;
+    let resumed = train(&cfg).unwrap();
+    assert!(resumed.finished);
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint is removed once the model is written"
+    );
+    let (a, b) = (
+        straight.model.manifest.training.unwrap(),
+        resumed.model.manifest.training.unwrap(),
+    );
+    assert_eq!(a.epochs.len(), b.epochs.len());
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!(x.loss, y.loss, "epoch {}", x.epoch);
+        // Identical rankings; the means may differ in the last bit (summation order).
+        for (key, v) in &x.validation {
+            assert!(
+                (v - y.validation[key]).abs() < 1e-12,
+                "epoch {} {key}",
+                x.epoch
+            );
+        }
+    }
+    assert_eq!(a.best_epoch, b.best_epoch);
+    let (va, vb) = (straight.model.vs.variables(), resumed.model.vs.variables());
+    for (name, t) in &va {
+        let diff = (t - &vb[name]).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{name} differs by {diff}");
+    }
+}
+
 fn shared(rel: &str) -> Option<PathBuf> {
     common::shared_data(rel)
 }
 
 #[test]
 fn real_beauty_slice_trains_and_loads() {
+    let _rng = lock();
     // Needs ../shared/data (Amazon Beauty): a short run on real data.
     let Some(data) = shared("amazon_s3rec/Beauty.txt") else {
         return;
@@ -113,7 +235,7 @@ fn real_beauty_slice_trains_and_loads() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&data, &dir.path().join("m"));
     cfg.limit_users = Some(2000);
-    cfg.max_epochs = 3;
+    cfg.recipe.max_epochs = 3;
     cfg.max_len = 50;
     let res = train(&cfg).unwrap();
     let t = res.model.manifest.training.as_ref().unwrap();
@@ -130,13 +252,14 @@ fn real_beauty_slice_trains_and_loads() {
 
 #[test]
 fn taobao_events_train_with_behaviour_types() {
+    let _rng = lock();
     // Needs ../shared/data (Taobao sample): behaviour-typed, timestamped events.
     let Some(data) = shared("taobao_userbehavior_sample/UserBehavior.csv") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&data, &dir.path().join("m"));
-    cfg.max_epochs = 2;
+    cfg.recipe.max_epochs = 2;
     cfg.split = Split::Temporal {
         cutoff: 1_511_900_000,
     };
@@ -153,6 +276,7 @@ fn taobao_events_train_with_behaviour_types() {
 
 #[test]
 fn an_existing_output_directory_is_refused_before_training() {
+    let _rng = lock();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("shipped");
     std::fs::create_dir(&out).unwrap();
@@ -165,4 +289,61 @@ fn an_existing_output_directory_is_refused_before_training() {
         std::fs::read_to_string(out.join("model.json")).unwrap(),
         "{}"
     );
+}
+
+/// `seqserve sweep` trains each grid point and keeps the best by validation F1@10.
+#[test]
+fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let out = dir.path().join("sweep");
+    let bin = env!("CARGO_BIN_EXE_seqserve");
+    let run = std::process::Command::new(bin)
+        .args(["sweep", "--grid", "lr=1e-5,3e-3", "--out"])
+        .arg(&out)
+        .args(["--", "--data"])
+        .arg(&data)
+        .args([
+            "--split",
+            "leave-last-1",
+            "--d-model",
+            "16",
+            "--max-len",
+            "20",
+            "--epochs",
+            "3",
+            "--schedule",
+            "constant",
+            "--warmup-epochs",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
+    let rows = summary["configurations"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    // A learning rate of 1e-5 barely moves in 3 epochs; 3e-3 learns the ring.
+    assert_eq!(summary["best"], "lr-3e-3");
+    let best = Model::load(&out.join("best"), Device::Cpu).unwrap();
+    let t = best.manifest.training.unwrap();
+    assert_eq!(t.learning_rate, 3e-3);
+    assert!(t.command.contains("--lr 3e-3"), "{}", t.command);
+    assert!(out.join("lr-1e-5").join("model.json").exists());
+
+    // A typo in the grid fails before anything trains.
+    let bad = std::process::Command::new(bin)
+        .args(["sweep", "--grid", "learning-rate=1,2", "--out"])
+        .arg(dir.path().join("bad"))
+        .args(["--", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("learning-rate"));
+    assert!(!dir.path().join("bad").exists());
 }

@@ -3,6 +3,7 @@ mod evaluate;
 mod holdout;
 mod recommend;
 mod serve;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -23,6 +24,8 @@ pub struct Cli {
 enum Command {
     /// Train an encoder on a behaviour log and write a model directory.
     Train(train::TrainArgs),
+    /// Train every point of a grid of `train` options; keep the best by validation F1@K.
+    Sweep(sweep::SweepArgs),
     /// Rank items for one history with a model directory (the server's code path, offline).
     Recommend(recommend::RecommendArgs),
     /// Build a labelled holdout (JSON Lines) from a log with the split `train` uses.
@@ -38,6 +41,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => {
             init_logging();
             train::run(a)
+        }
+        Command::Sweep(a) => {
+            init_logging();
+            sweep::run(a)
         }
         Command::Recommend(a) => {
             init_logging();

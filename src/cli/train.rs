@@ -1,7 +1,10 @@
 use anyhow::Result;
 use clap::Args;
 use seqserve::data::{LogFormat, Split};
-use seqserve::train::{train, TrainConfig};
+use seqserve::model::Norm;
+use seqserve::train::loss::{LossConfig, LossKind, Sampling};
+use seqserve::train::optim::Schedule;
+use seqserve::train::{train, Recipe, TrainConfig, TrainOutcome};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -44,24 +47,66 @@ pub struct TrainArgs {
     /// Feed-forward width (default 4 × d_model).
     #[arg(long)]
     ffn_dim: Option<usize>,
+    /// Dropout on the input embeddings, attention weights and both residual branches.
     #[arg(long, default_value_t = 0.3)]
     dropout: f64,
     #[arg(long, default_value_t = 50)]
     max_len: usize,
+    /// LayerNorm + dropout over the summed input embeddings before the first block (`false` for
+    /// the encoder of models trained before it existed).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    embedding_norm: bool,
+    /// pre: LayerNorm before attention/FFN and once at the end; post: after each residual sum.
+    #[arg(long, value_enum, default_value = "pre")]
+    norm: Norm,
+    /// Sequences (users) per batch; every position of each is a training target.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Peak learning rate of AdamW.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// AdamW decoupled weight decay (matrices and embeddings; not biases or LayerNorm).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: Schedule,
+    /// Linear learning-rate warm-up, in epochs.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_epochs: f64,
+    /// Where the cosine schedule ends (fraction of --lr, reached at --epochs).
+    #[arg(long, default_value_t = 0.05)]
+    min_lr_ratio: f64,
+    /// full: softmax over the whole catalogue; sampled: over the target and --negatives sampled items
+    /// (log-Q corrected), for catalogues too large for the full softmax.
+    #[arg(long, value_enum, default_value = "full")]
+    loss: LossKind,
+    #[arg(long, default_value_t = 256)]
+    negatives: usize,
+    #[arg(long, value_enum, default_value = "uniform")]
+    negative_sampling: Sampling,
+    /// Label smoothing of the full loss.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
     #[arg(long, default_value_t = 100)]
     epochs: usize,
-    /// Stop after this many epochs without a better validation F1@K.
+    /// Stop after this many epochs without a new best of the smoothed validation F1@K.
     #[arg(long, default_value_t = 5)]
     patience: usize,
+    /// Weight of the past in the exponential smoothing of the validation curve for early stopping.
+    #[arg(long, default_value_t = 0.5)]
+    smoothing: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// K of the selection metric F1@K.
     #[arg(long, default_value_t = 10)]
-    k: usize,
+    pub k: usize,
+    /// Continue the interrupted run whose checkpoint is beside --out (`<out>.checkpoint`, written
+    /// each epoch); the other options must be those of that run.
+    #[arg(long)]
+    resume: bool,
+    /// Train at most N epochs in this sitting, then leave the checkpoint for --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// auto | cpu | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
@@ -70,44 +115,23 @@ pub struct TrainArgs {
     threads: usize,
 }
 
+impl TrainArgs {
+    #[cfg(test)]
+    pub fn lr_value(&self) -> f64 {
+        self.lr
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let device = seqserve::device::parse_device(&a.device)?;
-    let threads = seqserve::device::configure_threads(a.threads);
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.out
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let cfg = TrainConfig {
-        data: a.data,
-        format: a.format,
-        users: a.users,
-        skip_malformed: a.skip_malformed,
-        limit_users: a.limit_users,
-        split: a.split,
-        out: a.out,
-        force: a.force,
-        name,
-        version: a.model_version,
-        d_model: a.d_model,
-        n_layers: a.layers,
-        n_heads: a.heads,
-        ffn_dim: a.ffn_dim.unwrap_or(4 * a.d_model),
-        dropout: a.dropout,
-        max_len: a.max_len,
-        batch_size: a.batch_size,
-        learning_rate: a.lr,
-        max_epochs: a.epochs,
-        patience: a.patience,
-        seed: a.seed,
-        k: a.k,
-        device,
-        threads,
-        command,
-    };
-    let out = train(&cfg)?;
+    let out = train_with(a, command)?;
+    if !out.finished {
+        println!(
+            "checkpoint written to {}; continue with --resume",
+            out.dir.display()
+        );
+        return Ok(());
+    }
     let m = &out.model.manifest;
     let t = m.training.as_ref().expect("training record");
     let metrics = m.metrics.as_ref().expect("metrics");
@@ -126,4 +150,61 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Trains from parsed arguments; `command` is recorded in the manifest as how to reproduce it.
+pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
+    let device = seqserve::device::parse_device(&a.device)?;
+    let threads = seqserve::device::configure_threads(a.threads);
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let cfg = TrainConfig {
+        data: a.data,
+        format: a.format,
+        users: a.users,
+        skip_malformed: a.skip_malformed,
+        limit_users: a.limit_users,
+        split: a.split,
+        out: a.out,
+        force: a.force,
+        name,
+        version: a.model_version,
+        d_model: a.d_model,
+        n_layers: a.layers,
+        n_heads: a.heads,
+        ffn_dim: a.ffn_dim.unwrap_or(4 * a.d_model),
+        dropout: a.dropout,
+        max_len: a.max_len,
+        embedding_norm: a.embedding_norm,
+        norm: a.norm,
+        recipe: Recipe {
+            batch_size: a.batch_size,
+            learning_rate: a.lr,
+            weight_decay: a.weight_decay,
+            schedule: a.schedule,
+            warmup_epochs: a.warmup_epochs,
+            min_lr_ratio: a.min_lr_ratio,
+            loss: LossConfig {
+                kind: a.loss,
+                negatives: a.negatives,
+                sampling: a.negative_sampling,
+                label_smoothing: a.label_smoothing,
+            },
+            max_epochs: a.epochs,
+            patience: a.patience,
+            smoothing: a.smoothing,
+            seed: a.seed,
+        },
+        k: a.k,
+        device,
+        threads,
+        resume: a.resume,
+        stop_after: a.stop_after,
+        command,
+    };
+    train(&cfg)
 }

@@ -1,5 +1,5 @@
-//! The SASRec-style encoder: item (+ behaviour) and recency-position embeddings, n pre-LayerNorm causal
-//! self-attention blocks, then concat(sequence representation, context) → fully connected → z, and
+//! The SASRec-style encoder: item (+ behaviour) and position embeddings (optionally LayerNorm +
+//! dropout over their sum), n causal self-attention blocks (pre- or post-LayerNorm), then concat(sequence representation, context) → fully connected → z, and
 //! scores z · Eᵀ + b over the whole catalogue (item embeddings tied between input and output).
 //!
 //! Layout conventions (the PyTorch reference in tests/python mirrors them exactly):
@@ -14,7 +14,7 @@
 //!   "predict the first item" target;
 //! * the context vector is the categorical features (embedding or one-hot, manifest order) followed by
 //!   the standardised numeric features (manifest order).
-use super::manifest::{CategoricalEncoding, ContextFeature, Manifest};
+use super::manifest::{CategoricalEncoding, ContextFeature, Manifest, Norm};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -53,7 +53,11 @@ pub struct Encoder {
     behaviour_emb: Option<Tensor>,
     context: Vec<ContextEncoder>,
     blocks: Vec<Block>,
-    final_ln: nn::LayerNorm,
+    /// LayerNorm over the summed input embeddings (architecture.embedding_norm).
+    emb_ln: Option<nn::LayerNorm>,
+    norm: Norm,
+    /// Pre-LN only: post-LN blocks end normalised already.
+    final_ln: Option<nn::LayerNorm>,
     head: nn::Linear,
     d: i64,
     heads: i64,
@@ -121,7 +125,9 @@ impl Encoder {
             behaviour_emb,
             context,
             blocks,
-            final_ln: ln(p / "final_ln"),
+            emb_ln: a.embedding_norm.then(|| ln(p / "emb_ln")),
+            norm: a.norm,
+            final_ln: (a.norm == Norm::Pre).then(|| ln(p / "final_ln")),
             head: lin(p / "head", d + m.context_width() as i64, d),
             d,
             heads: a.n_heads as i64,
@@ -149,8 +155,12 @@ impl Encoder {
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
             x += Tensor::embedding(emb, beh, 0, false, false);
         }
-        x *= nonpad.unsqueeze(-1).to_kind(x.kind());
-        let mut x = x.dropout(self.dropout, train);
+        let keep = nonpad.unsqueeze(-1).to_kind(x.kind());
+        if let Some(ln) = &self.emb_ln {
+            x = ln.forward(&x);
+        }
+        // Padding columns stay zero vectors (after the LayerNorm, which would give them its bias).
+        let mut x = (x * keep).dropout(self.dropout, train);
 
         let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
         let eye = Tensor::eye(w, (Kind::Bool, dev));
@@ -162,8 +172,14 @@ impl Encoder {
         let dh = self.d / self.heads;
         let attn_dropout = if train { self.dropout } else { 0.0 };
         let n_blocks = self.blocks.len();
+        let post = self.norm == Norm::Post;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = blk.ln1.forward(&x);
+            // Pre-LN attends over LN1(x); post-LN over x itself and normalises after the residual sum.
+            let h = if post {
+                x.shallow_clone()
+            } else {
+                blk.ln1.forward(&x)
+            };
             // Queries: every position, or only the last one in the final block.
             let (xq, hq, mq, wq) = if last_only && i + 1 == n_blocks {
                 (
@@ -198,14 +214,22 @@ impl Encoder {
             .contiguous()
             .view([bsz, wq, self.d]);
             let xr = xq + blk.o.forward(&a).dropout(self.dropout, train);
-            let h = blk.ln2.forward(&xr);
-            let f = blk
-                .fc2
-                .forward(&blk.fc1.forward(&h).gelu("none"))
-                .dropout(self.dropout, train);
-            x = xr + f;
+            let ffn = |t: &Tensor| {
+                blk.fc2
+                    .forward(&blk.fc1.forward(t).gelu("none"))
+                    .dropout(self.dropout, train)
+            };
+            x = if post {
+                let xr = blk.ln1.forward(&xr);
+                blk.ln2.forward(&(&xr + ffn(&xr)))
+            } else {
+                &xr + ffn(&blk.ln2.forward(&xr))
+            };
         }
-        self.final_ln.forward(&x)
+        match &self.final_ln {
+            Some(ln) => ln.forward(&x),
+            None => x,
+        }
     }
 
     /// The context vector (B, context_width); None when the model has no context features.
@@ -240,6 +264,16 @@ impl Encoder {
     pub fn logits(&self, z: &Tensor) -> Tensor {
         let e = self.item_emb.narrow(0, 1, self.n_items);
         z.matmul(&e.tr()) + self.item_bias.narrow(0, 1, self.n_items)
+    }
+
+    /// Embedding rows and biases of item columns `cols` (column j is item index j + 1), for a loss
+    /// that scores only some items.
+    pub fn item_rows(&self, cols: &Tensor) -> (Tensor, Tensor) {
+        let idx = cols + 1;
+        (
+            self.item_emb.index_select(0, &idx),
+            self.item_bias.index_select(0, &idx),
+        )
     }
 
     /// Scores for the most recent position of each history: (B, n_items).

@@ -39,6 +39,22 @@ pub struct Architecture {
     pub dropout: f64,
     /// Longest history the encoder reads; longer histories keep the most recent max_len items.
     pub max_len: usize,
+    /// LayerNorm (then dropout) over the summed input embeddings before the first block, as SASRec
+    /// and BSARec do. Absent in models trained before it existed (false).
+    #[serde(default)]
+    pub embedding_norm: bool,
+    /// Where each block normalises: `pre` (LayerNorm before attention/FFN, one final LayerNorm) or
+    /// `post` (LayerNorm after each residual sum, as BSARec). Absent in older models: `pre`.
+    #[serde(default)]
+    pub norm: Norm,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    #[default]
+    Pre,
+    Post,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +99,9 @@ pub struct TrainingRecord {
     pub patience: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// The full recipe (`train::Recipe`) of models trained since it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<serde_json::Value>,
     pub selection_metric: String,
     pub threads: usize,
     pub device: String,

@@ -13,7 +13,9 @@ pub use catalogue::Catalogue;
 pub use context::{encode_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
 pub use input::{history_events, unique_context, HistoryEntry, ItemId, ObjectOnly};
-pub use manifest::{Architecture, CategoricalEncoding, ContextFeature, Manifest, FORMAT_VERSION};
+pub use manifest::{
+    Architecture, CategoricalEncoding, ContextFeature, Manifest, Norm, FORMAT_VERSION,
+};
 
 use crate::error::{InputError, ModelError};
 use std::collections::BTreeMap;

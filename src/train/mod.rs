@@ -1,21 +1,51 @@
-//! `seqserve train`: SASRec with full cross-entropy over the catalogue, Adam, dropout, a fixed seed;
-//! the best epoch is chosen by validation F1@K (the seed's model-selection rule) with early stopping.
+//! `seqserve train`: SASRec trained at every position of the shifted sequence with full or sampled
+//! softmax cross-entropy, AdamW under a warm-up + cosine schedule, a fixed seed; the best epoch is
+//! chosen by validation F1@K (the seed's model-selection rule), early stopping on a smoothed curve,
+//! and a checkpoint each epoch so a run can be resumed (`--resume`) with the same result.
+pub mod checkpoint;
 pub mod examples;
+pub mod loss;
+pub mod optim;
 mod schema;
 
 use crate::data::{read_inputs, LogFormat, ReadOptions, Split};
 use crate::eval::{self, EvalOptions};
 use crate::model::manifest::{EpochRecord, MetricsRecord, TrainingRecord};
-use crate::model::{to_tensors, Architecture, Manifest, Model, Query, FORMAT_VERSION};
+use crate::model::{to_tensors, Architecture, Manifest, Model, Norm, Query, FORMAT_VERSION};
 use anyhow::{bail, Context, Result};
 use examples::{Part, TrainSequence};
 use indicatif::{ProgressBar, ProgressStyle};
+use loss::{Loss, LossConfig};
+use optim::{AdamW, Schedule};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+use tch::{Device, Tensor};
+
+/// How the weights are fitted (recorded in the manifest; part of the resume fingerprint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay on matrices and embeddings.
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Linear warm-up, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// The cosine schedule ends at this fraction of the peak learning rate, at `max_epochs`.
+    pub min_lr_ratio: f64,
+    pub loss: LossConfig,
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a new best of the smoothed validation curve.
+    pub patience: usize,
+    /// Weight of the past in the exponential smoothing of the validation curve used for early
+    /// stopping (0 = the raw curve). The best epoch is still the raw best.
+    pub smoothing: f64,
+    pub seed: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -38,14 +68,16 @@ pub struct TrainConfig {
     pub ffn_dim: usize,
     pub dropout: f64,
     pub max_len: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub max_epochs: usize,
-    pub patience: usize,
-    pub seed: u64,
+    pub embedding_norm: bool,
+    pub norm: Norm,
+    pub recipe: Recipe,
     pub k: usize,
     pub device: Device,
     pub threads: usize,
+    /// Continue from the checkpoint beside `out` (see `checkpoint`).
+    pub resume: bool,
+    /// Write the checkpoint and return after this many epochs in this sitting (None: run to the end).
+    pub stop_after: Option<usize>,
     /// Recorded in the manifest: how to reproduce this model.
     pub command: String,
 }
@@ -53,11 +85,15 @@ pub struct TrainConfig {
 pub struct TrainOutcome {
     pub model: Model,
     pub dir: PathBuf,
+    /// False when the run paused (`stop_after`) with a checkpoint instead of writing the model.
+    pub finished: bool,
 }
 
 pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let started = Instant::now();
     // Refuse before hours of training, not after: `--out` naming a shipped model would replace it.
+    let r = &cfg.recipe;
+    r.validate()?;
     if cfg.out.exists() && !cfg.force {
         bail!(
             "{} already exists; pass --force to replace it (the new model is written beside it and \
@@ -65,7 +101,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             cfg.out.display()
         );
     }
-    tch::manual_seed(cfg.seed as i64);
+    tch::manual_seed(r.seed as i64);
     let opts = ReadOptions {
         skip_malformed: cfg.skip_malformed,
     };
@@ -98,6 +134,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             ffn_dim: cfg.ffn_dim,
             dropout: cfg.dropout,
             max_len: cfg.max_len,
+            embedding_norm: cfg.embedding_norm,
+            norm: cfg.norm,
         },
         behaviours: behaviours.clone(),
         context,
@@ -140,20 +178,69 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         batch_size: 256,
     };
     let selection = format!("f1@{}", cfg.k);
-    let mut opt = nn::Adam::default().build(&model.vs, cfg.learning_rate)?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut best: Option<(usize, f64, Weights)> = None;
-    let mut epochs = Vec::new();
-    let mut epoch_seconds = Vec::new();
-    let mut since_best = 0;
-    for epoch in 1..=cfg.max_epochs {
+    let fingerprint = fingerprint(cfg, &model.manifest)?;
+    let ckpt_dir = checkpoint::dir_for(&cfg.out);
+    let counts = target_counts(&train_queries, model.catalogue.len());
+    let loss_fn = Loss::new(r.loss.clone(), &counts, cfg.device);
+    let mut opt = AdamW::new(&model.vs, r.weight_decay);
+    let steps_per_epoch = train_queries.len().div_ceil(r.batch_size);
+    let total_steps = steps_per_epoch * r.max_epochs;
+    let warmup_steps = (r.warmup_epochs * steps_per_epoch as f64).round() as usize;
+
+    let mut st = checkpoint::State {
+        fingerprint: fingerprint.clone(),
+        epochs_done: 0,
+        optimizer_step: 0,
+        best_epoch: 0,
+        best_score: f64::NEG_INFINITY,
+        smoothed_best: f64::NEG_INFINITY,
+        smoothed: None,
+        since_best: 0,
+        epochs: Vec::new(),
+        epoch_seconds: Vec::new(),
+    };
+    let mut best: Option<Weights> = None;
+    if cfg.resume {
+        let ck = checkpoint::load(&ckpt_dir, &fingerprint)?;
+        restore(&model, &ck.weights)?;
+        opt.load_state(&ck.optimizer, ck.state.optimizer_step)?;
+        best = Some(ck.best.into_iter().collect());
+        st = ck.state;
+        eprintln!(
+            "resuming from {} after epoch {}",
+            ckpt_dir.display(),
+            st.epochs_done
+        );
+    }
+    let mut stopped_early = false;
+    for (ran_now, epoch) in (st.epochs_done + 1..=r.max_epochs).enumerate() {
+        if st.since_best >= r.patience {
+            stopped_early = true;
+            break;
+        }
+        if cfg.stop_after.is_some_and(|n| ran_now >= n) {
+            break;
+        }
         let t0 = Instant::now();
-        let batches = make_batches(&train_queries, cfg.batch_size, &mut rng);
+        // Every epoch's randomness (batch order, dropout, negatives) derives from (seed, epoch)
+        // alone, so a resumed run continues exactly as an uninterrupted one would.
+        let epoch_seed = r.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        tch::manual_seed(epoch_seed as i64);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epoch_seed);
+        let batches = make_batches(&train_queries, r.batch_size, &mut rng);
         let bar = progress_bar(batches.len() as u64, &format!("epoch {epoch}"));
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
         for batch in &batches {
-            let loss = train_step(&model, &train_queries, batch);
-            opt.backward_step(&loss);
+            let lr = optim::learning_rate(
+                r.learning_rate,
+                r.schedule,
+                opt.step as usize,
+                warmup_steps,
+                total_steps,
+                r.min_lr_ratio,
+            );
+            let loss = train_step(&model, &loss_fn, &train_queries, batch);
+            opt.backward_step(&loss, lr);
             let l = loss.double_value(&[]);
             if !l.is_finite() {
                 bail!("loss became {l} at epoch {epoch}: lower the learning rate");
@@ -169,37 +256,67 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         let vmap = eval::summary_map(&vres);
         let score = vmap[&selection];
         let secs = t0.elapsed().as_secs_f64();
-        epoch_seconds.push(train_secs);
         let loss = loss_sum / loss_n.max(1) as f64;
+        let smoothed = match st.smoothed {
+            Some(prev) => r.smoothing * prev + (1.0 - r.smoothing) * score,
+            None => score,
+        };
         eprintln!(
-            "epoch {epoch:>3}  loss {loss:.4}  train {train_secs:.1}s  total {secs:.1}s  valid {selection} {:.5}  hr@{k} {:.5}  ndcg@{k} {:.5}",
+            "epoch {epoch:>3}  loss {loss:.4}  train {train_secs:.1}s  total {secs:.1}s  valid {selection} {:.5} (smoothed {smoothed:.5})  hr@{k} {:.5}  ndcg@{k} {:.5}",
             score,
             vmap[&format!("hr@{}", cfg.k)],
             vmap[&format!("ndcg@{}", cfg.k)],
             k = cfg.k
         );
-        epochs.push(EpochRecord {
+        st.epoch_seconds.push(train_secs);
+        st.epochs.push(EpochRecord {
             epoch,
             loss,
             seconds: secs,
             validation: vmap,
         });
-        if best.as_ref().is_none_or(|b| score > b.1) {
-            best = Some((epoch, score, snapshot(&model)));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= cfg.patience {
-                eprintln!(
-                    "early stop: no {selection} improvement for {} epochs",
-                    cfg.patience
-                );
-                break;
-            }
+        if score > st.best_score {
+            st.best_score = score;
+            st.best_epoch = epoch;
+            best = Some(snapshot(&model));
         }
+        st.smoothed = Some(smoothed);
+        if smoothed > st.smoothed_best {
+            st.smoothed_best = smoothed;
+            st.since_best = 0;
+        } else {
+            st.since_best += 1;
+        }
+        st.epochs_done = epoch;
+        st.optimizer_step = opt.step;
+        checkpoint::save(
+            &ckpt_dir,
+            &st,
+            &snapshot(&model),
+            best.as_deref().unwrap_or_default(),
+            &opt.state(),
+        )?;
     }
-    let (best_epoch, _, weights) = best.context("no epoch ran (max_epochs = 0?)")?;
-    restore(&model, &weights)?;
+    if stopped_early || st.since_best >= r.patience {
+        eprintln!(
+            "early stop: no smoothed {selection} improvement for {} epochs",
+            r.patience
+        );
+    } else if st.epochs_done < r.max_epochs {
+        eprintln!(
+            "paused after epoch {}; continue with --resume (checkpoint {})",
+            st.epochs_done,
+            ckpt_dir.display()
+        );
+        return Ok(TrainOutcome {
+            model,
+            dir: ckpt_dir,
+            finished: false,
+        });
+    }
+    let best_epoch = st.best_epoch;
+    let weights = best.context("no epoch ran (max_epochs = 0?)")?;
+    restore_list(&model, &weights)?;
 
     let k_list = vec![5, 10, 20];
     let final_opts = EvalOptions {
@@ -209,19 +326,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let vres = eval::evaluate_cases(&model, &valid, &final_opts, |_| {});
     let tres = eval::evaluate_cases(&model, &test, &final_opts, |_| {});
     let wall = started.elapsed().as_secs_f64();
-    let spe = epoch_seconds.iter().sum::<f64>() / epoch_seconds.len().max(1) as f64;
+    let spe = st.epoch_seconds.iter().sum::<f64>() / st.epoch_seconds.len().max(1) as f64;
     model.manifest.training = Some(TrainingRecord {
         data: std::iter::once(cfg.data.display().to_string())
             .chain(cfg.users.iter().map(|p| p.display().to_string()))
             .collect(),
         split: cfg.split,
-        seed: cfg.seed,
-        epochs_run: epochs.len(),
+        seed: r.seed,
+        epochs_run: st.epochs.len(),
         best_epoch,
-        max_epochs: cfg.max_epochs,
-        patience: cfg.patience,
-        batch_size: cfg.batch_size,
-        learning_rate: cfg.learning_rate,
+        max_epochs: r.max_epochs,
+        patience: r.patience,
+        batch_size: r.batch_size,
+        learning_rate: r.learning_rate,
+        recipe: Some(serde_json::to_value(r)?),
         selection_metric: selection,
         threads: tch::get_num_threads() as usize,
         device: crate::device::device_name(cfg.device),
@@ -229,7 +347,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         train_positions: positions,
         seconds_per_epoch: round(spe, 2),
         wall_time_seconds: round(wall, 1),
-        epochs,
+        epochs: st.epochs,
         command: cfg.command.clone(),
     });
     model.manifest.metrics = Some(MetricsRecord {
@@ -244,10 +362,76 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         test_cases: test.len(),
     });
     model.save_atomically(&cfg.out, cfg.force)?;
+    checkpoint::remove(&ckpt_dir);
     Ok(TrainOutcome {
         model,
         dir: cfg.out.clone(),
+        finished: true,
     })
+}
+
+impl Recipe {
+    fn validate(&self) -> Result<()> {
+        use loss::LossKind;
+        if self.batch_size == 0 {
+            bail!("batch size must be positive");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bail!("learning rate must be positive");
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            bail!("weight decay must be in [0, 1)");
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            bail!("warm-up epochs must be 0 or more");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            bail!("min-lr-ratio must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.smoothing) {
+            bail!("smoothing must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.loss.label_smoothing) {
+            bail!("label smoothing must be in [0, 1)");
+        }
+        if self.loss.kind == LossKind::Sampled {
+            if self.loss.negatives == 0 {
+                bail!("the sampled loss needs at least one negative");
+            }
+            if self.loss.label_smoothing > 0.0 {
+                bail!("label smoothing applies to the full loss only");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a resumed run must share with the run that wrote the checkpoint.
+fn fingerprint(cfg: &TrainConfig, manifest: &Manifest) -> Result<String> {
+    Ok(serde_json::to_string(&serde_json::json!({
+        "data": cfg.data,
+        "users": cfg.users,
+        "format": cfg.format.map(|f| format!("{f:?}")),
+        "limit_users": cfg.limit_users,
+        "skip_malformed": cfg.skip_malformed,
+        "split": cfg.split.to_string(),
+        "architecture": manifest.architecture,
+        "recipe": cfg.recipe,
+        "k": cfg.k,
+    }))?)
+}
+
+/// How often each item column is a training target (the popularity the sampled loss can draw by).
+fn target_counts(data: &[(Query, Vec<i64>)], n_items: usize) -> Vec<i64> {
+    let mut counts = vec![0i64; n_items];
+    for (_, targets) in data {
+        for &t in targets {
+            if t > 0 {
+                counts[(t - 1) as usize] += 1;
+            }
+        }
+    }
+    counts
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -295,8 +479,8 @@ fn make_batches(
     batches
 }
 
-/// Loss of one batch: cross-entropy over the full catalogue, only at non-padding target positions.
-fn train_step(model: &Model, data: &[(Query, Vec<i64>)], batch: &[usize]) -> Tensor {
+/// Loss of one batch, at every non-padding target position of the shifted sequences.
+fn train_step(model: &Model, loss: &Loss, data: &[(Query, Vec<i64>)], batch: &[usize]) -> Tensor {
     let queries: Vec<&Query> = batch.iter().map(|&i| &data[i].0).collect();
     let tb = to_tensors(&queries, &model.manifest, model.device);
     let (b, w) = tb.items.size2().expect("2-d");
@@ -315,9 +499,8 @@ fn train_step(model: &Model, data: &[(Query, Vec<i64>)], batch: &[usize]) -> Ten
     let c = model.encoder.context_vector(&tb);
     let c_sel = c.map(|c| c.index_select(0, &keep.divide_scalar_mode(w, "floor")));
     let z = model.encoder.project(&h_sel, c_sel.as_ref());
-    let logits = model.encoder.logits(&z);
     let y = targets.index_select(0, &keep) - 1;
-    logits.cross_entropy_for_logits(&y)
+    loss.compute(&model.encoder, &z, &y)
 }
 
 /// A copy of every variable, for restoring the best epoch.
@@ -334,13 +517,30 @@ fn snapshot(model: &Model) -> Weights {
     })
 }
 
-fn restore(model: &Model, weights: &[(String, Tensor)]) -> Result<()> {
+fn restore_list(model: &Model, weights: &[(String, Tensor)]) -> Result<()> {
     let vars = model.vs.variables();
     for (name, t) in weights {
-        let mut v = vars[name].shallow_clone();
+        let mut v = vars
+            .get(name)
+            .with_context(|| format!("unknown variable {name}"))?
+            .shallow_clone();
         tch::no_grad(|| v.f_copy_(t))?;
     }
     Ok(())
+}
+
+/// Restores every variable from `weights`, which must hold all of them (a checkpoint).
+fn restore(model: &Model, weights: &BTreeMap<String, Tensor>) -> Result<()> {
+    for name in model.vs.variables().keys() {
+        if !weights.contains_key(name) {
+            bail!("checkpoint lacks weights {name}");
+        }
+    }
+    let list: Weights = weights
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    restore_list(model, &list)
 }
 
 fn progress_bar(len: u64, prefix: &str) -> ProgressBar {

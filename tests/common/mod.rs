@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 pub mod server;
 use seqserve::model::{
-    Architecture, Catalogue, CategoricalEncoding, ContextFeature, Manifest, Model, FORMAT_VERSION,
+    Architecture, Catalogue, CategoricalEncoding, ContextFeature, Manifest, Model, Norm,
+    FORMAT_VERSION,
 };
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -10,6 +11,17 @@ use tch::{Device, Tensor};
 /// A small random model with behaviours and every kind of context feature. All weights (biases and
 /// LayerNorm gains included) are perturbed so that a parity test exercises every parameter.
 pub fn random_model(n_items: usize, layers: usize, seed: i64) -> Model {
+    random_model_with(n_items, layers, seed, false, Norm::Pre)
+}
+
+/// `random_model` with a chosen input-embedding LayerNorm and block normalisation.
+pub fn random_model_with(
+    n_items: usize,
+    layers: usize,
+    seed: i64,
+    embedding_norm: bool,
+    norm: Norm,
+) -> Model {
     tch::manual_seed(seed);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -23,6 +35,8 @@ pub fn random_model(n_items: usize, layers: usize, seed: i64) -> Model {
             ffn_dim: 24,
             dropout: 0.1,
             max_len: 8,
+            embedding_norm,
+            norm,
         },
         behaviours: vec!["pv".into(), "cart".into(), "fav".into(), "buy".into()],
         context: vec![

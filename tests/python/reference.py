@@ -27,7 +27,10 @@ def forward(m, w, q):
     if m.get("behaviours"):
         beh = torch.tensor([q["behaviours"] or [0]], dtype=torch.long)
         x = x + w["behaviour_emb"][beh]
+    if arch.get("embedding_norm", False):
+        x = F.layer_norm(x, (d,), w["emb_ln.weight"], w["emb_ln.bias"], 1e-5)
     x = x * nonpad[..., None].float()
+    post = arch.get("norm", "pre") == "post"
     causal = torch.tril(torch.ones(W, W, dtype=torch.bool))
     eye = torch.eye(W, dtype=torch.bool)
     mask = ((causal[None] & nonpad[:, None, :]) | eye[None])[:, None]
@@ -41,17 +44,21 @@ def forward(m, w, q):
 
     for i in range(arch["n_layers"]):
         p = f"blocks.{i}."
-        h = ln(p + "ln1", x)
+        h = x if post else ln(p + "ln1", x)
         split = lambda t: t.view(1, W, heads, dh).transpose(1, 2)
         q_, k_, v_ = (split(lin(p + "attn." + n, h)) for n in ("q", "k", "v"))
         # Written out by hand (not scaled_dot_product_attention) to be an independent check.
         att = (q_ @ k_.transpose(-1, -2)) / math.sqrt(dh)
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         a = (att @ v_).transpose(1, 2).reshape(1, W, d)
-        x = x + lin(p + "attn.o", a)
-        h = ln(p + "ln2", x)
-        x = x + lin(p + "ffn.fc2", F.gelu(lin(p + "ffn.fc1", h)))
-    y = ln("final_ln", x)[:, -1]
+        ffn = lambda t: lin(p + "ffn.fc2", F.gelu(lin(p + "ffn.fc1", t)))
+        if post:
+            x = ln(p + "ln1", x + lin(p + "attn.o", a))
+            x = ln(p + "ln2", x + ffn(x))
+        else:
+            x = x + lin(p + "attn.o", a)
+            x = x + ffn(ln(p + "ln2", x))
+    y = (x if post else ln("final_ln", x))[:, -1]
     parts = []
     cats = [f for f in m.get("context", []) if f["kind"] == "categorical"]
     for j, f in enumerate(cats):

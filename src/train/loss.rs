@@ -1,0 +1,81 @@
+//! Training losses over the catalogue: full softmax cross-entropy, or sampled softmax with log-Q
+//! correction (the only kind that scales to catalogues of millions of items).
+use crate::model::Encoder;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Softmax over every item.
+    Full,
+    /// Softmax over the target and `negatives` items sampled per batch (shared by its rows).
+    Sampled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    Uniform,
+    /// In proportion to how often an item is a training target.
+    Popularity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    pub negatives: usize,
+    pub sampling: Sampling,
+    /// Full loss only: smoothing spreads mass over every class, and the sampled loss masks
+    /// accidental hits with -inf.
+    pub label_smoothing: f64,
+}
+
+/// What the loss needs besides the batch: the sampling distribution of negatives.
+pub struct Loss {
+    cfg: LossConfig,
+    /// Sampling probability of each item column (n_items), on the model's device.
+    q: Tensor,
+}
+
+impl Loss {
+    /// `target_counts[j]`: how often item column j is a training target.
+    pub fn new(cfg: LossConfig, target_counts: &[i64], device: tch::Device) -> Loss {
+        let counts = Tensor::from_slice(target_counts).to_kind(Kind::Double);
+        let q = match cfg.sampling {
+            Sampling::Uniform => counts.ones_like(),
+            // +1: an item never seen as a target can still be a negative.
+            Sampling::Popularity => counts + 1.0,
+        };
+        let q = (&q / q.sum(Kind::Double)).to_kind(Kind::Float).to(device);
+        Loss { cfg, q }
+    }
+
+    /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M).
+    pub fn compute(&self, enc: &Encoder, z: &Tensor, y: &Tensor) -> Tensor {
+        let ls = self.cfg.label_smoothing;
+        match self.cfg.kind {
+            LossKind::Full => {
+                enc.logits(z)
+                    .cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, ls)
+            }
+            LossKind::Sampled => {
+                let n = self.cfg.negatives as i64;
+                let neg = self.q.multinomial(n, true);
+                let (e_neg, b_neg) = enc.item_rows(&neg);
+                let (e_pos, b_pos) = enc.item_rows(y);
+                let pos = (z * e_pos).sum_dim_intlist(-1, true, Kind::Float) + b_pos.unsqueeze(1);
+                // log-Q: a negative drawn with probability q stands for 1/(n q) of the catalogue's
+                // items in the partition function; without it popular items are over-penalised.
+                let log_nq = (self.q.index_select(0, &neg) * n as f64).log();
+                let mut neg_logits = z.matmul(&e_neg.tr()) + b_neg - log_nq;
+                // A sampled negative that is the row's own target is not a negative.
+                let hit = y.unsqueeze(1).eq_tensor(&neg.unsqueeze(0));
+                neg_logits = neg_logits.masked_fill(&hit, f64::NEG_INFINITY);
+                let logits = Tensor::cat(&[pos, neg_logits], 1);
+                let target = y.zeros_like();
+                logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, -100, ls)
+            }
+        }
+    }
+}

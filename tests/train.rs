@@ -5,7 +5,7 @@ use seqserve::data::Split;
 use seqserve::model::{HistoryEvent, Model, Norm, RankSpec};
 use seqserve::train::loss::{LossConfig, LossKind, Sampling};
 use seqserve::train::optim::Schedule;
-use seqserve::train::{checkpoint, train, Recipe, TrainConfig};
+use seqserve::train::{checkpoint, train, Recipe, Targets, TrainConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         users: None,
         skip_malformed: false,
         limit_users: None,
+        skip_test: false,
         split: Split::LeaveLastN(1),
         out: out.to_path_buf(),
         force: false,
@@ -52,6 +53,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
                 sampling: Sampling::Uniform,
                 label_smoothing: 0.0,
             },
+            targets: Targets::All,
             max_epochs: 4,
             patience: 10,
             smoothing: 0.0,
@@ -133,8 +135,8 @@ fn learns_a_synthetic_pattern_and_writes_a_loadable_model() {
     );
 }
 
-/// The other architecture and loss: post-LN blocks with the input LayerNorm, trained with sampled
-/// softmax (popularity negatives, log-Q) under warm-up + cosine, AdamW with weight decay.
+/// The other architecture and loss: post-LN blocks with the input LayerNorm, trained on prefixes
+/// with sampled softmax (popularity negatives, log-Q) under warm-up + cosine, AdamW with weight decay.
 #[test]
 fn sampled_loss_with_post_norm_learns_the_pattern() {
     let _rng = lock();
@@ -149,6 +151,8 @@ fn sampled_loss_with_post_norm_learns_the_pattern() {
     cfg.recipe.warmup_epochs = 0.5;
     cfg.recipe.weight_decay = 0.01;
     cfg.recipe.max_epochs = 6;
+    cfg.recipe.targets = Targets::Prefixes;
+    cfg.recipe.batch_size = 256;
     let res = train(&cfg).unwrap();
     let m = res.model.manifest.metrics.clone().unwrap();
     assert!(m.test["hr@10"] > 0.6, "test hr@10 {}", m.test["hr@10"]);
@@ -333,7 +337,12 @@ fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
     let t = best.manifest.training.unwrap();
     assert_eq!(t.learning_rate, 3e-3);
     assert!(t.command.contains("--lr 3e-3"), "{}", t.command);
+    assert!(t.command.starts_with("seqserve train "), "{}", t.command);
     assert!(out.join("lr-1e-5").join("model.json").exists());
+    assert!(
+        best.manifest.metrics.unwrap().test.is_empty(),
+        "a sweep chooses on validation and never reads the test split"
+    );
 
     // A typo in the grid fails before anything trains.
     let bad = std::process::Command::new(bin)

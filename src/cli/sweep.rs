@@ -13,7 +13,8 @@ pub struct SweepArgs {
     #[arg(long = "grid", required = true)]
     grid: Vec<String>,
     /// Sweep directory: one model per configuration, `sweep.json` (every configuration's validation
-    /// and test metrics) and `best/` (a copy of the winner).
+    /// metrics) and `best/` (a copy of the winner). No configuration reads the test split: evaluate
+    /// the winner once with `seqserve evaluate`, or retrain it with `train`.
     #[arg(long)]
     out: PathBuf,
     /// Replace existing models in --out.
@@ -77,12 +78,14 @@ fn points(grid: &[String], shared: &[String], out: &Path, force: bool) -> Result
                 .map(|(k, v)| format!("{k}-{v}"))
                 .collect::<Vec<_>>()
                 .join("_");
-            let mut argv = vec!["seqserve train".to_string()];
+            let mut argv = vec!["seqserve".to_string(), "train".to_string()];
             argv.extend(shared.iter().cloned());
             for (k, v) in &c {
                 argv.push(format!("--{k}"));
                 argv.push(v.clone());
             }
+            // The choice is made on validation; the test split is left for the winner alone.
+            argv.push("--skip-test".into());
             argv.push("--out".into());
             argv.push(out.join(&label).display().to_string());
             if force {
@@ -105,7 +108,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
     let parsed = points
         .iter()
         .map(|p| {
-            TrainCommand::try_parse_from(&p.argv)
+            TrainCommand::try_parse_from(&p.argv[1..])
                 .map(|c| c.args)
                 .map_err(|e| anyhow::anyhow!("configuration {}: {e}", p.label))
         })
@@ -132,7 +135,6 @@ pub fn run(a: SweepArgs) -> Result<()> {
             "epochs_run": t.epochs_run,
             "seconds_per_epoch": t.seconds_per_epoch,
             "validation": metrics.validation,
-            "test": metrics.test,
         }));
     }
     let best = rows
@@ -206,7 +208,7 @@ mod tests {
         assert_eq!(p.len(), 6);
         assert_eq!(p[0].label, "lr-2_dropout-0.1");
         assert_eq!(p[5].label, "lr-3_dropout-0.3");
-        let args = TrainCommand::try_parse_from(&p[5].argv).unwrap().args;
+        let args = TrainCommand::try_parse_from(&p[5].argv[1..]).unwrap().args;
         assert_eq!(
             args.lr_value(),
             3.0,
@@ -221,6 +223,6 @@ mod tests {
             false,
         )
         .unwrap();
-        assert!(TrainCommand::try_parse_from(&bad[0].argv).is_err());
+        assert!(TrainCommand::try_parse_from(&bad[0].argv[1..]).is_err());
     }
 }

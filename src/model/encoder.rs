@@ -141,6 +141,11 @@ impl Encoder {
         self.encode(b, train, false)
     }
 
+    /// Hidden state at the most recent position only, (B, 1, d).
+    pub fn hidden_last(&self, b: &TensorBatch, train: bool) -> Tensor {
+        self.encode(b, train, true)
+    }
+
     /// With `last_only`, the final block computes only the most recent position (its keys and values
     /// still come from every position): inference needs nothing else, and this skips most of the last
     /// block's work. Returns (B, W, d), or (B, 1, d) with `last_only`.

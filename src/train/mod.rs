@@ -38,6 +38,7 @@ pub struct Recipe {
     /// The cosine schedule ends at this fraction of the peak learning rate, at `max_epochs`.
     pub min_lr_ratio: f64,
     pub loss: LossConfig,
+    pub targets: Targets,
     pub max_epochs: usize,
     /// Stop after this many epochs without a new best of the smoothed validation curve.
     pub patience: usize,
@@ -74,6 +75,9 @@ pub struct TrainConfig {
     pub k: usize,
     pub device: Device,
     pub threads: usize,
+    /// Leave the test split unread (metrics.test stays empty): for recipe searches, which must
+    /// choose on validation alone; a shipped model's test metrics are computed once, at the end.
+    pub skip_test: bool,
     /// Continue from the checkpoint beside `out` (see `checkpoint`).
     pub resume: bool,
     /// Write the checkpoint and return after this many epochs in this sitting (None: run to the end).
@@ -183,7 +187,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let counts = target_counts(&train_queries, model.catalogue.len());
     let loss_fn = Loss::new(r.loss.clone(), &counts, cfg.device);
     let mut opt = AdamW::new(&model.vs, r.weight_decay);
-    let steps_per_epoch = train_queries.len().div_ceil(r.batch_size);
+    let samples = samples(&train_queries, r.targets);
+    let steps_per_epoch = samples.len().div_ceil(r.batch_size);
     let total_steps = steps_per_epoch * r.max_epochs;
     let warmup_steps = (r.warmup_epochs * steps_per_epoch as f64).round() as usize;
 
@@ -227,7 +232,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         let epoch_seed = r.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
         tch::manual_seed(epoch_seed as i64);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epoch_seed);
-        let batches = make_batches(&train_queries, r.batch_size, &mut rng);
+        let batches = make_batches(&samples, r.batch_size, &mut rng);
         let bar = progress_bar(batches.len() as u64, &format!("epoch {epoch}"));
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
         for batch in &batches {
@@ -239,7 +244,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
                 total_steps,
                 r.min_lr_ratio,
             );
-            let loss = train_step(&model, &loss_fn, &train_queries, batch);
+            let loss = train_step(&model, &loss_fn, &train_queries, &samples, batch);
             opt.backward_step(&loss, lr);
             let l = loss.double_value(&[]);
             if !l.is_finite() {
@@ -324,7 +329,16 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         ..eval_opts
     };
     let vres = eval::evaluate_cases(&model, &valid, &final_opts, |_| {});
-    let tres = eval::evaluate_cases(&model, &test, &final_opts, |_| {});
+    let test_metrics = if cfg.skip_test {
+        BTreeMap::new()
+    } else {
+        round_map(eval::summary_map(&eval::evaluate_cases(
+            &model,
+            &test,
+            &final_opts,
+            |_| {},
+        )))
+    };
     let wall = started.elapsed().as_secs_f64();
     let spe = st.epoch_seconds.iter().sum::<f64>() / st.epoch_seconds.len().max(1) as f64;
     model.manifest.training = Some(TrainingRecord {
@@ -358,8 +372,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             cfg.split
         ),
         validation: round_map(eval::summary_map(&vres)),
-        test: round_map(eval::summary_map(&tres)),
-        test_cases: test.len(),
+        test: test_metrics,
+        test_cases: if cfg.skip_test { 0 } else { test.len() },
     });
     model.save_atomically(&cfg.out, cfg.force)?;
     checkpoint::remove(&ckpt_dir);
@@ -460,38 +474,107 @@ fn encode_sequences(model: &Model, seqs: &[TrainSequence]) -> Result<Vec<(Query,
         .collect()
 }
 
+/// Which targets of a training sequence one sample trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Targets {
+    /// One sample per sequence, a target at every position of the shifted sequence (SASRec).
+    All,
+    /// One sample per prefix, its last target only (the augmentation of CL4SRec/ICLRec/BSARec):
+    /// several times the encoder work per epoch, and as many more updates, each prefix with its
+    /// own dropout draw.
+    Prefixes,
+}
+
+/// A training sample: sequence `seq`, inputs `..end`, targets `first..end` (aligned with inputs).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    seq: usize,
+    first: usize,
+    end: usize,
+}
+
+fn samples(data: &[(Query, Vec<i64>)], targets: Targets) -> Vec<Sample> {
+    match targets {
+        Targets::All => (0..data.len())
+            .map(|seq| Sample {
+                seq,
+                first: 0,
+                end: data[seq].1.len(),
+            })
+            .collect(),
+        Targets::Prefixes => data
+            .iter()
+            .enumerate()
+            .flat_map(|(seq, (_, t))| {
+                (1..=t.len()).map(move |end| Sample {
+                    seq,
+                    first: end - 1,
+                    end,
+                })
+            })
+            .collect(),
+    }
+}
+
 /// Shuffled batches of similar lengths: shuffle, sort chunks of 64 batches by length (less padding),
 /// then shuffle the batch order.
 fn make_batches(
-    data: &[(Query, Vec<i64>)],
+    samples: &[Sample],
     batch_size: usize,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut order: Vec<usize> = (0..samples.len()).collect();
     order.shuffle(rng);
     let mut batches = Vec::new();
     for chunk in order.chunks(batch_size * 64) {
         let mut chunk = chunk.to_vec();
-        chunk.sort_by_key(|&i| data[i].0.items.len());
+        chunk.sort_by_key(|&i| samples[i].end);
         batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));
     }
     batches.shuffle(rng);
     batches
 }
 
-/// Loss of one batch, at every non-padding target position of the shifted sequences.
-fn train_step(model: &Model, loss: &Loss, data: &[(Query, Vec<i64>)], batch: &[usize]) -> Tensor {
-    let queries: Vec<&Query> = batch.iter().map(|&i| &data[i].0).collect();
-    let tb = to_tensors(&queries, &model.manifest, model.device);
+/// Loss of one batch, at the sampled target positions (every non-padding one, or a prefix's last).
+fn train_step(
+    model: &Model,
+    loss: &Loss,
+    data: &[(Query, Vec<i64>)],
+    samples: &[Sample],
+    batch: &[usize],
+) -> Tensor {
+    let batch: Vec<Sample> = batch.iter().map(|&i| samples[i]).collect();
+    let queries: Vec<Query> = batch
+        .iter()
+        .map(|s| {
+            let q = &data[s.seq].0;
+            Query {
+                items: q.items[..s.end].to_vec(),
+                behaviours: q.behaviours.get(..s.end).unwrap_or_default().to_vec(),
+                context: q.context.clone(),
+            }
+        })
+        .collect();
+    let refs: Vec<&Query> = queries.iter().collect();
+    let tb = to_tensors(&refs, &model.manifest, model.device);
     let (b, w) = tb.items.size2().expect("2-d");
-    // Targets aligned with the left-padded inputs.
+    // Targets aligned with the left-padded inputs (0 = no target at that column).
     let mut targets = vec![0i64; (b * w) as usize];
-    for (r, &i) in batch.iter().enumerate() {
-        let t = &data[i].1;
+    for (r, s) in batch.iter().enumerate() {
+        let t = &data[s.seq].1[s.first..s.end];
         let start = r * w as usize + (w as usize - t.len());
         targets[start..start + t.len()].copy_from_slice(t);
     }
     let targets = Tensor::from_slice(&targets).to(model.device);
+    if batch.iter().all(|s| s.first + 1 == s.end) {
+        // One target per row, at the last column: the final block computes that column alone.
+        let h = model.encoder.hidden_last(&tb, true).select(1, 0);
+        let c = model.encoder.context_vector(&tb);
+        let z = model.encoder.project(&h, c.as_ref());
+        let y = targets.view([b, w]).select(1, w - 1) - 1;
+        return loss.compute(&model.encoder, &z, &y);
+    }
     let h = model.encoder.hidden(&tb, true);
     let d = h.size()[2];
     let keep = targets.gt(0).nonzero().squeeze_dim(1);

@@ -64,6 +64,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         threads: 1,
         resume: false,
         stop_after: None,
+        finish: false,
         command: "test".into(),
     }
 }
@@ -193,6 +194,23 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     let e = train(&other).err().unwrap().to_string();
     assert!(e.contains("different training configuration"), "{e}");
 
+    // --finish on a copy of the checkpoint: the best of the 2 epochs run becomes the model.
+    let copy_out = dir.path().join("finished");
+    let copy_ckpt = checkpoint::dir_for(&copy_out);
+    std::fs::create_dir_all(&copy_ckpt).unwrap();
+    for f in std::fs::read_dir(&ckpt).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy_ckpt.join(f.file_name())).unwrap();
+    }
+    let mut fin = cfg.clone();
+    fin.out = copy_out.clone();
+    fin.finish = true;
+    let finished = train(&fin).unwrap();
+    assert!(finished.finished && copy_out.join("model.json").exists());
+    let ft = finished.model.manifest.training.unwrap();
+    assert_eq!(ft.epochs_run, 2);
+    assert!(ft.stopped_by.unwrap().contains("--finish after epoch 2"));
+
     cfg.resume = true;
     cfg.stop_after = None;
     let resumed = train(&cfg).unwrap();
@@ -218,6 +236,7 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
         }
     }
     assert_eq!(a.best_epoch, b.best_epoch);
+    assert_eq!(b.stopped_by.as_deref(), Some("max epochs"));
     let (va, vb) = (straight.model.vs.variables(), resumed.model.vs.variables());
     for (name, t) in &va {
         let diff = (t - &vb[name]).abs().max().double_value(&[]);

@@ -114,6 +114,10 @@ pub struct TrainArgs {
     /// each epoch); the other options must be those of that run.
     #[arg(long)]
     resume: bool,
+    /// End an interrupted run now: its checkpoint's best epoch becomes the model (evaluated and
+    /// written as usual, the manifest saying how it stopped), without training further.
+    #[arg(long)]
+    finish: bool,
     /// Train at most N epochs in this sitting, then leave the checkpoint for --resume.
     #[arg(long)]
     stop_after: Option<usize>,
@@ -224,6 +228,7 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
         skip_test: a.skip_test,
         resume: a.resume,
         stop_after: a.stop_after,
+        finish: a.finish,
         command,
     };
     train(&cfg)

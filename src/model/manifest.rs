@@ -102,6 +102,9 @@ pub struct TrainingRecord {
     /// The full recipe (`train::Recipe`) of models trained since it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<serde_json::Value>,
+    /// Why training ended: early stopping, max epochs, or `--finish` (a time budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     pub selection_metric: String,
     pub threads: usize,
     pub device: String,

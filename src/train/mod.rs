@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Write the checkpoint and return after this many epochs in this sitting (None: run to the end).
     pub stop_after: Option<usize>,
+    /// Resume and end the run now: the checkpoint's best epoch becomes the model, without training
+    /// further (a time budget ran out; recorded in the manifest as how the run stopped).
+    pub finish: bool,
     /// Recorded in the manifest: how to reproduce this model.
     pub command: String,
 }
@@ -205,7 +208,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         epoch_seconds: Vec::new(),
     };
     let mut best: Option<Weights> = None;
-    if cfg.resume {
+    if cfg.resume || cfg.finish {
         let ck = checkpoint::load(&ckpt_dir, &fingerprint)?;
         restore(&model, &ck.weights)?;
         opt.load_state(&ck.optimizer, ck.state.optimizer_step)?;
@@ -223,7 +226,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             stopped_early = true;
             break;
         }
-        if cfg.stop_after.is_some_and(|n| ran_now >= n) {
+        if cfg.finish || cfg.stop_after.is_some_and(|n| ran_now >= n) {
             break;
         }
         let t0 = Instant::now();
@@ -302,12 +305,24 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             &opt.state(),
         )?;
     }
-    if stopped_early || st.since_best >= r.patience {
+    let stopped_by = if stopped_early || st.since_best >= r.patience {
         eprintln!(
             "early stop: no smoothed {selection} improvement for {} epochs",
             r.patience
         );
-    } else if st.epochs_done < r.max_epochs {
+        format!(
+            "early stopping (no smoothed {selection} improvement for {} epochs)",
+            r.patience
+        )
+    } else if st.epochs_done >= r.max_epochs {
+        "max epochs".to_string()
+    } else if cfg.finish {
+        eprintln!("finishing after epoch {} (--finish)", st.epochs_done);
+        format!(
+            "--finish after epoch {} of {} (training budget)",
+            st.epochs_done, r.max_epochs
+        )
+    } else {
         eprintln!(
             "paused after epoch {}; continue with --resume (checkpoint {})",
             st.epochs_done,
@@ -318,7 +333,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             dir: ckpt_dir,
             finished: false,
         });
-    }
+    };
     let best_epoch = st.best_epoch;
     let weights = best.context("no epoch ran (max_epochs = 0?)")?;
     restore_list(&model, &weights)?;
@@ -354,6 +369,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         batch_size: r.batch_size,
         learning_rate: r.learning_rate,
         recipe: Some(serde_json::to_value(r)?),
+        stopped_by: Some(stopped_by),
         selection_metric: selection,
         threads: tch::get_num_threads() as usize,
         device: crate::device::device_name(cfg.device),

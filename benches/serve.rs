@@ -7,22 +7,14 @@
 //! 4. the same open loop while an evaluation job (POST /evaluate) shares the model: p99 ratio.
 //!
 //! Prints a markdown table. Histories are random catalogue items (lengths 1..=50, fixed seed).
+mod common;
+
+use common::{closed_loop, percentile, Lcg};
 use seqserve::model::{HistoryEvent, Model, Query, RankSpec};
 use seqserve::serve::Config;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, m: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % m
-    }
-}
 
 fn histories(model: &Model, n: usize) -> Vec<Vec<String>> {
     let mut r = Lcg(7);
@@ -40,14 +32,6 @@ fn histories(model: &Model, n: usize) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) -> f64 {
@@ -81,53 +65,6 @@ fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) 
         i += batch;
     }
     done as f64 / t0.elapsed().as_secs_f64()
-}
-
-async fn closed_loop(
-    url: &str,
-    bodies: Arc<Vec<String>>,
-    conc: usize,
-    secs: f64,
-) -> (f64, Vec<f64>, usize) {
-    let client = reqwest::Client::new();
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..conc {
-        let (client, url, bodies) = (client.clone(), url.to_string(), bodies.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            let mut i = c;
-            while t0.elapsed().as_secs_f64() < secs {
-                let s = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(bodies[i % bodies.len()].clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        lat.push(s.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    _ => errors += 1,
-                }
-                i += conc;
-            }
-            (lat, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    let rps = all.len() as f64 / t0.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    (rps, all, errors)
 }
 
 async fn open_loop(

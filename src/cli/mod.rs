@@ -1,6 +1,7 @@
 //! Subcommands and their arguments.
 mod evaluate;
 mod holdout;
+mod index;
 mod recommend;
 mod serve;
 mod sweep;
@@ -32,6 +33,8 @@ enum Command {
     Holdout(holdout::HoldoutArgs),
     /// Evaluate models on a holdout: metrics at several K with CIs, paired tests between models.
     Evaluate(evaluate::EvaluateArgs),
+    /// Build and save a model's approximate-retrieval index (for `retrieval.mode = "ann"`).
+    Index(index::IndexArgs),
     /// Serve POST /recommend (dynamic batching), health, metrics and admin routes.
     Serve(serve::ServeArgs),
 }
@@ -57,6 +60,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => {
             init_logging();
             evaluate::run(a)
+        }
+        Command::Index(a) => {
+            init_logging();
+            index::run(a)
         }
         // The server sets up logging from its configuration (human or JSON).
         Command::Serve(a) => serve::run(a),

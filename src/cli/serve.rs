@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// human | json
     #[arg(long)]
     log_format: Option<String>,
+    /// exact | ann (how live requests are ranked; see `seqserve index`)
+    #[arg(long)]
+    retrieval: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -57,6 +60,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         a.max_queue_size.map(|v| v.to_string()),
     );
     put("logging.format", a.log_format);
+    put("retrieval.mode", a.retrieval);
     let cfg = config::load(a.config.as_deref(), &o).map_err(anyhow::Error::msg)?;
     init_logging(cfg.logging.format, &cfg.logging.level);
     let rt = tokio::runtime::Builder::new_multi_thread()

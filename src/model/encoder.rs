@@ -68,6 +68,13 @@ pub struct Encoder {
 impl Encoder {
     /// Creates the variables under `p` (randomly initialised; load weights afterwards to restore).
     pub fn new(p: &nn::Path, m: &Manifest) -> Encoder {
+        Encoder::build(p, m, true)
+    }
+
+    /// With `init_items` false, `item_emb` and `item_bias` are created with no rows: the loader
+    /// replaces their data (`set_data`) with the stored matrix, which for large catalogues is most
+    /// of the model, instead of first filling an N × d tensor with random numbers.
+    pub fn build(p: &nn::Path, m: &Manifest, init_items: bool) -> Encoder {
         let a = &m.architecture;
         let d = a.d_model as i64;
         let n = a.n_items as i64;
@@ -75,8 +82,9 @@ impl Encoder {
             mean: 0.0,
             stdev: 0.02,
         };
-        let item_emb = p.var("item_emb", &[n + 1, d], init);
-        let item_bias = p.zeros("item_bias", &[n + 1]);
+        let rows = if init_items { n + 1 } else { 0 };
+        let item_emb = p.var("item_emb", &[rows, d], init);
+        let item_bias = p.zeros("item_bias", &[rows]);
         let pos_emb = p.var("pos_emb", &[a.max_len as i64, d], init);
         let behaviour_emb = (!m.behaviours.is_empty())
             .then(|| p.var("behaviour_emb", &[m.behaviours.len() as i64 + 1, d], init));
@@ -281,10 +289,25 @@ impl Encoder {
         )
     }
 
-    /// Scores for the most recent position of each history: (B, n_items).
-    pub fn score_last(&self, b: &TensorBatch) -> Tensor {
+    /// The query vector z of each history's most recent position, (B, d): what retrieval scores
+    /// against the item matrix (scores = z · Eᵀ + b).
+    pub fn query_vectors(&self, b: &TensorBatch) -> Tensor {
         let y = self.encode(b, false, true).select(1, 0);
         let c = self.context_vector(b);
-        self.logits(&self.project(&y, c.as_ref()))
+        self.project(&y, c.as_ref())
+    }
+
+    /// The output item matrix without the padding row: embeddings (n_items, d) and biases
+    /// (n_items); row j is item index j + 1. Views, not copies.
+    pub fn item_matrix(&self) -> (Tensor, Tensor) {
+        (
+            self.item_emb.narrow(0, 1, self.n_items),
+            self.item_bias.narrow(0, 1, self.n_items),
+        )
+    }
+
+    /// Scores for the most recent position of each history: (B, n_items).
+    pub fn score_last(&self, b: &TensorBatch) -> Tensor {
+        self.logits(&self.query_vectors(b))
     }
 }

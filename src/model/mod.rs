@@ -7,6 +7,8 @@ pub mod encoder;
 mod input;
 pub mod manifest;
 pub mod rank;
+pub mod retrieval;
+mod weights;
 
 pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
@@ -43,11 +45,28 @@ pub struct Model {
     pub encoder: Encoder,
     pub vs: nn::VarStore,
     pub device: Device,
+    exact: retrieval::Exact,
+    /// Approximate retrieval, when attached ([`Model::attach_index`]).
+    ann: Option<retrieval::Approximate>,
+    /// The memory-mapped weights file, when loaded from one. Declared last: fields drop in order,
+    /// and the variables above may borrow its pages.
+    _weights: Option<weights::Mapped>,
 }
 
 impl Model {
     /// A randomly initialised model (training starts here; tests use it too).
     pub fn new(manifest: Manifest, catalogue: Catalogue, device: Device) -> Result<Model, String> {
+        Model::create(manifest, catalogue, device, true)
+    }
+
+    /// With `init_items` false the item matrix is left empty, to be replaced by loaded weights
+    /// (a random N × d initialisation would be a wasted full copy of the largest tensor).
+    fn create(
+        manifest: Manifest,
+        catalogue: Catalogue,
+        device: Device,
+        init_items: bool,
+    ) -> Result<Model, String> {
         manifest.validate()?;
         check_names(&manifest)?;
         if catalogue.len() != manifest.architecture.n_items {
@@ -58,13 +77,18 @@ impl Model {
             ));
         }
         let vs = nn::VarStore::new(device);
-        let encoder = Encoder::new(&vs.root(), &manifest);
+        let encoder = Encoder::build(&vs.root(), &manifest, init_items);
         Ok(Model {
             manifest,
             catalogue,
             encoder,
             vs,
             device,
+            exact: retrieval::Exact {
+                strategy: retrieval::exact::Strategy::for_device(device),
+            },
+            ann: None,
+            _weights: None,
         })
     }
 
@@ -107,36 +131,45 @@ impl Model {
                 ),
             });
         }
-        let model =
-            Model::new(manifest, catalogue, device).map_err(|message| ModelError::BadFile {
+        let mut model = Model::create(manifest, catalogue, device, false).map_err(|message| {
+            ModelError::BadFile {
                 path: manifest_path,
                 message,
-            })?;
+            }
+        })?;
         model.load_weights(&weights_path)?;
         Ok(model)
     }
 
-    fn load_weights(&self, path: &Path) -> Result<(), ModelError> {
+    fn load_weights(&mut self, path: &Path) -> Result<(), ModelError> {
         let bad = |message: String| ModelError::BadFile {
             path: path.to_path_buf(),
             message,
         };
-        let stored = Tensor::read_safetensors(path)
-            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
-        let mut stored: BTreeMap<String, Tensor> = stored.into_iter().collect();
+        let mapped = weights::Mapped::open(path).map_err(bad)?;
+        let mut stored: BTreeMap<String, Tensor> =
+            mapped.tensors().map_err(bad)?.into_iter().collect();
         let vars = self.vs.variables();
         let mut names: Vec<&String> = vars.keys().collect();
         names.sort();
+        let a = &self.manifest.architecture;
+        let rows = a.n_items as i64 + 1;
         for name in names {
             let var = &vars[name];
             let src = stored
                 .remove(name)
                 .ok_or_else(|| bad(format!("missing tensor {name}")))?;
-            if src.size() != var.size() {
+            // The item matrix was created empty (see `create`): its shape comes from the manifest.
+            let expected = match name.as_str() {
+                "item_emb" => vec![rows, a.d_model as i64],
+                "item_bias" => vec![rows],
+                _ => var.size(),
+            };
+            if src.size() != expected {
                 return Err(ModelError::ShapeMismatch {
                     path: path.to_path_buf(),
                     name: name.clone(),
-                    expected: var.size(),
+                    expected,
                     found: src.size(),
                 });
             }
@@ -152,13 +185,23 @@ impl Model {
                     "tensor {name} holds non-finite values (NaN or Inf)"
                 )));
             }
+            // The variable takes the tensor's storage: on the CPU the mapped pages themselves,
+            // elsewhere one copy on the device.
             let mut var = var.shallow_clone();
-            tch::no_grad(|| var.f_copy_(&src))?;
+            let data = if self.device == Device::Cpu {
+                src
+            } else {
+                src.f_to_device(self.device)?
+            };
+            tch::no_grad(|| var.f_set_data(&data))?;
         }
         if let Some(extra) = stored.keys().next() {
             return Err(bad(format!(
                 "unexpected tensor {extra} (weights do not match the manifest's architecture)"
             )));
+        }
+        if self.device == Device::Cpu {
+            self._weights = Some(mapped);
         }
         Ok(())
     }
@@ -263,15 +306,85 @@ impl Model {
         })
     }
 
-    /// Scores and ranks a batch: one ranked list of (item index, score) per query. Ranks straight
-    /// from the flat buffer: the hot path of serving and evaluation makes no per-row copies.
+    /// Scores and ranks a batch exactly: one ranked list of (item index, score) per query. Only
+    /// B × k results leave the device (see `retrieval::exact`). What evaluation uses.
     pub fn recommend(&self, queries: &[&Query], specs: &[RankSpec]) -> Vec<Vec<(usize, f32)>> {
-        let n = self.manifest.architecture.n_items;
-        self.score_flat(queries)
-            .chunks(n)
-            .zip(specs)
-            .map(|(row, s)| rank::top_k(row, s.k, &s.exclude, s.candidates.as_deref()))
-            .collect()
+        self.recommend_with(retrieval::Retrieval::Exact, queries, specs)
+    }
+
+    /// Ranks a batch with the asked retrieval; `Ann` without an attached index is exact.
+    pub fn recommend_with(
+        &self,
+        mode: retrieval::Retrieval,
+        queries: &[&Query],
+        specs: &[RankSpec],
+    ) -> Vec<Vec<(usize, f32)>> {
+        if queries.is_empty() {
+            return Vec::new();
+        }
+        tch::no_grad(|| {
+            let z = self.query_vectors(queries);
+            let (emb, bias) = self.encoder.item_matrix();
+            self.retriever(mode).retrieve(&z, &emb, &bias, specs)
+        })
+    }
+
+    /// The query vectors z (B, d) of a batch, on the model's device.
+    pub fn query_vectors(&self, queries: &[&Query]) -> Tensor {
+        tch::no_grad(|| {
+            let batch = to_tensors(queries, &self.manifest, self.device);
+            self.encoder.query_vectors(&batch)
+        })
+    }
+
+    /// The retriever that answers `mode`.
+    pub fn retriever(&self, mode: retrieval::Retrieval) -> &dyn retrieval::Retriever {
+        match (mode, &self.ann) {
+            (retrieval::Retrieval::Ann, Some(a)) => a,
+            _ => &self.exact,
+        }
+    }
+
+    /// Builds an approximate index over this model's item matrix.
+    pub fn build_index(
+        &self,
+        params: retrieval::AnnParams,
+        threads: usize,
+    ) -> Result<retrieval::AnnIndex, String> {
+        let (emb, bias) = self.encoder.item_matrix();
+        retrieval::AnnIndex::build(&emb, &bias, params, threads)
+    }
+
+    /// Attaches approximate retrieval: the index saved at `saved` (memory-mapped, checked against
+    /// the weights) when that file exists, else one built now.
+    pub fn attach_index(
+        &mut self,
+        params: retrieval::AnnParams,
+        saved: &Path,
+        build_threads: usize,
+    ) -> Result<(), String> {
+        let (emb, bias) = self.encoder.item_matrix();
+        let index = if saved.is_file() {
+            retrieval::AnnIndex::open(saved, &emb, &bias, params)
+                .map_err(|e| format!("{}: {e}", saved.display()))?
+        } else {
+            tracing::warn!(
+                path = %saved.display(),
+                items = self.catalogue.len(),
+                "no saved index: building one now (save one with `seqserve index`)"
+            );
+            retrieval::AnnIndex::build(&emb, &bias, params, build_threads)?
+        };
+        self.ann = Some(retrieval::Approximate {
+            index,
+            fallback: self.exact.strategy,
+        });
+        Ok(())
+    }
+
+    /// Whether approximate retrieval is attached.
+    pub fn has_index(&self) -> bool {
+        self.ann.is_some()
     }
 }
 

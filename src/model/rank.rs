@@ -1,9 +1,65 @@
-//! Turning a score row into a ranked list: the one ranking routine, shared by serving and evaluation.
+//! Turning scores into a ranked list: the one ranking routine, shared by serving and evaluation and
+//! by every retrieval strategy (`super::retrieval`), so they cannot disagree on order.
 //!
 //! Tie policy (deterministic, documented): higher score first; among equal scores the lower item
-//! index (earlier line of items.txt) first. Excluded items never appear, so fewer than k items come
-//! back when fewer than k are eligible.
+//! index (earlier line of items.txt) first. NaN scores are never returned. Excluded items never
+//! appear, so fewer than k items come back when fewer than k are eligible.
 use std::collections::HashSet;
+
+/// The best `k` (item index, score) pairs seen so far, kept in ranking order.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    best: Vec<(usize, f32)>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            best: Vec::with_capacity(k + 1),
+        }
+    }
+
+    /// Whether the list holds k items already.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.best.len() >= self.k
+    }
+
+    /// The score an item must beat (ties go to the lower index) once the list is full.
+    #[inline]
+    pub fn threshold(&self) -> Option<(usize, f32)> {
+        if self.is_full() {
+            self.best.last().copied()
+        } else {
+            None
+        }
+    }
+
+    /// Offers one item; order of offers does not matter.
+    #[inline]
+    pub fn offer(&mut self, idx: usize, s: f32) {
+        if self.k == 0 || s.is_nan() {
+            return;
+        }
+        if let Some((last_idx, last_s)) = self.threshold() {
+            if !(s > last_s || (s == last_s && idx < last_idx)) {
+                return;
+            }
+        }
+        // Insert keeping (score desc, index asc) order.
+        let pos = self
+            .best
+            .partition_point(|&(i, x)| x > s || (x == s && i < idx));
+        self.best.insert(pos, (idx, s));
+        self.best.truncate(self.k);
+    }
+
+    pub fn into_vec(self) -> Vec<(usize, f32)> {
+        self.best
+    }
+}
 
 /// Ranks `scores` (column j = item index j + 1) and returns the best `k` (item index, score).
 ///
@@ -19,22 +75,8 @@ pub fn top_k(
         return Vec::new();
     }
     let n = scores.len();
-    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-    let mut offer = |idx: usize, s: f32| {
-        if s.is_nan() {
-            return;
-        }
-        if best.len() == k {
-            let (last_idx, last_s) = best[k - 1];
-            if !(s > last_s || (s == last_s && idx < last_idx)) {
-                return;
-            }
-        }
-        // Insert keeping (score desc, index asc) order.
-        let pos = best.partition_point(|&(i, x)| x > s || (x == s && i < idx));
-        best.insert(pos, (idx, s));
-        best.truncate(k);
-    };
+    let mut best = TopK::new(k);
+    let mut offer = |idx: usize, s: f32| best.offer(idx, s);
     match candidates {
         Some(cands) => {
             // Sets, not linear scans: candidates and exclusions are caller-sized (up to
@@ -72,7 +114,7 @@ pub fn top_k(
             }
         }
     }
-    best
+    best.into_vec()
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct Timing {
 pub struct RecommendResponse {
     pub model: String,
     pub version: String,
+    /// "exact" or "ann": how the items were retrieved.
+    pub retrieval: String,
     pub items: Vec<ScoredItem>,
     /// History ids not in the catalogue (ignored).
     pub unknown_items: Vec<String>,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub server: ServerSection,
     pub model: ModelSection,
+    pub retrieval: RetrievalSection,
     pub batching: BatchingSection,
     pub limits: LimitsSection,
     pub logging: LoggingSection,
@@ -58,6 +59,60 @@ pub struct ModelSection {
     /// libtorch intra-op threads; 0 = auto: the container's CPU quota (cgroup, not the host's cores)
     /// minus one core for the HTTP threads, at least 1 (see device::serving_threads).
     pub intra_op_threads: usize,
+}
+
+/// How live requests are ranked (evaluations are always exact).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalSection {
+    /// exact: every item scored (on the model's device, only the top k leave it) | ann: an HNSW
+    /// index proposes candidates that are re-scored exactly (for catalogues of millions of items).
+    pub mode: crate::model::retrieval::Retrieval,
+    /// The saved index (`seqserve index`); empty = `items.usearch` in the model directory. When the
+    /// file is missing the index is built at start (minutes at 1M items), before readiness.
+    pub index_path: PathBuf,
+    /// HNSW graph degree (used when building at start).
+    pub connectivity: usize,
+    /// Candidate list while building (used when building at start).
+    pub expansion_add: usize,
+    /// Candidate list while searching: higher = better recall, slower.
+    pub expansion_search: usize,
+    /// The index proposes at least this many items per request (re-scored exactly, best k kept).
+    pub min_candidates: usize,
+}
+
+impl Default for RetrievalSection {
+    fn default() -> Self {
+        let p = crate::model::retrieval::AnnParams::default();
+        RetrievalSection {
+            mode: Default::default(),
+            index_path: PathBuf::new(),
+            connectivity: p.connectivity,
+            expansion_add: p.expansion_add,
+            expansion_search: p.expansion_search,
+            min_candidates: p.min_candidates,
+        }
+    }
+}
+
+impl RetrievalSection {
+    pub fn params(&self) -> crate::model::retrieval::AnnParams {
+        crate::model::retrieval::AnnParams {
+            connectivity: self.connectivity,
+            expansion_add: self.expansion_add,
+            expansion_search: self.expansion_search,
+            min_candidates: self.min_candidates,
+        }
+    }
+
+    /// The index file for a model directory.
+    pub fn index_file(&self, model_dir: &Path) -> PathBuf {
+        if self.index_path.as_os_str().is_empty() {
+            model_dir.join(crate::model::retrieval::INDEX_FILE)
+        } else {
+            self.index_path.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -242,7 +297,7 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
-        let ranges: [(&str, u64, u64, u64); 31] = [
+        let ranges: [(&str, u64, u64, u64); 35] = [
             (
                 "server.body_limit_bytes",
                 s.body_limit_bytes as u64,
@@ -299,6 +354,30 @@ impl Config {
                 self.model.intra_op_threads as u64,
                 0,
                 cores,
+            ),
+            (
+                "retrieval.connectivity",
+                self.retrieval.connectivity as u64,
+                2,
+                256,
+            ),
+            (
+                "retrieval.expansion_add",
+                self.retrieval.expansion_add as u64,
+                1,
+                100_000,
+            ),
+            (
+                "retrieval.expansion_search",
+                self.retrieval.expansion_search as u64,
+                1,
+                100_000,
+            ),
+            (
+                "retrieval.min_candidates",
+                self.retrieval.min_candidates as u64,
+                1,
+                100_000,
             ),
             ("batching.max_batch_size", b.max_batch_size as u64, 1, 4096),
             ("batching.max_delay_us", b.max_delay_us, 0, 1_000_000),

@@ -13,6 +13,7 @@ mod routes;
 
 pub use config::Config;
 
+use crate::model::retrieval::Retrieval;
 use crate::model::{Catalogue, Manifest, Model};
 use anyhow::{Context, Result};
 use error::ApiError;
@@ -30,6 +31,8 @@ pub struct Loaded {
     pub catalogue: Arc<Catalogue>,
     pub queue: QueueHandle,
     pub device: String,
+    /// "exact" or "ann": how live requests are ranked.
+    pub retrieval: &'static str,
 }
 
 pub struct AppState {
@@ -130,7 +133,20 @@ pub async fn run(
         let threads = crate::device::configure_threads(crate::device::serving_threads(
             cfg.model.intra_op_threads,
         ));
-        let model = Model::load(&cfg.model.path, device)?;
+        let mut model = Model::load(&cfg.model.path, device)?;
+        if cfg.retrieval.mode == Retrieval::Ann {
+            let path = cfg.retrieval.index_file(&cfg.model.path);
+            let t0 = std::time::Instant::now();
+            model
+                .attach_index(
+                    cfg.retrieval.params(),
+                    &path,
+                    crate::device::or_cpu_quota(0),
+                )
+                .map_err(|e| anyhow::anyhow!("approximate index: {e}"))?;
+            tracing::info!(path = %path.display(), secs = t0.elapsed().as_secs_f64(), "approximate index ready");
+        }
+        let retrieval = model.retriever(cfg.retrieval.mode).kind().name();
         let device_name = crate::device::device_name(device);
         tracing::info!(
             model = %model.manifest.name, version = %model.manifest.version,
@@ -149,6 +165,7 @@ pub async fn run(
             model,
             BatchingConfig {
                 max_batch_size: cfg.batching.max_batch_size,
+                retrieval: cfg.retrieval.mode,
                 background_max_wait: Duration::from_millis(cfg.batching.background_max_wait_ms),
                 max_delay: Duration::from_micros(cfg.batching.max_delay_us),
                 max_queue_size: cfg.batching.max_queue_size,
@@ -164,6 +181,7 @@ pub async fn run(
             catalogue,
             queue,
             device: device_name,
+            retrieval,
         });
         Ok(worker)
     });

@@ -8,6 +8,7 @@
 //! live request is waiting, or when a background batch has waited longer than `background_max_wait`
 //! (so a busy service still makes evaluation progress, at the cost of one small batch per interval).
 use super::metrics::Metrics;
+use crate::model::retrieval::Retrieval;
 use crate::model::{Model, Query, RankSpec};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
@@ -99,6 +100,8 @@ pub enum EnqueueError {
 #[derive(Debug, Clone)]
 pub struct BatchingConfig {
     pub max_batch_size: usize,
+    /// How live requests are ranked; background work (evaluations) is always exact.
+    pub retrieval: Retrieval,
     /// Longest a background batch waits behind live traffic before it is served anyway.
     pub background_max_wait: Duration,
     pub max_delay: Duration,
@@ -316,7 +319,9 @@ impl Worker {
         let queries: Vec<&Query> = runnable.iter().map(|j| &j.query).collect();
         let specs: Vec<RankSpec> = runnable.iter().map(|j| j.spec.clone()).collect();
         let t0 = Instant::now();
-        let ranked = self.model.recommend(&queries, &specs);
+        let ranked = self
+            .model
+            .recommend_with(self.cfg.retrieval, &queries, &specs);
         let inference_time = t0.elapsed();
         let n = runnable.len();
         self.metrics.batch_size.observe(n as f64);

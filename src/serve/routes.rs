@@ -311,6 +311,7 @@ fn response(
     RecommendResponse {
         model: loaded.manifest.name.clone(),
         version: loaded.manifest.version.clone(),
+        retrieval: loaded.retrieval.to_string(),
         items: out
             .ranked
             .into_iter()

@@ -1,0 +1,73 @@
+//! Helpers shared by the benchmark binaries: a fixed-seed generator, percentiles and a closed-loop
+//! HTTP load generator.
+#![allow(dead_code)]
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn next(&mut self, m: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % m
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// `conc` clients each sending the next body as soon as the previous answer arrived, for `secs`:
+/// (requests/s, sorted latencies in ms of the 200 answers, errors).
+pub async fn closed_loop(
+    url: &str,
+    bodies: Arc<Vec<String>>,
+    conc: usize,
+    secs: f64,
+) -> (f64, Vec<f64>, usize) {
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conc {
+        let (client, url, bodies) = (client.clone(), url.to_string(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut i = c;
+            while t0.elapsed().as_secs_f64() < secs {
+                let s = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        lat.push(s.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    _ => errors += 1,
+                }
+                i += conc;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let rps = all.len() as f64 / t0.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    (rps, all, errors)
+}

@@ -1,0 +1,90 @@
+//! Retrieval: from query vectors z (B, d) to ranked item lists, behind one interface beside the
+//! encoder. The encoder says what a history means; a [`Retriever`] finds the items that score best
+//! against it (scores = z·Eᵀ + b over the item matrix).
+//!
+//! * [`Exact`]: every item scored on the model's device, only B × k results leave it
+//!   (`exact.rs`); what evaluation always uses.
+//! * [`Approximate`]: an HNSW index proposes candidates, which are re-scored exactly (`ann.rs`);
+//!   an option per served model for very large catalogues.
+//!
+//! Both rank with `rank::TopK`, the one tie policy.
+pub mod ann;
+pub mod exact;
+
+use super::RankSpec;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+pub use ann::{AnnIndex, AnnParams, INDEX_FILE};
+
+/// Which retrieval a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Retrieval {
+    #[default]
+    Exact,
+    Ann,
+}
+
+impl Retrieval {
+    pub fn name(self) -> &'static str {
+        match self {
+            Retrieval::Exact => "exact",
+            Retrieval::Ann => "ann",
+        }
+    }
+}
+
+/// Ranks query vectors against an item matrix (embeddings (N, d), biases (N); row j = item j + 1).
+pub trait Retriever {
+    /// What answered: "exact" or "ann" (reported to callers and in evaluation reports).
+    fn kind(&self) -> Retrieval;
+    fn retrieve(
+        &self,
+        z: &Tensor,
+        emb: &Tensor,
+        bias: &Tensor,
+        specs: &[RankSpec],
+    ) -> Vec<Vec<(usize, f32)>>;
+}
+
+/// Exact top-k on the model's device.
+pub struct Exact {
+    pub strategy: exact::Strategy,
+}
+
+impl Retriever for Exact {
+    fn kind(&self) -> Retrieval {
+        Retrieval::Exact
+    }
+    fn retrieve(
+        &self,
+        z: &Tensor,
+        emb: &Tensor,
+        bias: &Tensor,
+        specs: &[RankSpec],
+    ) -> Vec<Vec<(usize, f32)>> {
+        exact::retrieve(self.strategy, z, emb, bias, specs)
+    }
+}
+
+/// Approximate retrieval with the exact scan as fallback.
+pub struct Approximate {
+    pub index: AnnIndex,
+    pub fallback: exact::Strategy,
+}
+
+impl Retriever for Approximate {
+    fn kind(&self) -> Retrieval {
+        Retrieval::Ann
+    }
+    fn retrieve(
+        &self,
+        z: &Tensor,
+        emb: &Tensor,
+        bias: &Tensor,
+        specs: &[RankSpec],
+    ) -> Vec<Vec<(usize, f32)>> {
+        self.index.retrieve(z, emb, bias, specs, self.fallback)
+    }
+}

@@ -1,0 +1,184 @@
+//! Retrieval through a real model: the exact path against the full score matrix ranked by
+//! `rank::top_k` (the pre-retrieval serving path), the approximate index (recall, exact re-scoring,
+//! fallback when exclusions empty it, stale index refused), and a memory-mapped load.
+mod common;
+
+use common::random_model;
+use seqserve::model::rank;
+use seqserve::model::retrieval::{AnnParams, Retrieval, INDEX_FILE};
+use seqserve::model::{EncodedContext, Model, Query, RankSpec};
+use std::collections::HashSet;
+use tch::Device;
+
+fn queries(n: usize, n_items: u64, seed: u64) -> Vec<Query> {
+    let mut r = common::Lcg(seed);
+    (0..n)
+        .map(|_| {
+            let len = r.next(9) as usize;
+            Query {
+                items: (0..len).map(|_| 1 + r.next(n_items) as i64).collect(),
+                behaviours: (0..len).map(|_| r.next(5) as i64).collect(),
+                context: EncodedContext {
+                    categorical: vec![r.next(3) as i64, r.next(4) as i64],
+                    numeric: vec![(r.next(1000) as f32 / 250.0) - 2.0],
+                },
+            }
+        })
+        .collect()
+}
+
+fn specs(qs: &[Query], k: usize, n_items: u64, seed: u64) -> Vec<RankSpec> {
+    let mut r = common::Lcg(seed);
+    qs.iter()
+        .map(|q| {
+            let mut exclude: Vec<usize> = q.items.iter().map(|&i| i as usize).collect();
+            exclude.extend((0..r.next(5)).map(|_| 1 + r.next(n_items) as usize));
+            let candidates =
+                (r.next(5) == 0).then(|| (0..20).map(|_| r.next(n_items + 2) as usize).collect());
+            RankSpec {
+                k,
+                exclude,
+                candidates,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn exact_recommend_equals_ranking_the_full_score_matrix() {
+    let n = 3000;
+    let model = random_model(n, 2, 3);
+    let qs = queries(40, n as u64, 1);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let sp = specs(&qs, 10, n as u64, 2);
+    let full = model.score(&refs);
+    let want: Vec<Vec<(usize, f32)>> = full
+        .iter()
+        .zip(&sp)
+        .map(|(row, s)| rank::top_k(row, s.k, &s.exclude, s.candidates.as_deref()))
+        .collect();
+    let got = model.recommend(&refs, &sp);
+    for (g, w) in got.iter().zip(&want) {
+        let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
+        assert_eq!(ids(g), ids(w));
+        for (a, b) in g.iter().zip(w) {
+            assert!((a.1 - b.1).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn ann_recalls_the_exact_ranking_with_exact_scores_and_falls_back() {
+    let n = 4000;
+    let mut model = random_model(n, 1, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(INDEX_FILE);
+    let index = model.build_index(AnnParams::default(), 2).unwrap();
+    assert_eq!(index.len(), n);
+    index.save(&path).unwrap();
+    // Without an attached index, "ann" is answered exactly.
+    assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Exact);
+    model.attach_index(AnnParams::default(), &path, 2).unwrap();
+    assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Ann);
+
+    let qs = queries(200, n as u64, 5);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let sp = specs(&qs, 10, n as u64, 6);
+    let exact = model.recommend(&refs, &sp);
+    let ann = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    let full = model.score(&refs);
+    let (mut hit, mut total) = (0, 0);
+    for (((a, e), s), row) in ann.iter().zip(&exact).zip(&sp).zip(&full) {
+        assert_eq!(a.len(), e.len());
+        let excluded: HashSet<usize> = s.exclude.iter().copied().collect();
+        for &(i, score) in a {
+            assert!(!excluded.contains(&i), "excluded item {i} returned");
+            assert!(
+                (score - row[i - 1]).abs() < 1e-5,
+                "ANN scores are exact scores"
+            );
+        }
+        // Ranked best first under the tie policy.
+        assert!(a
+            .windows(2)
+            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+        if s.candidates.is_some() {
+            assert_eq!(a, e, "re-ranking never goes through the index");
+        }
+        // Gathered rows are scored by a product and sum, the scan by a GEMM: equal to float
+        // rounding, not bit for bit.
+        let want: HashSet<usize> = e.iter().map(|x| x.0).collect();
+        hit += a.iter().filter(|x| want.contains(&x.0)).count();
+        total += want.len();
+    }
+    let recall = hit as f64 / total as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+
+    // Exclusions that leave fewer eligible items than k: the exact scan answers, in order.
+    let keep = [17usize, 3999, 250];
+    let all_but: Vec<usize> = (1..=n).filter(|i| !keep.contains(i)).collect();
+    let s = vec![RankSpec {
+        k: 10,
+        exclude: all_but,
+        candidates: None,
+    }];
+    let a = model.recommend_with(Retrieval::Ann, &refs[..1], &s);
+    let e = model.recommend(&refs[..1], &s);
+    let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(ids(&a[0]), ids(&e[0]));
+    assert_eq!(a[0].len(), 3);
+}
+
+#[test]
+fn a_stale_or_foreign_index_is_refused() {
+    let n = 500;
+    let old = random_model(n, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(INDEX_FILE);
+    old.build_index(AnnParams::default(), 1)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    // Retrained: same catalogue size, other weights.
+    let mut new = random_model(n, 1, 2);
+    let e = new
+        .attach_index(AnnParams::default(), &path, 1)
+        .unwrap_err();
+    assert!(e.contains("rebuild it"), "{e}");
+    // Another catalogue size.
+    let mut other = random_model(n + 1, 1, 1);
+    let e = other
+        .attach_index(AnnParams::default(), &path, 1)
+        .unwrap_err();
+    assert!(e.contains("500 vectors") && e.contains("501 items"), "{e}");
+    // Not an index at all.
+    std::fs::write(&path, b"not an index").unwrap();
+    assert!(new.attach_index(AnnParams::default(), &path, 1).is_err());
+}
+
+#[test]
+fn mapped_load_scores_like_the_saved_model_and_survives_in_place_writes() {
+    let n = 700;
+    let model = random_model(n, 2, 4);
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let loaded = Model::load(dir.path(), Device::Cpu).unwrap();
+    let qs = queries(8, n as u64, 3);
+    let refs: Vec<&Query> = qs.iter().collect();
+    assert_eq!(model.score(&refs), loaded.score(&refs));
+    // The mapping is private: writing a loaded weight (as fine-tuning would) changes this process's
+    // copy only, never the file.
+    let before = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let vars = loaded.vs.variables();
+    let mut emb = vars["item_emb"].shallow_clone();
+    tch::no_grad(|| {
+        let _ = emb.fill_(0.5);
+    });
+    assert_eq!(
+        before,
+        std::fs::read(dir.path().join("model.safetensors")).unwrap()
+    );
+    let again = Model::load(dir.path(), Device::Cpu).unwrap();
+    assert_eq!(model.score(&refs), again.score(&refs));
+    assert_ne!(loaded.score(&refs), again.score(&refs));
+}

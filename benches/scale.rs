@@ -178,7 +178,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(dir: &Path, retrieval: Retrieval) -> Server {
+fn start_server(dir: &Path, retrieval: Retrieval, ef: usize) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -201,6 +201,7 @@ fn start_server(dir: &Path, retrieval: Retrieval) -> Server {
         .arg(dir)
         .arg("--retrieval")
         .arg(retrieval.name())
+        .env("SEQSERVE__RETRIEVAL__EXPANSION_SEARCH", ef.to_string())
         .env("SEQSERVE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -255,6 +256,12 @@ fn main() {
         .collect();
     let ann_max: usize = env_or("SCALE_ANN_MAX", 1_000_000);
     let secs: f64 = env_or("BENCH_SECONDS", 5.0);
+    let efs: Vec<usize> = std::env::var("SCALE_EFS")
+        .unwrap_or_else(|_| "32,64,128,256".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    // The served index's search expansion (HTTP rows).
     let ef: usize = env_or("SCALE_EF", AnnParams::default().expansion_search);
     let build_threads = seqserve::device::or_cpu_quota(0);
     let work = PathBuf::from(std::env::var("SCALE_DIR").unwrap_or_else(|_| {
@@ -275,7 +282,7 @@ fn main() {
     println!(
         "base {BASE} (d {}, {} layers); {} queries: {hist_kind}; k 10, seen items masked; \
          in-process rows: batch 32, 1 libtorch thread; {secs} s per point; ANN: usearch HNSW, \
-         connectivity {}, expansion_add {}, expansion_search {ef}, min_candidates {}\n",
+         connectivity {}, expansion_add {}, min_candidates {}; the server runs expansion_search {ef}\n",
         base.manifest.architecture.d_model,
         base.manifest.architecture.n_layers,
         hist.len(),
@@ -315,6 +322,19 @@ fn main() {
         let zs: Vec<Tensor> = (0..8)
             .map(|b| model.query_vectors(&batch(b * 32).0))
             .collect();
+        if let Ok(dump) = std::env::var("SCALE_DUMP") {
+            let qs: Vec<&Query> = cases.iter().take(2048).map(|c| &c.0).collect();
+            let z = model.query_vectors(&qs);
+            let zv = Vec::<f32>::try_from(z.contiguous().view(-1)).unwrap();
+            let bytes: Vec<u8> = zv.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(format!("{dump}/z{n}.f32"), bytes).unwrap();
+            let seen: Vec<&Vec<usize>> = cases.iter().take(2048).map(|c| &c.1.exclude).collect();
+            std::fs::write(
+                format!("{dump}/seen{n}.json"),
+                serde_json::to_string(&seen).unwrap(),
+            )
+            .unwrap();
+        }
         let floor = tch::no_grad(|| {
             rate(secs, |i| {
                 let _ = bias.addmm(&zs[(i / 32) % zs.len()], &emb.tr());
@@ -343,51 +363,51 @@ fn main() {
         if n <= ann_max {
             let t0 = Instant::now();
             let index = model
-                .build_index(
-                    AnnParams {
-                        expansion_search: ef,
-                        ..AnnParams::default()
-                    },
-                    build_threads,
-                )
+                .build_index(AnnParams::default(), build_threads)
                 .expect("build index");
-            let build_s = t0.elapsed().as_secs_f64();
-            index.save(&dir.join(INDEX_FILE)).unwrap();
-            drop(index);
-            model
-                .attach_index(
-                    AnnParams {
-                        expansion_search: ef,
-                        ..AnnParams::default()
-                    },
-                    &dir.join(INDEX_FILE),
-                    build_threads,
-                )
-                .unwrap();
+            row["ann_build_s"] = t0.elapsed().as_secs_f64().into();
             tch::set_num_threads(1);
-            let ann_rate = rate(secs, |i| {
-                let (q, s) = batch(i);
-                let _ = model.recommend_with(Retrieval::Ann, &q, &s);
-            });
-            // Recall@10 of the ANN lists against the exact ones, over every query.
-            let mut hit = 0usize;
-            let mut total = 0usize;
-            for chunk in cases.chunks(64) {
-                let q: Vec<&Query> = chunk.iter().map(|c| &c.0).collect();
-                let s: Vec<RankSpec> = chunk.iter().map(|c| c.1.clone()).collect();
-                let a = model.recommend_with(Retrieval::Ann, &q, &s);
-                let e = model.recommend(&q, &s);
-                for (a, e) in a.iter().zip(&e) {
-                    let want: HashSet<usize> = e.iter().map(|x| x.0).collect();
-                    hit += a.iter().filter(|x| want.contains(&x.0)).count();
-                    total += want.len();
-                }
-            }
-            row["ann_build_s"] = build_s.into();
-            row["ann_rate"] = ann_rate.into();
-            row["recall"] = (hit as f64 / total.max(1) as f64).into();
+            index.save(&dir.join(INDEX_FILE)).unwrap();
             row["index_mb"] =
                 (std::fs::metadata(dir.join(INDEX_FILE)).unwrap().len() as f64 / 1e6).into();
+            drop(index);
+            // The exact lists recall is measured against (2048 queries).
+            let sample = &cases[..cases.len().min(2048)];
+            let exact_lists: Vec<Vec<(usize, f32)>> = sample
+                .chunks(64)
+                .flat_map(|c| {
+                    let q: Vec<&Query> = c.iter().map(|c| &c.0).collect();
+                    let s: Vec<RankSpec> = c.iter().map(|c| c.1.clone()).collect();
+                    model.recommend(&q, &s)
+                })
+                .collect();
+            let mut sweep = Vec::new();
+            for &ef in &efs {
+                let params = AnnParams {
+                    expansion_search: ef,
+                    ..AnnParams::default()
+                };
+                model
+                    .attach_index(params, &dir.join(INDEX_FILE), build_threads)
+                    .unwrap();
+                let ann_rate = rate(secs, |i| {
+                    let (q, s) = batch(i);
+                    let _ = model.recommend_with(Retrieval::Ann, &q, &s);
+                });
+                let (mut hit, mut total) = (0usize, 0usize);
+                for (c, e) in sample.chunks(64).zip(exact_lists.chunks(64)) {
+                    let q: Vec<&Query> = c.iter().map(|c| &c.0).collect();
+                    let s: Vec<RankSpec> = c.iter().map(|c| c.1.clone()).collect();
+                    for (a, e) in model.recommend_with(Retrieval::Ann, &q, &s).iter().zip(e) {
+                        let want: HashSet<usize> = e.iter().map(|x| x.0).collect();
+                        hit += a.iter().filter(|x| want.contains(&x.0)).count();
+                        total += want.len();
+                    }
+                }
+                sweep.push(serde_json::json!({"ef": ef, "rate": ann_rate,
+                    "recall": hit as f64 / total.max(1) as f64}));
+            }
+            row["ann"] = sweep.into();
         }
         drop(emb);
         drop(bias);
@@ -399,7 +419,7 @@ fn main() {
             &[Retrieval::Exact]
         };
         for &mode in modes {
-            let server = start_server(&dir, mode);
+            let server = start_server(&dir, mode, ef);
             let rss_ready = rss_mb(server.child.id(), "VmRSS:");
             let url = format!("http://127.0.0.1:{}/recommend", server.port);
             let res = rt.block_on(async {
@@ -431,12 +451,12 @@ fn main() {
 
 fn print_tables(rows: &[serde_json::Value]) {
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    println!("| items | weights MB | matmul floor req/s | exact retrieval req/s (share of floor) | exact recommend req/s (share) | ANN recommend req/s | ANN recall@10 | index build s | index MB |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| items | weights MB | matmul floor req/s | exact retrieval req/s (share of floor) | exact recommend req/s (share) | index build s | index MB |");
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         let floor = f(r, "floor");
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} | {:.4} | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.1} | {:.0} |",
             r["n"],
             f(r, "weights_mb"),
             floor,
@@ -444,11 +464,22 @@ fn print_tables(rows: &[serde_json::Value]) {
             100.0 * f(r, "exact_only") / floor,
             f(r, "exact_full"),
             100.0 * f(r, "exact_full") / floor,
-            f(r, "ann_rate"),
-            f(r, "recall"),
             f(r, "ann_build_s"),
             f(r, "index_mb"),
         );
+    }
+    println!("\n| items | ANN expansion_search | ANN recommend req/s (in-process, batch 32) | recall@10 vs exact |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        for p in r["ann"].as_array().into_iter().flatten() {
+            println!(
+                "| {} | {} | {:.0} | {:.4} |",
+                r["n"],
+                p["ef"],
+                f(p, "rate"),
+                f(p, "recall")
+            );
+        }
     }
     println!("\n| items | retrieval | ready after start s | RSS ready MB | RSS peak MB | req/s c=16 | p99 ms c=16 | req/s c=64 | p99 ms c=64 | errors |");
     println!("|---|---|---|---|---|---|---|---|---|---|");

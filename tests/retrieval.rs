@@ -182,3 +182,116 @@ fn mapped_load_scores_like_the_saved_model_and_survives_in_place_writes() {
     assert_eq!(model.score(&refs), again.score(&refs));
     assert_ne!(loaded.score(&refs), again.score(&refs));
 }
+
+fn seqserve(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(args)
+        .arg("--model")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+async fn recommend(url: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&serde_json::json!({"history": ["i3", "i9", "i4"], "k": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_model(400, 1, 8).save(dir.path()).unwrap();
+    let out = seqserve(&["index", "--threads", "1"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join(INDEX_FILE).is_file());
+    // An existing index is refused before any work unless --force.
+    let again = seqserve(&["index"], dir.path());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let cli = seqserve(
+        &[
+            "recommend",
+            "--json",
+            "--device",
+            "cpu",
+            "--k",
+            "7",
+            "--history",
+            "i3,i9,i4",
+        ],
+        dir.path(),
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+
+    let s = common::server::Server::start_with_model(dir, &["--retrieval", "ann"]);
+    let v = recommend(&s.url("/recommend")).await;
+    assert_eq!(v["retrieval"], "ann", "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 7);
+    // Every score the index path returns is the exact score of that item.
+    let exact: std::collections::HashMap<String, f64> = cli["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["item"].as_str().unwrap().to_string(),
+                i["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let common_items = items
+        .iter()
+        .filter(|i| {
+            exact
+                .get(i["item"].as_str().unwrap())
+                .is_some_and(|e| (e - i["score"].as_f64().unwrap()).abs() < 1e-4)
+        })
+        .count();
+    assert!(common_items >= 6, "ANN answer {v} vs exact {cli}");
+    drop(s);
+
+    // Retrained in place without rebuilding the index: the server refuses to start, naming it
+    // (and exits, rather than serving from a mismatched index).
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path();
+    common::random_model(400, 1, 8).save(model_dir).unwrap();
+    assert!(seqserve(&["index", "--threads", "1"], model_dir)
+        .status
+        .success());
+    common::random_model(400, 1, 99).save(model_dir).unwrap();
+    assert!(model_dir.join(INDEX_FILE).is_file());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+        ])
+        .args(["--retrieval", "ann", "--model"])
+        .arg(model_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rebuild it"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_is_the_default_and_says_so() {
+    let s = common::server::Server::start(&[]);
+    let v = recommend(&s.url("/recommend")).await;
+    assert_eq!(v["retrieval"], "exact", "{v}");
+}

@@ -85,6 +85,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         ks: a.k.clone(),
         mask_seen: opts.mask_seen,
         ranking: "full catalogue".into(),
+        retrieval: seqserve::model::retrieval::Retrieval::Exact.name().into(),
         tie_policy: report::TIE_POLICY.into(),
         f1_definition: report::F1_DEFINITION.into(),
         models: reports,

@@ -47,6 +47,9 @@ pub struct Report {
     pub ks: Vec<usize>,
     pub mask_seen: bool,
     pub ranking: String,
+    /// How items were retrieved: always "exact" (every item scored); approximate retrieval
+    /// (`retrieval.mode = "ann"`) serves live traffic only, so a report never mixes the two.
+    pub retrieval: String,
     pub tie_policy: String,
     pub f1_definition: String,
     pub models: Vec<ModelReport>,
@@ -145,7 +148,7 @@ pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "holdout {} — {} cases, full-catalogue ranking, seen items {}; ties: {}",
+        "holdout {} — {} cases, full-catalogue ranking (exact retrieval), seen items {}; ties: {}",
         r.holdout,
         r.cases,
         if r.mask_seen { "masked" } else { "not masked" },

@@ -539,6 +539,7 @@ fn run_evaluation(
         ks: opts.ks.clone(),
         mask_seen: opts.mask_seen,
         ranking: "full catalogue".into(),
+        retrieval: crate::model::retrieval::Retrieval::Exact.name().into(),
         tie_policy: report::TIE_POLICY.into(),
         f1_definition: report::F1_DEFINITION.into(),
         models: vec![report::model_report(

@@ -159,7 +159,7 @@ pub async fn run(
             .with_label_values(&[&model.manifest.name, &model.manifest.version, &device_name])
             .set(1.0);
         let manifest = Arc::new(model.manifest.clone());
-        let catalogue = Arc::new(model.catalogue.clone());
+        let catalogue = model.catalogue.clone();
         let warmed = load_state.warmed_up.clone();
         let (queue, worker) = queue::start(
             model,

@@ -136,23 +136,40 @@ fn blocked(
 
 /// Offers one block of a row (column j = item index lo + j + 1). Blocks come in ascending item
 /// order, so once the list is full an item must score strictly above the current k-th to enter:
-/// equal scores at higher indices lose the tie. That single compare rejects almost every item.
+/// equal scores at higher indices lose the tie. Almost every item fails that test, so the row is
+/// read in lanes of 16 whose maximum (a vectorised loop) is compared first; only a lane holding a
+/// winner is looked at item by item.
 #[inline]
 fn scan_block(top: &mut TopK, row: &[f32], lo: usize, excl: &[usize]) {
-    let mut thr = top.threshold().map(|(_, s)| s);
-    for (j, &s) in row.iter().enumerate() {
-        if let Some(t) = thr {
-            // `s <= t` would let NaN through: NaN fails every comparison, so test for "above".
-            if s.partial_cmp(&t) != Some(std::cmp::Ordering::Greater) {
-                continue;
+    const LANE: usize = 16;
+    let offer = |top: &mut TopK, j: usize, s: f32| {
+        let idx = lo + j + 1;
+        if excl.is_empty() || excl.binary_search(&idx).is_err() {
+            top.offer(idx, s);
+        }
+    };
+    let mut j = 0;
+    while j < row.len() && !top.is_full() {
+        offer(top, j, row[j]);
+        j += 1;
+    }
+    let Some((_, mut t)) = top.threshold() else {
+        return;
+    };
+    for (c, lane) in row[j..].chunks(LANE).enumerate() {
+        // NaN never compares greater, so it never enters (as in TopK::offer).
+        let m = lane
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        if m > t {
+            let base = j + c * LANE;
+            for (i, &x) in lane.iter().enumerate() {
+                if x > t {
+                    offer(top, base + i, x);
+                    t = top.threshold().map_or(t, |(_, s)| s);
+                }
             }
         }
-        let idx = lo + j + 1;
-        if !excl.is_empty() && excl.binary_search(&idx).is_ok() {
-            continue;
-        }
-        top.offer(idx, s);
-        thr = top.threshold().map(|(_, s)| s);
     }
 }
 

@@ -18,7 +18,7 @@ mod common;
 
 use common::{closed_loop, percentile, Lcg};
 use seqserve::model::retrieval::{exact, AnnParams, Retrieval, INDEX_FILE};
-use seqserve::model::{Catalogue, HistoryEvent, Model, Query, RankSpec};
+use seqserve::model::{Catalogue, Model, Query, RankSpec};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -123,13 +123,7 @@ fn histories(base: &Model, n: usize) -> (Vec<Vec<String>>, &'static str) {
 fn prepare(model: &Model, hist: &[Vec<String>]) -> Vec<(Query, RankSpec)> {
     hist.iter()
         .map(|h| {
-            let ev: Vec<HistoryEvent> = h
-                .iter()
-                .map(|i| HistoryEvent {
-                    item: i.clone(),
-                    behaviour: None,
-                })
-                .collect();
+            let ev = common::events(h);
             let p = model.prepare(&ev, &BTreeMap::new()).unwrap();
             let spec = RankSpec {
                 k: 10,

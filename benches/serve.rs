@@ -10,7 +10,7 @@
 mod common;
 
 use common::{closed_loop, percentile, Lcg};
-use seqserve::model::{HistoryEvent, Model, Query, RankSpec};
+use seqserve::model::{Model, Query, RankSpec};
 use seqserve::serve::Config;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,13 +38,7 @@ fn raw_throughput(model: &Model, hist: &[Vec<String>], batch: usize, secs: f64) 
     let queries: Vec<Query> = hist
         .iter()
         .map(|h| {
-            let ev: Vec<HistoryEvent> = h
-                .iter()
-                .map(|i| HistoryEvent {
-                    item: i.clone(),
-                    behaviour: None,
-                })
-                .collect();
+            let ev = common::events(h);
             model.prepare(&ev, &BTreeMap::new()).unwrap().query
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Helpers shared by the benchmark binaries: a fixed-seed generator, percentiles and a closed-loop
 //! HTTP load generator.
 #![allow(dead_code)]
+use seqserve::model::HistoryEvent;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,16 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         (self.0 >> 33) % m
     }
+}
+
+/// A history of plain item ids as the model's input events.
+pub fn events(h: &[String]) -> Vec<HistoryEvent> {
+    h.iter()
+        .map(|i| HistoryEvent {
+            item: i.clone(),
+            behaviour: None,
+        })
+        .collect()
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -305,9 +305,4 @@ impl Encoder {
             self.item_bias.narrow(0, 1, self.n_items),
         )
     }
-
-    /// Scores for the most recent position of each history: (B, n_items).
-    pub fn score_last(&self, b: &TensorBatch) -> Tensor {
-        self.logits(&self.query_vectors(b))
-    }
 }

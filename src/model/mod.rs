@@ -280,32 +280,26 @@ impl Model {
         prepare(&self.manifest, &self.catalogue, history, context)
     }
 
-    /// Full-catalogue scores for a batch, as one row per query (column j = item index j + 1).
-    /// Inference mode: no grad, no dropout.
+    /// Full-catalogue scores for a batch, as one row per query (column j = item index j + 1):
+    /// the reference the retrievers are tested against. Inference mode: no grad, no dropout.
     pub fn score(&self, queries: &[&Query]) -> Vec<Vec<f32>> {
-        let n = self.manifest.architecture.n_items;
-        self.score_flat(queries)
-            .chunks(n)
-            .map(<[f32]>::to_vec)
-            .collect()
-    }
-
-    /// The batch's scores as one row-major buffer (B × n_items), copied once off the device.
-    fn score_flat(&self, queries: &[&Query]) -> Vec<f32> {
         if queries.is_empty() {
             return Vec::new();
         }
-        tch::no_grad(|| {
-            let batch = to_tensors(queries, &self.manifest, self.device);
-            let scores = self
-                .encoder
-                .score_last(&batch)
+        let n = self.manifest.architecture.n_items;
+        let scores = tch::no_grad(|| {
+            self.encoder
+                .logits(&self.query_vectors(queries))
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float)
                 .contiguous()
-                .view(-1);
-            Vec::<f32>::try_from(&scores).expect("float scores convert")
-        })
+                .view(-1)
+        });
+        Vec::<f32>::try_from(&scores)
+            .expect("float scores convert")
+            .chunks(n)
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 
     /// Scores and ranks a batch exactly: one ranked list of (item index, score) per query. Only
@@ -382,11 +376,6 @@ impl Model {
             fallback: self.exact.strategy,
         });
         Ok(())
-    }
-
-    /// Whether approximate retrieval is attached.
-    pub fn has_index(&self) -> bool {
-        self.ann.is_some()
     }
 }
 

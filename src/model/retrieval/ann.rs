@@ -192,10 +192,6 @@ impl AnnIndex {
         self.len() == 0
     }
 
-    pub fn params(&self) -> AnnParams {
-        self.params
-    }
-
     /// Ranks each query: the index proposes max(k, min_candidates) items not excluded, they are
     /// re-scored exactly; a row left with fewer than k proposals is scanned exactly.
     pub fn retrieve(
@@ -210,64 +206,38 @@ impl AnnIndex {
         let zc = z.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let d = self.dims - 1;
         let zv = Vec::<f32>::try_from(zc.view(-1)).expect("float queries");
-        let mut out: Vec<Vec<(usize, f32)>> = vec![Vec::new(); specs.len()];
-        // Rows that go elsewhere: candidate re-ranking and fallbacks use the exact routine.
-        let mut exact_specs: Vec<RankSpec> = specs.to_vec();
-        let mut exact_rows = Vec::new();
-        let mut proposals: Vec<(usize, Vec<u64>)> = Vec::new();
+        // Each row becomes what the exact routine ranks: the index's proposals as candidates
+        // (re-scored exactly, as one gather on the model's device); rows with their own candidates,
+        // and rows the index could not fill, keep their spec and are ranked exactly.
         let mut q = vec![0f32; self.dims];
-        for (r, s) in specs.iter().enumerate() {
-            if s.k == 0 {
-                continue;
-            }
-            if s.candidates.is_some() {
-                exact_rows.push(r);
-                continue;
-            }
-            q[..d].copy_from_slice(&zv[r * d..(r + 1) * d]);
-            q[d] = 1.0;
-            let want = s.k.max(self.params.min_candidates).min(n);
-            let excluded: HashSet<u64> = s.exclude.iter().map(|&i| i as u64).collect();
-            let found = if excluded.is_empty() {
-                self.index.search(&q, want)
-            } else {
-                self.index
-                    .filtered_search(&q, want, |key| !excluded.contains(&key))
-            };
-            let eligible = n.saturating_sub(excluded.len().min(n));
-            match found {
-                Ok(m) if m.keys.len() >= s.k.min(eligible) => proposals.push((r, m.keys)),
-                _ => exact_rows.push(r),
-            }
-        }
-        if !proposals.is_empty() {
-            // Exact re-scoring of every proposal, as one gather on the model's device.
-            let cands: Vec<RankSpec> = proposals
-                .iter()
-                .map(|(r, keys)| RankSpec {
-                    k: specs[*r].k,
-                    exclude: Vec::new(),
-                    candidates: Some(keys.iter().map(|&k| k as usize).collect()),
-                })
-                .collect();
-            let rows: Vec<i64> = proposals.iter().map(|(r, _)| *r as i64).collect();
-            let zr = z.index_select(0, &Tensor::from_slice(&rows).to_device(z.device()));
-            let ranked = exact::retrieve(exact::Strategy::Blocked, &zr, emb, bias, &cands);
-            for ((r, _), list) in proposals.into_iter().zip(ranked) {
-                out[r] = list;
-            }
-        }
-        if !exact_rows.is_empty() {
-            for (r, spec) in exact_specs.iter_mut().enumerate() {
-                if !exact_rows.contains(&r) {
-                    spec.k = 0;
+        let ranked_specs: Vec<RankSpec> = specs
+            .iter()
+            .enumerate()
+            .map(|(r, s)| {
+                if s.k == 0 || s.candidates.is_some() {
+                    return s.clone();
                 }
-            }
-            let ranked = exact::retrieve(fallback, z, emb, bias, &exact_specs);
-            for r in exact_rows {
-                out[r] = ranked[r].clone();
-            }
-        }
-        out
+                q[..d].copy_from_slice(&zv[r * d..(r + 1) * d]);
+                q[d] = 1.0;
+                let want = s.k.max(self.params.min_candidates).min(n);
+                let excluded: HashSet<u64> = s.exclude.iter().map(|&i| i as u64).collect();
+                let found = if excluded.is_empty() {
+                    self.index.search(&q, want)
+                } else {
+                    self.index
+                        .filtered_search(&q, want, |key| !excluded.contains(&key))
+                };
+                let eligible = n.saturating_sub(excluded.len().min(n));
+                match found {
+                    Ok(m) if m.keys.len() >= s.k.min(eligible) => RankSpec {
+                        k: s.k,
+                        exclude: Vec::new(),
+                        candidates: Some(m.keys.iter().map(|&k| k as usize).collect()),
+                    },
+                    _ => s.clone(),
+                }
+            })
+            .collect();
+        exact::retrieve(fallback, z, emb, bias, &ranked_specs)
     }
 }

@@ -236,27 +236,14 @@ async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
     let s = common::server::Server::start_with_model(dir, &["--retrieval", "ann"]);
     let v = recommend(&s.url("/recommend")).await;
     assert_eq!(v["retrieval"], "ann", "{v}");
-    let items = v["items"].as_array().unwrap();
+    let items = common::ranked_items(&v);
     assert_eq!(items.len(), 7);
     // Every score the index path returns is the exact score of that item.
-    let exact: std::collections::HashMap<String, f64> = cli["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["item"].as_str().unwrap().to_string(),
-                i["score"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let exact: std::collections::HashMap<String, f64> =
+        common::ranked_items(&cli).into_iter().collect();
     let common_items = items
         .iter()
-        .filter(|i| {
-            exact
-                .get(i["item"].as_str().unwrap())
-                .is_some_and(|e| (e - i["score"].as_f64().unwrap()).abs() < 1e-4)
-        })
+        .filter(|(i, s)| exact.get(i).is_some_and(|e| (e - s).abs() < 1e-4))
         .count();
     assert!(common_items >= 6, "ANN answer {v} vs exact {cli}");
     drop(s);

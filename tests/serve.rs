@@ -36,20 +36,7 @@ async fn scores_match_the_offline_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let items = |v: &Value| -> Vec<(String, f64)> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["item"].as_str().unwrap().to_string(),
-                    i["score"].as_f64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let (a, b) = (items(&v), items(&cli));
+    let (a, b) = (common::ranked_items(&v), common::ranked_items(&cli));
     assert_eq!(a.len(), 7);
     for ((ia, sa), (ib, sb)) in a.iter().zip(&b) {
         assert_eq!(ia, ib);

@@ -60,13 +60,14 @@ impl Catalogue {
 
     /// Appends an id as the next item index; Err(index of the earlier same id) for a duplicate.
     fn push(&mut self, id: &str) -> Result<(), usize> {
-        if let Some(i) = self.index_of(id) {
+        let h = id_hash(id);
+        if let Some(i) = self.lookup(h, id) {
             return Err(i);
         }
         let idx = self.ends.len() as u32 + 1;
         self.text.push_str(id);
         self.ends.push(self.text.len() as u64);
-        match self.by_hash.entry(id_hash(id)) {
+        match self.by_hash.entry(h) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(idx);
             }
@@ -75,6 +76,16 @@ impl Catalogue {
             }
         }
         Ok(())
+    }
+
+    /// The index of `id`, whose hash is `h`.
+    fn lookup(&self, h: u64, id: &str) -> Option<usize> {
+        if let Some(&i) = self.by_hash.get(&h) {
+            if self.id_of(i as usize) == id {
+                return Some(i as usize);
+            }
+        }
+        self.collided.get(id).map(|&i| i as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -87,12 +98,7 @@ impl Catalogue {
 
     /// Item index (1-based) of an external id.
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        if let Some(&i) = self.by_hash.get(&id_hash(id)) {
-            if self.id_of(i as usize) == id {
-                return Some(i as usize);
-            }
-        }
-        self.collided.get(id).map(|&i| i as usize)
+        self.lookup(id_hash(id), id)
     }
 
     /// External id of an item index (1..=len).

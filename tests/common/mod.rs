@@ -106,3 +106,18 @@ impl Lcg {
         (self.0 >> 33) % m
     }
 }
+
+/// The `(item, score)` list of a `/recommend` answer or of `seqserve recommend --json`.
+pub fn ranked_items(v: &serde_json::Value) -> Vec<(String, f64)> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["item"].as_str().unwrap().to_string(),
+                i["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}

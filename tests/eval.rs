@@ -59,8 +59,10 @@ fn holdout_and_training_share_one_split_without_leakage() {
     }
     // Round trip through the file format.
     let out = tempfile::NamedTempFile::new().unwrap();
-    write_holdout(&cases, out.path()).unwrap();
-    let back = seqserve::eval::holdout::read_holdout(out.path()).unwrap();
+    write_holdout(&cases, None, out.path()).unwrap();
+    let back = seqserve::eval::holdout::read_holdout(out.path())
+        .unwrap()
+        .cases;
     assert_eq!(back, cases);
 }
 

@@ -2,17 +2,27 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use seqserve::eval::holdout::{read_holdout, resolve};
+use seqserve::eval::leakage;
 use seqserve::eval::report::{self, Report};
 use seqserve::eval::{evaluate_cases, EvalOptions, EvalResult};
+use seqserve::model::repository::{parse_spec, Repository};
 use seqserve::model::Model;
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    /// Model directory; repeat to compare models on the same cases.
+    /// Model directory, or with --repository NAME[:VERSION] (default: the newest version); repeat
+    /// to compare models on the same cases (paired tests, Holm).
     #[arg(long = "model", required = true)]
-    models: Vec<PathBuf>,
+    models: Vec<String>,
+    /// A model repository (`<name>/<version>/`): --model values are names in it.
+    #[arg(long)]
+    repository: Option<PathBuf>,
+    /// Evaluate even when the holdout was cut from a model's training log by another split (its
+    /// relevant items may be training data); the report is marked.
+    #[arg(long)]
+    allow_leakage: bool,
     /// JSON Lines holdout (see `seqserve holdout`).
     #[arg(long)]
     holdout: PathBuf,
@@ -40,7 +50,28 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     }
     let device = seqserve::device::parse_device(&a.device)?;
     seqserve::device::configure_threads(a.threads);
-    let cases = read_holdout(&a.holdout)?;
+    let repo = a
+        .repository
+        .as_deref()
+        .map(Repository::open)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    // name, version label, directory
+    let mut targets: Vec<(Option<(String, String)>, PathBuf)> = Vec::new();
+    for m in &a.models {
+        match &repo {
+            Some(r) => {
+                let (name, version) = parse_spec(m).map_err(anyhow::Error::msg)?;
+                let (version, dir) = r
+                    .locate(&name, version.as_deref())
+                    .map_err(anyhow::Error::msg)?;
+                targets.push((Some((name, version)), dir));
+            }
+            None => targets.push((None, PathBuf::from(m))),
+        }
+    }
+    let holdout = read_holdout(&a.holdout)?;
+    let cases = holdout.cases;
     let opts = EvalOptions {
         ks: a.k.clone(),
         mask_seen: !a.no_mask_seen,
@@ -49,8 +80,32 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut names = Vec::new();
     let mut results: Vec<EvalResult> = Vec::new();
     let mut reports = Vec::new();
-    for dir in &a.models {
+    let mut leakage_found = false;
+    for (id, dir) in &targets {
         let model = Model::load(dir, device)?;
+        let mut check = leakage::check(&model.manifest, holdout.provenance.as_ref());
+        if check.is_leakage() {
+            eprintln!(
+                "\n{}\n!!! {}\n{}\n",
+                "!".repeat(78),
+                check.message,
+                "!".repeat(78)
+            );
+            if !a.allow_leakage {
+                leakage_found = true;
+                continue;
+            }
+            check.allowed = true;
+        } else if check.verdict == leakage::Verdict::Unchecked {
+            eprintln!(
+                "note: leakage not checked for {}: {}",
+                dir.display(),
+                check.message
+            );
+        }
+        if leakage_found {
+            continue;
+        }
         let resolved = resolve(&model.manifest, &model.catalogue, &cases)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} with model {}", a.holdout.display(), dir.display()))?;
@@ -65,18 +120,28 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             bar.set_position(d as u64)
         });
         bar.finish_and_clear();
-        let mut name = model.manifest.name.clone();
+        let (mut name, version) = match id {
+            Some((n, v)) => (n.clone(), v.clone()),
+            None => (model.manifest.name.clone(), model.manifest.version.clone()),
+        };
         if names.contains(&name) {
-            name = dir.display().to_string();
+            name = match id {
+                Some((n, v)) => format!("{n}:{v}"),
+                None => dir.display().to_string(),
+            };
         }
-        reports.push(report::model_report(
-            &name,
-            &model.manifest.version,
-            &r,
-            resolved.unknown_relevant,
-        ));
+        let mut rep = report::model_report(&name, &version, &r, resolved.unknown_relevant);
+        rep.leakage = Some(check);
+        reports.push(rep);
         names.push(name);
         results.push(r);
+    }
+    if leakage_found {
+        bail!(
+            "refusing to evaluate: {} overlaps a model's training data (see above); \
+             rebuild it with the model's split, or pass --allow-leakage to evaluate anyway",
+            a.holdout.display()
+        );
     }
     let comparisons = report::compare(&names, &results).map_err(anyhow::Error::msg)?;
     let rep = Report {

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::Args;
 use seqserve::data::{read_inputs, LogFormat, ReadOptions, Split};
-use seqserve::eval::holdout::{build_holdout, write_holdout};
+use seqserve::eval::holdout::{build_holdout, write_holdout, Provenance};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -32,7 +32,13 @@ pub fn run(a: HoldoutArgs) -> Result<()> {
     };
     let (data, users) = read_inputs(&a.data, a.format, a.users.as_deref(), a.limit_users, &opts)?;
     let cases = build_holdout(&data, &a.split, users.as_ref())?;
-    write_holdout(&cases, &a.out)?;
+    // What the leakage guard compares with a model's training record (same log, same split?).
+    let provenance = Provenance {
+        log: a.data.display().to_string(),
+        log_sha256: seqserve::data::fingerprint::sha256_file(&a.data)?,
+        split: a.split,
+    };
+    write_holdout(&cases, Some(&provenance), &a.out)?;
     let relevant: usize = cases.iter().map(|c| c.relevant.len()).sum();
     println!(
         "wrote {}: {} cases ({} users in the log, {} skipped malformed lines), {:.2} relevant items per case, split {}",

@@ -12,9 +12,18 @@ pub struct ServeArgs {
     host: Option<String>,
     #[arg(long)]
     port: Option<u16>,
-    /// Model directory.
+    /// Model directory (one model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Model repository, <name>/<version>/ (several models and versions).
+    #[arg(long)]
+    repository: Option<PathBuf>,
+    /// The model or split answering requests that name none.
+    #[arg(long)]
+    default_model: Option<String>,
+    /// Scan the repository for new versions every N seconds (0 = off).
+    #[arg(long)]
+    poll_interval_secs: Option<u64>,
     /// auto | cpu | cuda:N
     #[arg(long)]
     device: Option<String>,
@@ -45,6 +54,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
     put("server.host", a.host);
     put("server.port", a.port.map(|v| v.to_string()));
     put("model.path", a.model.map(|p| p.display().to_string()));
+    put(
+        "model.repository",
+        a.repository.map(|p| p.display().to_string()),
+    );
+    put("model.default", a.default_model);
+    put(
+        "model.poll_interval_secs",
+        a.poll_interval_secs.map(|v| v.to_string()),
+    );
     put("model.device", a.device);
     put("model.intra_op_threads", a.threads.map(|v| v.to_string()));
     put(

@@ -1,5 +1,6 @@
 //! Reading behaviour logs and user attributes, and the one definition of how a log is split.
 mod events;
+pub mod fingerprint;
 mod log;
 mod sequences;
 pub mod split;

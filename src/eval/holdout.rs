@@ -1,7 +1,9 @@
 //! Labelled holdouts: JSON Lines, one case per line:
 //! `{"user": "u1", "history": [12, {"item": 45, "behavior": "cart"}], "context": {...}, "relevant": [77, 80]}`.
 //! Built from a log by the same split definition that `train` uses, so a model trained on a split never
-//! sees its holdout's relevant items.
+//! sees its holdout's relevant items. A file written by `seqserve holdout` starts with a provenance
+//! line, `{"provenance": {"log": ..., "log_sha256": ..., "split": ...}}`, which the leakage guard
+//! (`eval::leakage`) compares with the model's training record; files without one still read.
 use super::runner::EvalCase;
 use crate::data::{Dataset, Split, UserTable};
 use crate::error::{DataError, LineError};
@@ -29,17 +31,41 @@ pub struct HoldoutCase {
     pub relevant: Vec<ItemId>,
 }
 
+/// Where a holdout came from: the log (by content hash) and the split that cut it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// The log's path when the holdout was built (information only; the hash is what is compared).
+    pub log: String,
+    pub log_sha256: String,
+    pub split: Split,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvenanceLine {
+    provenance: Provenance,
+}
+
+/// What [`read_cases`] found besides the cases.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSummary {
+    pub cases: usize,
+    pub provenance: Option<Provenance>,
+}
+
 /// Reads JSON Lines cases one line at a time (a holdout is never held whole as text), calling `f`
 /// with each case and its line number. Errors name the source and line; more than `max_cases`
-/// cases is an error.
+/// cases is an error. A provenance line is accepted only as the first line.
 pub fn read_cases(
     mut reader: impl BufRead,
     source: &Path,
     max_cases: usize,
     mut f: impl FnMut(usize, HoldoutCase) -> Result<(), DataError>,
-) -> Result<usize, DataError> {
+) -> Result<ReadSummary, DataError> {
     let mut buf = String::new();
     let (mut line_no, mut count) = (0usize, 0usize);
+    let mut provenance = None;
     loop {
         buf.clear();
         let n = reader
@@ -63,6 +89,14 @@ pub fn read_cases(
                 message,
             })
         };
+        if line.starts_with("{\"provenance\"") {
+            if line_no != 1 {
+                return Err(err("a provenance line may only be the first line".into()));
+            }
+            let p: ProvenanceLine = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
+            provenance = Some(p.provenance);
+            continue;
+        }
         let case: HoldoutCase = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
         if case.relevant.is_empty() {
             return Err(err("relevant must list at least one item".into()));
@@ -79,25 +113,37 @@ pub fn read_cases(
             message: "holdout has no cases".into(),
         });
     }
-    Ok(count)
+    Ok(ReadSummary {
+        cases: count,
+        provenance,
+    })
 }
 
-/// Every case of a JSON Lines reader.
-fn collect_cases(reader: impl BufRead, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
-    let mut out = Vec::new();
-    read_cases(reader, source, usize::MAX, |_, c| {
-        out.push(c);
+/// A holdout read whole: its cases and, when recorded, where it came from.
+#[derive(Debug, Clone)]
+pub struct Holdout {
+    pub provenance: Option<Provenance>,
+    pub cases: Vec<HoldoutCase>,
+}
+
+fn collect_cases(reader: impl BufRead, source: &Path) -> Result<Holdout, DataError> {
+    let mut cases = Vec::new();
+    let summary = read_cases(reader, source, usize::MAX, |_, c| {
+        cases.push(c);
         Ok(())
     })?;
-    Ok(out)
+    Ok(Holdout {
+        provenance: summary.provenance,
+        cases,
+    })
 }
 
 /// Parses JSON Lines text; errors name the source and line.
 pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, DataError> {
-    collect_cases(text.as_bytes(), source)
+    Ok(collect_cases(text.as_bytes(), source)?.cases)
 }
 
-pub fn read_holdout(path: &Path) -> Result<Vec<HoldoutCase>, DataError> {
+pub fn read_holdout(path: &Path) -> Result<Holdout, DataError> {
     let f = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -105,12 +151,21 @@ pub fn read_holdout(path: &Path) -> Result<Vec<HoldoutCase>, DataError> {
     collect_cases(std::io::BufReader::new(f), path)
 }
 
-pub fn write_holdout(cases: &[HoldoutCase], path: &Path) -> Result<(), DataError> {
+pub fn write_holdout(
+    cases: &[HoldoutCase],
+    provenance: Option<&Provenance>,
+    path: &Path,
+) -> Result<(), DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    if let Some(p) = provenance {
+        serde_json::to_writer(&mut f, &serde_json::json!({ "provenance": p }))
+            .expect("provenance serialises");
+        f.write_all(b"\n").map_err(io)?;
+    }
     for c in cases {
         serde_json::to_writer(&mut f, c).expect("holdout case serialises");
         f.write_all(b"\n").map_err(io)?;

@@ -26,6 +26,9 @@ pub struct ModelReport {
     pub metrics: BTreeMap<String, ConfidenceInterval>,
     /// "f1_of_means@k" and "coverage@k".
     pub aggregates: BTreeMap<String, f64>,
+    /// Whether the holdout may overlap this model's training data (see `eval::leakage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leakage: Option<super::leakage::LeakageCheck>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,7 @@ pub fn model_report(
         unknown_relevant_items,
         metrics: m,
         aggregates,
+        leakage: None,
     }
 }
 
@@ -160,6 +164,9 @@ pub fn render(r: &Report) -> String {
             "\n{} (version {}): {} cases, {} without a known relevant item, {} unknown relevant ids",
             m.model, m.version, m.cases, m.cases_without_known_relevant, m.unknown_relevant_items
         );
+        if let Some(l) = m.leakage.as_ref().filter(|l| l.is_leakage()) {
+            let _ = writeln!(s, "!!! {} !!!", l.message);
+        }
         let _ = write!(s, "{:<12}", "metric");
         for k in &r.ks {
             let _ = write!(s, "{:>30}", format!("@{k} mean [95% CI]"));

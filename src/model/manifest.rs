@@ -91,6 +91,10 @@ impl ContextFeature {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainingRecord {
     pub data: Vec<String>,
+    /// SHA-256 of the log (`data[0]`) as it was read: with `split`, what the leakage guard compares
+    /// a holdout's provenance with. Absent in models trained before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_sha256: Option<String>,
     pub split: Split,
     pub seed: u64,
     pub epochs_run: usize,

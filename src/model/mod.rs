@@ -7,6 +7,7 @@ pub mod encoder;
 mod input;
 pub mod manifest;
 pub mod rank;
+pub mod repository;
 pub mod retrieval;
 mod weights;
 

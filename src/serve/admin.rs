@@ -12,12 +12,14 @@ use super::body;
 use super::config::AdminSection;
 use super::error::ApiError;
 use super::queue::BackgroundJob;
-use super::{AppState, Loaded};
-use crate::eval::holdout::{read_cases, HoldoutCase, Resolved};
+use super::registry::Served;
+use super::AppState;
+use crate::eval::holdout::{read_cases, HoldoutCase, Provenance, Resolved};
+use crate::eval::leakage::{self, LeakageCheck};
 use crate::eval::metrics::METRIC_NAMES;
 use crate::eval::report::{self, Report};
 use crate::eval::{evaluate_with, EvalOptions, EvalResult};
-use crate::model::{Catalogue, Manifest, Query, RankSpec};
+use crate::model::{Query, RankSpec};
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -188,7 +190,25 @@ impl Drop for CancelOnDrop {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ModelRef {
+    model: String,
+    version: Option<String>,
+}
+
+/// Most models compared in one evaluation.
+const MAX_EVALUATED_MODELS: usize = 8;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EvaluateRequest {
+    /// One model (its default version unless `version`)...
+    model: Option<String>,
+    version: Option<String>,
+    /// ...or several, compared pairwise on the same cases. Neither: the default model.
+    models: Option<Vec<ModelRef>>,
+    /// Evaluate even when the holdout overlaps a model's training data (the result is marked).
+    #[serde(default)]
+    allow_leakage: bool,
     /// A file name inside admin.holdout_dir...
     holdout: Option<String>,
     /// ...or the cases inline.
@@ -207,7 +227,7 @@ fn yes() -> bool {
     true
 }
 
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = &st.cfg.admin.token;
     if token.is_empty() {
         return Err(ApiError::new(
@@ -272,9 +292,10 @@ fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
 
 async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     authorize(&st, req.headers())?;
-    st.loaded()?;
+    st.check_serving()?;
     let bytes = body::read_json_body(&st, req).await?;
     let req: EvaluateRequest = body::parse_then(&st, bytes, Ok).await?;
+    let targets = evaluated_models(&st, &req)?;
     if req.k.is_empty()
         || req.k.len() > 10
         || req.k.iter().any(|&k| k == 0 || k > st.cfg.limits.max_k)
@@ -330,46 +351,36 @@ async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
     // resolving many cases is CPU and disk work: off the async threads.
     let (loaded_tx, loaded_rx) = oneshot::channel::<Result<bool, ApiError>>();
     let (st2, job2) = (st.clone(), job.clone());
+    let allow_leakage = req.allow_leakage;
     let work = tokio::task::spawn_blocking(move || {
-        let read = st2.loaded().and_then(|loaded| {
-            let (manifest, catalogue) = (&loaded.manifest, &loaded.catalogue);
-            match source {
-                CaseSource::File(path, name) => {
-                    stream_holdout(&st2, &path, &name, manifest, catalogue, &job2)
+        let mut read = Vec::with_capacity(targets.len());
+        for served in targets {
+            let r = match &source {
+                CaseSource::File(path, name) => stream_holdout(&st2, path, name, &served, &job2),
+                CaseSource::Inline => {
+                    resolve_inline(&served, req.cases.as_deref().unwrap_or_default(), &job2)
+                        .map(|r| (r, None))
                 }
-                CaseSource::Inline => resolve_inline(
-                    manifest,
-                    catalogue,
-                    req.cases.as_deref().unwrap_or_default(),
-                    &job2,
-                ),
             }
-        });
-        let resolved = match read {
-            Ok(r) => r,
-            Err(e) => {
-                st2.evaluations.forget(&job2.id);
-                let _ = loaded_tx.send(Err(e));
-                return JobState::Cancelled;
+            .and_then(|(resolved, provenance)| {
+                let check = leakage_check(&served, provenance.as_ref(), allow_leakage)?;
+                Ok((served, resolved, check))
+            });
+            match r {
+                Ok(t) => read.push(t),
+                Err(e) => {
+                    st2.evaluations.forget(&job2.id);
+                    let _ = loaded_tx.send(Err(e));
+                    return JobState::Cancelled;
+                }
             }
-        };
-        job2.total.store(resolved.cases.len(), Ordering::SeqCst);
-        let inline = resolved.cases.len() <= st2.cfg.admin.max_inline_cases;
+        }
+        let n_cases = read.first().map_or(0, |t| t.1.cases.len());
+        job2.total.store(n_cases * read.len(), Ordering::SeqCst);
+        let inline = n_cases <= st2.cfg.admin.max_inline_cases;
         job2.inline.store(inline, Ordering::SeqCst);
         let _ = loaded_tx.send(Ok(inline));
-        let outcome = match st2.loaded() {
-            Ok(loaded) => run_evaluation(
-                &st2,
-                loaded,
-                &job2,
-                &resolved.cases,
-                &opts,
-                resolved.unknown_relevant,
-                &label,
-            ),
-            Err(_) => None,
-        };
-        let state = match outcome {
+        let state = match run_evaluation(&st2, &job2, &read, &opts, &label) {
             Some(Ok(v)) => JobState::Done(v),
             Some(Err(e)) => JobState::Failed(e),
             None => JobState::Cancelled,
@@ -398,7 +409,7 @@ async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
     }
     guard.0 = None;
     let body = serde_json::json!({
-        "id": id, "status": "running", "cases": job.total.load(Ordering::SeqCst),
+        "id": id, "status": "running", "progress_total": job.total.load(Ordering::SeqCst),
         "status_url": format!("/evaluate/{id}"),
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -409,12 +420,80 @@ enum CaseSource {
     Inline,
 }
 
+/// The versions an evaluation names (`model`/`version` or `models`), each loaded; none named: the
+/// default model's default version.
+fn evaluated_models(st: &AppState, req: &EvaluateRequest) -> Result<Vec<Arc<Served>>, ApiError> {
+    let refs: Vec<(String, Option<String>)> = match (&req.model, &req.models) {
+        (Some(m), None) => vec![(m.clone(), req.version.clone())],
+        (None, Some(ms)) if req.version.is_none() => {
+            if ms.is_empty() || ms.len() > MAX_EVALUATED_MODELS {
+                return Err(ApiError::validation(format!(
+                    "models must list 1 to {MAX_EVALUATED_MODELS} models"
+                )));
+            }
+            ms.iter()
+                .map(|m| (m.model.clone(), m.version.clone()))
+                .collect()
+        }
+        (None, None) if req.version.is_none() => vec![(st.registry.default_model(), None)],
+        _ => {
+            return Err(ApiError::validation(
+                "give model (and optionally version) or models, not both; version needs model",
+            ))
+        }
+    };
+    let mut out: Vec<Arc<Served>> = Vec::with_capacity(refs.len());
+    for (i, (m, v)) in refs.iter().enumerate() {
+        let s = st.registry.exact(m, v.as_deref()).map_err(|mut e| {
+            if refs.len() > 1 {
+                e.message = format!("models[{i}]: {}", e.message);
+            }
+            e
+        })?;
+        if out
+            .iter()
+            .any(|o| o.name == s.name && o.version == s.version)
+        {
+            return Err(ApiError::validation(format!(
+                "models[{i}]: {} {} is listed twice",
+                s.name, s.version
+            )));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The leakage guard for one model: refused (409) unless `allow`; allowed results are marked.
+fn leakage_check(
+    served: &Served,
+    provenance: Option<&Provenance>,
+    allow: bool,
+) -> Result<LeakageCheck, ApiError> {
+    let mut check = leakage::check(&served.manifest, provenance);
+    if check.is_leakage() {
+        if !allow {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "leakage",
+                format!(
+                    "{} (send \"allow_leakage\": true to evaluate anyway; the result is marked)",
+                    check.message
+                ),
+            ));
+        }
+        check.allowed = true;
+        tracing::warn!(model = %served.name, version = %served.version, "{}", check.message);
+    }
+    Ok(check)
+}
+
 fn resolve_inline(
-    manifest: &Manifest,
-    catalogue: &Catalogue,
+    served: &Served,
     cases: &[HoldoutCase],
     job: &EvalJob,
 ) -> Result<Resolved, ApiError> {
+    let (manifest, catalogue) = (&*served.manifest, &*served.catalogue);
     let mut out = Resolved::default();
     for (i, c) in cases.iter().enumerate() {
         if i % 1024 == 0 && job.cancelled.load(Ordering::SeqCst) {
@@ -433,11 +512,11 @@ fn stream_holdout(
     st: &AppState,
     path: &Path,
     name: &str,
-    manifest: &Manifest,
-    catalogue: &Catalogue,
+    served: &Served,
     job: &EvalJob,
-) -> Result<Resolved, ApiError> {
+) -> Result<(Resolved, Option<Provenance>), ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let (manifest, catalogue) = (&*served.manifest, &*served.catalogue);
     let max_bytes = st.cfg.admin.max_holdout_bytes;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -469,7 +548,7 @@ fn stream_holdout(
     );
     let mut out = Resolved::default();
     let source = Path::new(name);
-    read_cases(
+    let summary = read_cases(
         reader,
         source,
         st.cfg.admin.max_evaluation_cases,
@@ -488,67 +567,98 @@ fn stream_holdout(
         },
     )
     .map_err(|e| ApiError::validation(e.to_string()))?;
-    Ok(out)
+    Ok((out, summary.provenance))
 }
 
 fn internal(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
 }
 
-/// Runs on a blocking thread; each batch goes through the worker's low-priority queue.
+/// Runs on a blocking thread; each batch goes through its model's worker, on the low-priority
+/// queue. Gauges are published only once every model is done: a cancelled evaluation leaves
+/// nothing behind, and a completed one replaces what an earlier one published for the same model,
+/// version and holdout.
 fn run_evaluation(
     st: &AppState,
-    loaded: &Loaded,
     job: &EvalJob,
-    cases: &[crate::eval::EvalCase],
+    targets: &[(Arc<Served>, Resolved, LeakageCheck)],
     opts: &EvalOptions,
-    unknown_relevant: usize,
     source: &str,
 ) -> Option<Result<serde_json::Value, String>> {
-    let queue = loaded.queue.clone();
-    let mut rank = |q: &[&Query], s: &[RankSpec]| -> Option<Vec<Vec<(usize, f32)>>> {
-        if job.cancelled.load(Ordering::SeqCst) {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        queue
-            .submit_background(BackgroundJob {
-                enqueued: std::time::Instant::now(),
-                queries: q.iter().map(|x| (*x).clone()).collect(),
-                specs: s.to_vec(),
-                reply: tx,
-            })
-            .ok()?;
-        rx.blocking_recv().ok()
+    let mut results: Vec<EvalResult> = Vec::with_capacity(targets.len());
+    for (i, (served, resolved, _)) in targets.iter().enumerate() {
+        let queue = served.queue.clone();
+        let mut rank = |q: &[&Query], s: &[RankSpec]| -> Option<Vec<Vec<(usize, f32)>>> {
+            if job.cancelled.load(Ordering::SeqCst) {
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            queue
+                .submit_background(BackgroundJob {
+                    enqueued: std::time::Instant::now(),
+                    queries: q.iter().map(|x| (*x).clone()).collect(),
+                    specs: s.to_vec(),
+                    reply: tx,
+                })
+                .ok()?;
+            rx.blocking_recv().ok()
+        };
+        let offset = i * resolved.cases.len();
+        let r = evaluate_with(
+            &mut rank,
+            served.catalogue.len(),
+            &resolved.cases,
+            opts,
+            |d| job.done.store(offset + d, Ordering::SeqCst),
+        )?;
+        results.push(r);
+    }
+    // Two versions of one model are told apart by their version.
+    let names: Vec<String> = targets
+        .iter()
+        .map(|(s, _, _)| {
+            if targets.iter().filter(|(o, _, _)| o.name == s.name).count() > 1 {
+                format!("{}:{}", s.name, s.version)
+            } else {
+                s.name.clone()
+            }
+        })
+        .collect();
+    let comparisons = match report::compare(&names, &results) {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
     };
-    let result: EvalResult = evaluate_with(&mut rank, loaded.catalogue.len(), cases, opts, |d| {
-        job.done.store(d, Ordering::SeqCst)
-    })?;
-    let m = &loaded.manifest;
-    for (j, k) in result.ks.iter().enumerate() {
-        for metric in METRIC_NAMES {
-            st.metrics
-                .eval_metric
-                .with_label_values(&[&m.name, &m.version, metric, &k.to_string()])
-                .set(result.mean[j].get(metric).unwrap_or(0.0));
+    let mut models = Vec::with_capacity(targets.len());
+    for ((served, resolved, check), r) in targets.iter().zip(&results) {
+        let mut values = Vec::new();
+        for (j, k) in r.ks.iter().enumerate() {
+            for metric in METRIC_NAMES {
+                values.push((metric, *k, r.mean[j].get(metric).unwrap_or(0.0)));
+            }
         }
+        st.metrics.set_evaluation(
+            &served.name,
+            &served.version,
+            source,
+            check.label(),
+            &values,
+        );
+        let mut m =
+            report::model_report(&served.name, &served.version, r, resolved.unknown_relevant);
+        m.leakage = Some(check.clone());
+        models.push(m);
     }
     let rep = Report {
         holdout: source.to_string(),
-        cases: cases.len(),
+        cases: targets.first().map_or(0, |t| t.1.cases.len()),
         ks: opts.ks.clone(),
         mask_seen: opts.mask_seen,
         ranking: "full catalogue".into(),
         retrieval: crate::model::retrieval::Retrieval::Exact.name().into(),
         tie_policy: report::TIE_POLICY.into(),
         f1_definition: report::F1_DEFINITION.into(),
-        models: vec![report::model_report(
-            &m.name,
-            &m.version,
-            &result,
-            unknown_relevant,
-        )],
-        comparisons: Vec::new(),
+        models,
+        comparisons,
     };
     Some(serde_json::to_value(&rep).map_err(|e| e.to_string()))
 }

@@ -2,8 +2,7 @@
 use super::config::LimitsSection;
 use super::error::ApiError;
 use crate::model::{
-    history_events, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest, ObjectOnly, Prepared,
-    RankSpec,
+    history_events, ContextValue, HistoryEntry, ItemId, ObjectOnly, Prepared, RankSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,6 +10,13 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
+    /// The model (or A/B split) to ask; absent: model.default.
+    pub model: Option<String>,
+    /// A loaded version of `model` (bypasses any split); absent: the model's default version.
+    pub version: Option<String>,
+    /// The caller's key for sticky A/B assignment (hashed, never stored or exported); absent: a
+    /// split assigns the request at random.
+    pub user: Option<String>,
     /// Item ids or {item, behavior} objects, most recent last. May be empty (cold start).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
@@ -54,8 +60,12 @@ pub struct Timing {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecommendResponse {
+    /// The model and version that answered.
     pub model: String,
     pub version: String,
+    /// The A/B split that chose them, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
     /// "exact" or "ann": how the items were retrieved.
     pub retrieval: String,
     pub items: Vec<ScoredItem>,
@@ -71,8 +81,11 @@ pub struct BatchResponse {
     pub results: Vec<RecommendResponse>,
 }
 
-/// A validated request: the prepared query, what to rank, and what to tell the caller.
+/// A validated request: the version that answers, the prepared query, what to rank, and what to
+/// tell the caller.
 pub struct Validated {
+    pub served: std::sync::Arc<super::registry::Served>,
+    pub split: Option<String>,
     pub prepared: Prepared,
     pub spec: RankSpec,
     pub unknown_candidates: Vec<String>,
@@ -83,12 +96,27 @@ fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
     id.into_checked(field).map_err(ApiError::validation)
 }
 
+/// Longest accepted `user` key.
+pub const MAX_USER_KEY: usize = 256;
+
+/// Routes the request (model, version, split) and validates it against the version that answers.
 pub fn validate(
     req: RecommendRequest,
-    manifest: &Manifest,
-    catalogue: &Catalogue,
+    registry: &super::registry::Registry,
     limits: &LimitsSection,
 ) -> Result<Validated, ApiError> {
+    if req.user.as_ref().is_some_and(|u| u.len() > MAX_USER_KEY) {
+        return Err(ApiError::validation(format!(
+            "user must be at most {MAX_USER_KEY} bytes"
+        )));
+    }
+    let route = registry.route(
+        req.model.as_deref(),
+        req.version.as_deref(),
+        req.user.as_deref(),
+    )?;
+    let served = route.served.clone();
+    let (manifest, catalogue) = (&*served.manifest, &*served.catalogue);
     let k = req.k.unwrap_or(10);
     if k == 0 || k > limits.max_k {
         return Err(crate::error::InputError::BadK {
@@ -151,6 +179,8 @@ pub fn validate(
         }
     };
     Ok(Validated {
+        served: served.clone(),
+        split: route.split,
         prepared,
         spec: RankSpec {
             k,

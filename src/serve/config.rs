@@ -13,6 +13,9 @@ pub struct Config {
     pub limits: LimitsSection,
     pub logging: LoggingSection,
     pub admin: AdminSection,
+    /// A/B splits at start, `name = "model[:version]=weight,..."` (changeable at run time through
+    /// PUT /splits/{name}). A request naming `name` is routed to an arm, sticky by its `"user"`.
+    pub splits: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,11 +56,23 @@ pub struct ServerSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
+    /// One model directory, served under its manifest's name and version (when no repository).
     pub path: PathBuf,
+    /// A model repository, `<name>/<version>/` (each a model directory): every model's newest
+    /// version that loads is served at start. Empty: serve `path` alone.
+    pub repository: PathBuf,
+    /// The model (or split) a request without `"model"` goes to. Empty: the only model, or with
+    /// several, start fails asking for it.
+    pub default: String,
+    /// Scan the repository this often for new versions (and models): a newer version is loaded,
+    /// warmed up, made the default, and the previous default is unloaded once its queue drains.
+    /// 0 = no polling (load through the admin routes).
+    pub poll_interval_secs: u64,
     /// auto | cpu | cuda:N
     pub device: String,
-    /// libtorch intra-op threads; 0 = auto: the container's CPU quota (cgroup, not the host's cores)
-    /// minus one core for the HTTP threads, at least 1 (see device::serving_threads).
+    /// libtorch intra-op threads of each model's worker; 0 = auto: the CPU quota (cgroup, not the
+    /// host's cores) minus one core for the HTTP threads, shared between the models loaded at
+    /// start, at least 1 each (see device::serving_threads).
     pub intra_op_threads: usize,
 }
 
@@ -206,6 +221,9 @@ impl Default for ModelSection {
     fn default() -> Self {
         ModelSection {
             path: PathBuf::from("models/beauty-2l"),
+            repository: PathBuf::new(),
+            default: String::new(),
+            poll_interval_secs: 0,
             device: "auto".into(),
             intra_op_threads: 0,
         }
@@ -297,7 +315,13 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
-        let ranges: [(&str, u64, u64, u64); 35] = [
+        let ranges: [(&str, u64, u64, u64); 36] = [
+            (
+                "model.poll_interval_secs",
+                self.model.poll_interval_secs,
+                0,
+                86_400,
+            ),
             (
                 "server.body_limit_bytes",
                 s.body_limit_bytes as u64,
@@ -466,6 +490,15 @@ impl Config {
                 "configuration: admin.port must differ from server.port ({})",
                 s.port
             ));
+        }
+        for (name, spec) in &self.splits {
+            crate::model::repository::check_name("split", name)
+                .and_then(|_| super::split::Split::parse(spec).map(|_| ()))
+                .map_err(|e| format!("configuration: splits.{name}: {e}"))?;
+        }
+        if !self.model.default.is_empty() {
+            crate::model::repository::check_name("model.default", &self.model.default)
+                .map_err(|e| format!("configuration: {e}"))?;
         }
         if let Err(e) = crate::device::parse_device(&self.model.device) {
             return Err(format!("configuration: model.device: {e}"));

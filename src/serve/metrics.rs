@@ -1,22 +1,42 @@
 //! Prometheus metrics: base units, `_total` counters, histograms, bounded labels only
 //! (route, status, reason, model, version, device, metric, k; never user or item ids).
+//! Per-model series carry `model` and `version` labels for loaded versions only: a version's
+//! series are removed when it is unloaded (its worker exits), so the label set stays bounded.
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub queue_duration: HistogramVec,
+    pub inference_duration: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub recommendations: IntCounterVec,
+    pub model_info: GaugeVec,
+    pub model_loads: IntCounterVec,
+    pub unknown_items: IntCounter,
+    pub rejected: IntCounterVec,
+    pub eval_metric: GaugeVec,
+    /// The evaluation series set per (model, version, holdout), so a newer result (or an unload)
+    /// replaces them instead of leaving stale ones beside it.
+    eval_series: Mutex<HashMap<(String, String, String), Vec<Vec<String>>>>,
+}
+
+/// One model version's series, bound once for its worker (no label lookups per batch).
+#[derive(Clone)]
+pub struct VersionMetrics {
+    pub labels: [String; 2],
     pub queue_duration: Histogram,
     pub inference_duration: Histogram,
     pub batch_size: Histogram,
     pub queue_depth: IntGauge,
-    pub model_info: GaugeVec,
-    pub unknown_items: IntCounter,
-    pub rejected: IntCounterVec,
-    pub eval_metric: GaugeVec,
+    pub recommendations: IntCounter,
 }
 
 /// Every reason a request is refused or dropped, counted once each. Pre-initialised so dashboards
@@ -58,38 +78,61 @@ impl Metrics {
             &["route"],
         )
         .unwrap();
-        let queue_duration = Histogram::with_opts(
+        let mv = &["model", "version"];
+        let queue_duration = HistogramVec::new(
             HistogramOpts::new(
                 "seqserve_queue_duration_seconds",
-                "Time a request waited in the batching queue",
+                "Time a request waited in its model version's batching queue",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+            mv,
         )
         .unwrap();
-        let inference_duration = Histogram::with_opts(
+        let inference_duration = HistogramVec::new(
             HistogramOpts::new(
                 "seqserve_inference_duration_seconds",
                 "Model forward + ranking time per batch",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+            mv,
         )
         .unwrap();
-        let batch_size = Histogram::with_opts(
+        let batch_size = HistogramVec::new(
             HistogramOpts::new("seqserve_batch_size", "Requests per model batch")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            mv,
         )
         .unwrap();
-        let queue_depth = IntGauge::new(
-            "seqserve_queue_depth",
-            "Requests waiting in the batching queue",
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "seqserve_queue_depth",
+                "Requests waiting in a model version's batching queue",
+            ),
+            mv,
+        )
+        .unwrap();
+        let recommendations = IntCounterVec::new(
+            Opts::new(
+                "seqserve_recommendations_total",
+                "Recommendations answered, by the model version that answered (A/B arms)",
+            ),
+            mv,
         )
         .unwrap();
         let model_info = GaugeVec::new(
             Opts::new(
                 "seqserve_model_info",
-                "The loaded model (value is always 1)",
+                "A loaded model version (value 1; 2 for the model's default version)",
             ),
             &["model", "version", "device"],
+        )
+        .unwrap();
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "seqserve_model_loads_total",
+                "Model version loads by result (ok, failed)",
+            ),
+            &["result"],
         )
         .unwrap();
         let unknown_items = IntCounter::new(
@@ -108,13 +151,17 @@ impl Metrics {
         let eval_metric = GaugeVec::new(
             Opts::new(
                 "seqserve_evaluation_metric",
-                "Last evaluation result per model (mean over holdout cases)",
+                "Last completed evaluation per model version and holdout (mean over cases); \
+                 leakage=true when the holdout overlaps the model's training data",
             ),
-            &["model", "version", "metric", "k"],
+            &["model", "version", "holdout", "metric", "k", "leakage"],
         )
         .unwrap();
         for r in REFUSAL_REASONS {
             rejected.with_label_values(&[r]);
+        }
+        for r in ["ok", "failed"] {
+            model_loads.with_label_values(&[r]);
         }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -123,7 +170,9 @@ impl Metrics {
             Box::new(inference_duration.clone()),
             Box::new(batch_size.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(recommendations.clone()),
             Box::new(model_info.clone()),
+            Box::new(model_loads.clone()),
             Box::new(unknown_items.clone()),
             Box::new(rejected.clone()),
             Box::new(eval_metric.clone()),
@@ -138,11 +187,81 @@ impl Metrics {
             inference_duration,
             batch_size,
             queue_depth,
+            recommendations,
             model_info,
+            model_loads,
             unknown_items,
             rejected,
             eval_metric,
+            eval_series: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Binds a loaded version's series (they appear at once, at zero).
+    pub fn for_version(&self, model: &str, version: &str) -> VersionMetrics {
+        let l = [model, version];
+        VersionMetrics {
+            labels: [model.to_string(), version.to_string()],
+            queue_duration: self.queue_duration.with_label_values(&l),
+            inference_duration: self.inference_duration.with_label_values(&l),
+            batch_size: self.batch_size.with_label_values(&l),
+            queue_depth: self.queue_depth.with_label_values(&l),
+            recommendations: self.recommendations.with_label_values(&l),
+        }
+    }
+
+    /// Drops every series of an unloaded version (its worker has exited), evaluations included.
+    pub fn remove_version(&self, model: &str, version: &str) {
+        let l = [model, version];
+        let _ = self.queue_duration.remove_label_values(&l);
+        let _ = self.inference_duration.remove_label_values(&l);
+        let _ = self.batch_size.remove_label_values(&l);
+        let _ = self.queue_depth.remove_label_values(&l);
+        let _ = self.recommendations.remove_label_values(&l);
+        let mut series = self.eval_series.lock().expect("eval series lock");
+        series.retain(|(m, v, _), sets| {
+            let gone = m == model && v == version;
+            if gone {
+                for s in sets.iter() {
+                    let refs: Vec<&str> = s.iter().map(String::as_str).collect();
+                    let _ = self.eval_metric.remove_label_values(&refs);
+                }
+            }
+            !gone
+        });
+    }
+
+    /// Publishes a completed evaluation of one version on one holdout, replacing what an earlier
+    /// one published for the same triple. `values` are (metric, k, mean).
+    pub fn set_evaluation(
+        &self,
+        model: &str,
+        version: &str,
+        holdout: &str,
+        leakage: &str,
+        values: &[(&str, usize, f64)],
+    ) {
+        let key = (model.to_string(), version.to_string(), holdout.to_string());
+        let mut series = self.eval_series.lock().expect("eval series lock");
+        for s in series.remove(&key).unwrap_or_default() {
+            let refs: Vec<&str> = s.iter().map(String::as_str).collect();
+            let _ = self.eval_metric.remove_label_values(&refs);
+        }
+        let mut set = Vec::with_capacity(values.len());
+        for (metric, k, v) in values {
+            let labels = vec![
+                model.to_string(),
+                version.to_string(),
+                holdout.to_string(),
+                metric.to_string(),
+                k.to_string(),
+                leakage.to_string(),
+            ];
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.eval_metric.with_label_values(&refs).set(*v);
+            set.push(labels);
+        }
+        series.insert(key, set);
     }
 
     /// Counts one refused request. `reason` must be one of [`REFUSAL_REASONS`] (bounded labels).

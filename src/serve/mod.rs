@@ -8,38 +8,32 @@ mod error;
 pub mod listener;
 mod log_limit;
 pub mod metrics;
+mod models;
 pub mod queue;
+pub mod registry;
 mod routes;
+pub mod split;
 
 pub use config::Config;
 
-use crate::model::retrieval::Retrieval;
-use crate::model::{Catalogue, Manifest, Model};
+use crate::model::repository::Repository;
 use anyhow::{Context, Result};
 use error::ApiError;
 use metrics::Metrics;
-use queue::{BatchingConfig, QueueHandle};
+use queue::BatchingConfig;
+use registry::{LoadSettings, Registry};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// What handlers need of the loaded model: its schema and catalogue (plain data, shared) and the
-/// queue to its worker. The model itself lives on the worker thread.
-pub struct Loaded {
-    pub manifest: Arc<Manifest>,
-    pub catalogue: Arc<Catalogue>,
-    pub queue: QueueHandle,
-    pub device: String,
-    /// "exact" or "ann": how live requests are ranked.
-    pub retrieval: &'static str,
-}
 
 pub struct AppState {
     pub cfg: Config,
     pub metrics: Arc<Metrics>,
-    loaded: OnceLock<Loaded>,
-    warmed_up: Arc<AtomicBool>,
+    /// Every loaded model version; routes ask it which one answers.
+    pub registry: Registry,
+    /// The models configured at start are loaded and warmed up.
+    started: AtomicBool,
     shutting_down: AtomicBool,
     pub evaluations: admin::Jobs,
     /// Requests being handled other than health and metrics: what shutdown waits for.
@@ -50,25 +44,100 @@ pub struct AppState {
 
 impl AppState {
     fn is_ready(&self) -> bool {
-        self.warmed_up.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst)
             && !self.shutting_down.load(Ordering::SeqCst)
-            && self.loaded.get().is_some()
+            && self.registry.can_serve_default()
     }
 
-    fn loaded(&self) -> Result<&Loaded, ApiError> {
+    /// Whether new work may start: 503 while starting or shutting down.
+    fn check_serving(&self) -> Result<&Registry, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             // In-flight requests finish; new ones are told to go elsewhere.
             self.metrics.refuse("not_ready");
             return Err(ApiError::not_ready("shutting down"));
         }
-        match self.loaded.get() {
-            Some(l) if self.warmed_up.load(Ordering::SeqCst) => Ok(l),
-            _ => {
-                self.metrics.refuse("not_ready");
-                Err(ApiError::not_ready("model loading or warming up"))
+        if !self.started.load(Ordering::SeqCst) {
+            self.metrics.refuse("not_ready");
+            return Err(ApiError::not_ready("model loading or warming up"));
+        }
+        Ok(&self.registry)
+    }
+}
+
+/// Intra-op threads per model worker: the configured count, or (auto) the serving budget shared
+/// between the models loaded at start, at least 1 each: two busy workers with the whole budget
+/// each would oversubscribe the cores (see the README's measurement).
+fn worker_threads(configured: usize, models: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        (crate::device::serving_threads(0) / models.max(1)).max(1)
+    }
+}
+
+/// Loads what the configuration names: `model.path`, or every model of `model.repository` at its
+/// newest version that loads (an older one when the newest fails, so a bad upload cannot stop a
+/// restart); then the default model and the configured splits.
+fn load_initial(st: &AppState) -> Result<()> {
+    let cfg = &st.cfg;
+    let reg = &st.registry;
+    match &reg.repository {
+        None => {
+            let m = crate::model::Manifest::read(&cfg.model.path.join(crate::model::MANIFEST_FILE))
+                .with_context(|| format!("cannot load the model {}", cfg.model.path.display()))?;
+            reg.load_dir(&m.name, &m.version, cfg.model.path.clone(), true, false)
+                .map_err(|e| anyhow::anyhow!("{}", ApiError::from(e).message))
+                .with_context(|| format!("cannot load the model {}", cfg.model.path.display()))?;
+        }
+        Some(repo) => {
+            let names = repo.models();
+            if names.is_empty() {
+                anyhow::bail!(
+                    "model repository {} holds no <name>/<version>/model.json",
+                    repo.root.display()
+                );
+            }
+            for name in &names {
+                let mut loaded = false;
+                for v in repo.versions(name).iter().rev() {
+                    match reg.load(name, Some(v), true, false) {
+                        Ok(_) => {
+                            loaded = true;
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(model = %name, version = %v, "trying the previous version")
+                        }
+                    }
+                }
+                if !loaded {
+                    tracing::error!(model = %name, "no version of this model loads: not served");
+                }
             }
         }
     }
+    for (name, spec) in &cfg.splits {
+        let split = split::Split::parse(spec).map_err(anyhow::Error::msg)?;
+        reg.set_split(name, split)
+            .map_err(|e| anyhow::anyhow!("splits.{name}: {}", e.message))?;
+    }
+    let snap = reg.snapshot();
+    let default = if !cfg.model.default.is_empty() {
+        cfg.model.default.clone()
+    } else if snap.models.len() == 1 {
+        snap.models[0].0.clone()
+    } else if snap.models.is_empty() {
+        anyhow::bail!("no model could be loaded");
+    } else {
+        anyhow::bail!(
+            "{} models are served ({}): set model.default (--default-model) to say which answers requests that name none",
+            snap.models.len(),
+            snap.models.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    reg.set_default_model(&default)
+        .map_err(|e| anyhow::anyhow!("model.default: {}", e.message))?;
+    Ok(())
 }
 
 /// Serves until `shutdown` resolves, then drains, all within server.drain_timeout_secs of the signal:
@@ -110,11 +179,29 @@ pub async fn run(
         max_connections: listener::connection_cap(cfg.server.max_connections, fd_limit),
     };
     let metrics = Arc::new(Metrics::new());
+    let repository = if cfg.model.repository.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Repository::open(&cfg.model.repository).map_err(anyhow::Error::msg)?)
+    };
+    let n_models = repository.as_ref().map_or(1, |r| r.models().len());
+    let settings = LoadSettings {
+        device: crate::device::parse_device(&cfg.model.device)?,
+        threads: worker_threads(cfg.model.intra_op_threads, n_models),
+        batching: BatchingConfig {
+            max_batch_size: cfg.batching.max_batch_size,
+            retrieval: cfg.retrieval.mode,
+            background_max_wait: Duration::from_millis(cfg.batching.background_max_wait_ms),
+            max_delay: Duration::from_micros(cfg.batching.max_delay_us),
+            max_queue_size: cfg.batching.max_queue_size,
+        },
+        retrieval: cfg.retrieval.clone(),
+    };
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         metrics: metrics.clone(),
-        loaded: OnceLock::new(),
-        warmed_up: Arc::new(AtomicBool::new(false)),
+        registry: Registry::new(repository, settings, metrics.clone()),
+        started: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         evaluations: admin::Jobs::default(),
         in_flight: AtomicUsize::new(0),
@@ -127,63 +214,14 @@ pub async fn run(
 
     // Load in the background so /health/live answers at once and /health/ready says 503 meanwhile.
     let load_state = state.clone();
-    let loader = tokio::task::spawn_blocking(move || -> Result<std::thread::JoinHandle<()>> {
-        let cfg = &load_state.cfg;
-        let device = crate::device::parse_device(&cfg.model.device)?;
-        let threads = crate::device::configure_threads(crate::device::serving_threads(
-            cfg.model.intra_op_threads,
+    let loader = tokio::task::spawn_blocking(move || -> Result<()> {
+        crate::device::configure_threads(crate::device::serving_threads(
+            load_state.cfg.model.intra_op_threads,
         ));
-        let mut model = Model::load(&cfg.model.path, device)?;
-        if cfg.retrieval.mode == Retrieval::Ann {
-            let path = cfg.retrieval.index_file(&cfg.model.path);
-            let t0 = std::time::Instant::now();
-            model
-                .attach_index(
-                    cfg.retrieval.params(),
-                    &path,
-                    crate::device::or_cpu_quota(0),
-                )
-                .map_err(|e| anyhow::anyhow!("approximate index: {e}"))?;
-            tracing::info!(path = %path.display(), secs = t0.elapsed().as_secs_f64(), "approximate index ready");
-        }
-        let retrieval = model.retriever(cfg.retrieval.mode).kind().name();
-        let device_name = crate::device::device_name(device);
-        tracing::info!(
-            model = %model.manifest.name, version = %model.manifest.version,
-            device = %device_name, threads, items = model.catalogue.len(),
-            "model loaded"
-        );
-        load_state
-            .metrics
-            .model_info
-            .with_label_values(&[&model.manifest.name, &model.manifest.version, &device_name])
-            .set(1.0);
-        let manifest = Arc::new(model.manifest.clone());
-        let catalogue = model.catalogue.clone();
-        let warmed = load_state.warmed_up.clone();
-        let (queue, worker) = queue::start(
-            model,
-            BatchingConfig {
-                max_batch_size: cfg.batching.max_batch_size,
-                retrieval: cfg.retrieval.mode,
-                background_max_wait: Duration::from_millis(cfg.batching.background_max_wait_ms),
-                max_delay: Duration::from_micros(cfg.batching.max_delay_us),
-                max_queue_size: cfg.batching.max_queue_size,
-            },
-            load_state.metrics.clone(),
-            move || {
-                warmed.store(true, Ordering::SeqCst);
-                tracing::info!("warm-up done: ready");
-            },
-        );
-        let _ = load_state.loaded.set(Loaded {
-            manifest,
-            catalogue,
-            queue,
-            device: device_name,
-            retrieval,
-        });
-        Ok(worker)
+        load_initial(&load_state)?;
+        load_state.started.store(true, Ordering::SeqCst);
+        tracing::info!(default = %load_state.registry.default_model(), "models warmed up: ready");
+        Ok(())
     });
 
     tracing::info!(%local, max_connections = limits.max_connections, "listening");
@@ -203,14 +241,18 @@ pub async fn run(
         let _ = signal_tx.send(Some(tokio::time::Instant::now()));
     });
     let mut loader = loader;
-    let mut worker = None;
+    let mut loaded = false;
+    let mut poller = None;
     let signalled_at = loop {
         tokio::select! {
-            r = &mut loader, if worker.is_none() => match r.context("model loader panicked")? {
-                Ok(w) => worker = Some(w),
+            r = &mut loader, if !loaded => match r.context("model loader panicked")? {
+                Ok(()) => {
+                    loaded = true;
+                    poller = start_polling(&state);
+                }
                 Err(e) => {
                     let _ = stop_tx.send(true);
-                    return Err(e.context("cannot load the model"));
+                    return Err(e.context("cannot load the models"));
                 }
             },
             r = signal_rx.wait_for(|s| s.is_some()) => break r.ok().and_then(|s| *s)
@@ -243,19 +285,45 @@ pub async fn run(
         tracing::warn!("drain timeout reached with connections still open: exiting");
         servers.abort_all();
     }
-    // 3. Stop the model worker once its queue is empty.
-    if let Some(l) = state.loaded.get() {
-        l.queue.stop();
+    // 3. Stop the model workers once their queues are empty.
+    if let Some(p) = poller {
+        p.abort();
     }
+    let workers = state.registry.stop_all();
     drop(state);
-    if let Some(w) = worker {
-        let joined = tokio::task::spawn_blocking(move || w.join());
-        if tokio::time::timeout_at(deadline, joined).await.is_err() {
-            tracing::warn!("model worker did not stop within the drain timeout");
-        }
-    } else {
+    if !loaded {
         loader.abort();
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    });
+    if tokio::time::timeout_at(deadline, joined).await.is_err() {
+        tracing::warn!("model workers did not stop within the drain timeout");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// model.poll_interval_secs > 0: scans the repository at that interval (one scan at a time, on a
+/// blocking thread: a load takes seconds).
+fn start_polling(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let secs = state.cfg.model.poll_interval_secs;
+    if secs == 0 || state.registry.repository.is_none() {
+        return None;
+    }
+    let st = state.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(secs));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if st.shutting_down.load(Ordering::SeqCst) {
+                break;
+            }
+            let st2 = st.clone();
+            let _ = tokio::task::spawn_blocking(move || st2.registry.poll()).await;
+        }
+    }))
 }

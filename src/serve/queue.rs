@@ -7,7 +7,7 @@
 //! Background work (evaluations) goes through a second, small queue that the worker serves when no
 //! live request is waiting, or when a background batch has waited longer than `background_max_wait`
 //! (so a busy service still makes evaluation progress, at the cost of one small batch per interval).
-use super::metrics::Metrics;
+use super::metrics::{Metrics, VersionMetrics};
 use crate::model::retrieval::Retrieval;
 use crate::model::{Model, Query, RankSpec};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -108,14 +108,16 @@ pub struct BatchingConfig {
     pub max_queue_size: usize,
 }
 
-/// The handlers' side of the queue. Cloneable; when every clone is dropped the worker drains and exits.
+/// The handlers' side of the queue. Cloneable; when every clone is dropped the worker drains and
+/// exits (this is how an unloaded version finishes what was queued on it, then frees its memory).
 #[derive(Clone)]
 pub struct QueueHandle {
     live: SyncSender<Job>,
     background: SyncSender<BackgroundJob>,
     depth: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    depth_gauge: prometheus::IntGauge,
     stop: Arc<AtomicBool>,
+    exited: Arc<AtomicBool>,
 }
 
 impl QueueHandle {
@@ -124,8 +126,7 @@ impl QueueHandle {
         self.depth.fetch_add(1, Ordering::SeqCst);
         match self.live.try_send(job) {
             Ok(()) => {
-                self.metrics
-                    .queue_depth
+                self.depth_gauge
                     .set(self.depth.load(Ordering::SeqCst) as i64);
                 Ok(())
             }
@@ -153,46 +154,62 @@ impl QueueHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+
+    /// Set by the worker as it exits, after dropping the model.
+    pub fn exited(&self) -> Arc<AtomicBool> {
+        self.exited.clone()
+    }
 }
 
-/// Starts the worker thread. `on_ready` runs on the worker after the warm-up forward pass.
+/// Starts one model version's worker thread with `threads` libtorch intra-op threads. `on_ready`
+/// runs on the worker after the warm-up forward pass.
 pub fn start(
     model: Model,
     cfg: BatchingConfig,
     metrics: Arc<Metrics>,
+    version_metrics: VersionMetrics,
+    threads: usize,
     on_ready: impl FnOnce() + Send + 'static,
-) -> (QueueHandle, std::thread::JoinHandle<()>) {
+) -> std::io::Result<(QueueHandle, std::thread::JoinHandle<()>)> {
     let (live_tx, live_rx) = mpsc::sync_channel(cfg.max_queue_size);
     let (bg_tx, bg_rx) = mpsc::sync_channel(2);
     let depth = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(AtomicBool::new(false));
     let handle = QueueHandle {
         live: live_tx,
         background: bg_tx,
         depth: depth.clone(),
-        metrics: metrics.clone(),
+        depth_gauge: version_metrics.queue_depth.clone(),
         stop: stop.clone(),
+        exited: exited.clone(),
     };
     let thread = std::thread::Builder::new()
-        .name("seqserve-model".into())
+        .name(format!("seqserve-model-{}", version_metrics.labels[0]))
         .spawn(move || {
-            // Grad mode is per thread: inference threads must set it themselves.
+            // Grad mode and OpenMP's thread count are per thread: each worker sets its own.
             let _guard = tch::no_grad_guard();
+            tch::set_num_threads(threads as i32);
             warm_up(&model, cfg.max_batch_size);
             on_ready();
+            let [name, version] = version_metrics.labels.clone();
             Worker {
                 model,
                 cfg,
                 live: live_rx,
                 background: bg_rx,
                 depth,
-                metrics,
+                metrics: metrics.clone(),
+                vm: version_metrics,
                 stop,
             }
             .run();
-        })
-        .expect("spawn model thread");
-    (handle, thread)
+            // The model is dropped with the worker above: its memory is free now.
+            metrics.remove_version(&name, &version);
+            exited.store(true, Ordering::SeqCst);
+            tracing::info!(model = %name, version = %version, "model version unloaded: worker stopped, memory freed");
+        })?;
+    Ok((handle, thread))
 }
 
 /// A real forward pass at batch 1 and at full batch size, so the first requests do not pay for
@@ -220,6 +237,7 @@ struct Worker {
     background: Receiver<BackgroundJob>,
     depth: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    vm: VersionMetrics,
     stop: Arc<AtomicBool>,
 }
 
@@ -258,12 +276,12 @@ impl Worker {
             let batch = self.fill_batch(first);
             self.run_batch(batch);
         }
-        tracing::info!("model worker stopped: queue closed and drained");
+        tracing::debug!("model worker: queue closed and drained");
     }
 
     fn took_one(&self) {
         let d = self.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        self.metrics.queue_depth.set(d as i64);
+        self.vm.queue_depth.set(d as i64);
     }
 
     fn fill_batch(&self, first: Job) -> Vec<Job> {
@@ -324,15 +342,14 @@ impl Worker {
             .recommend_with(self.cfg.retrieval, &queries, &specs);
         let inference_time = t0.elapsed();
         let n = runnable.len();
-        self.metrics.batch_size.observe(n as f64);
-        self.metrics
+        self.vm.batch_size.observe(n as f64);
+        self.vm
             .inference_duration
             .observe(inference_time.as_secs_f64());
+        self.vm.recommendations.inc_by(n as u64);
         for (job, ranked) in runnable.into_iter().zip(ranked) {
             let queue_time = t0.saturating_duration_since(job.enqueued);
-            self.metrics
-                .queue_duration
-                .observe(queue_time.as_secs_f64());
+            self.vm.queue_duration.observe(queue_time.as_secs_f64());
             let _ = job.reply.send(Ok(JobOutput {
                 ranked,
                 queue_time,

@@ -1,12 +1,10 @@
 //! HTTP routes: the router, its middleware (request id, timing, metrics, panic catching) and handlers.
-use super::api::{
-    self, BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing,
-};
+use super::api::{self, BatchRequest, BatchResponse, RecommendResponse, ScoredItem, Timing};
 use super::body;
 use super::config::LimitsSection;
 use super::error::ApiError;
 use super::queue::{EnqueueError, Job, JobError, JobOutput, JobState, RequestFate};
-use super::{AppState, Loaded};
+use super::AppState;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,10 +23,12 @@ use tracing::Instrument;
 pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
     let public = Router::new()
         .route("/recommend", post(recommend))
-        .route("/recommend/batch", post(recommend_batch));
+        .route("/recommend/batch", post(recommend_batch))
+        .merge(super::models::public_routes());
     let admin = Router::new()
         .route("/metrics", get(metrics))
-        .merge(super::admin::routes());
+        .merge(super::admin::routes())
+        .merge(super::models::admin_routes());
     if state.cfg.admin.port == 0 {
         (finish(public.merge(admin), state), None)
     } else {
@@ -60,6 +60,16 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/evaluate" => "/evaluate",
         p if p.starts_with("/evaluate/") => "/evaluate/{id}",
+        "/models" => "/models",
+        "/default" => "/default",
+        p if p.starts_with("/models/") && p.contains("/versions/") => {
+            "/models/{name}/versions/{version}"
+        }
+        p if p.starts_with("/models/") && p.ends_with("/default") => "/models/{name}/default",
+        p if p.starts_with("/models/") => "/models/{name}",
+        p if p.starts_with("/splits/") => "/splits/{name}",
+        p if p.starts_with("/v2/models/") && p.ends_with("/ready") => "/v2/models/ready",
+        p if p.starts_with("/v2/models/") => "/v2/models",
         _ => "other",
     }
 }
@@ -238,8 +248,7 @@ fn submit(
         fate: fate.clone(),
         reply: tx,
     };
-    let loaded = st.loaded()?;
-    loaded.queue.submit(job).map_err(|e| match e {
+    v.served.queue.submit(job).map_err(|e| match e {
         EnqueueError::Full => {
             fate.refuse_once(&st.metrics, "queue_full");
             ApiError::overloaded()
@@ -302,21 +311,18 @@ async fn run_jobs(
     futures_util::future::try_join_all(queued.into_iter().map(|q| q.wait(st, &fate))).await
 }
 
-fn response(
-    loaded: &Loaded,
-    v: api::Validated,
-    out: JobOutput,
-    received: Instant,
-) -> RecommendResponse {
+fn response(v: api::Validated, out: JobOutput, received: Instant) -> RecommendResponse {
+    let served = &v.served;
     RecommendResponse {
-        model: loaded.manifest.name.clone(),
-        version: loaded.manifest.version.clone(),
-        retrieval: loaded.retrieval.to_string(),
+        model: served.name.clone(),
+        version: served.version.clone(),
+        split: v.split,
+        retrieval: served.retrieval.to_string(),
         items: out
             .ranked
             .into_iter()
             .map(|(i, score)| ScoredItem {
-                item: loaded.catalogue.id_of(i).to_string(),
+                item: served.catalogue.id_of(i).to_string(),
                 score,
             })
             .collect(),
@@ -336,7 +342,9 @@ fn response(
 async fn parse_request<T, R>(
     st: &Arc<AppState>,
     req: Request,
-    validate: impl FnOnce(T, &Loaded, &LimitsSection) -> Result<R, ApiError> + Send + 'static,
+    validate: impl FnOnce(T, &super::registry::Registry, &LimitsSection) -> Result<R, ApiError>
+        + Send
+        + 'static,
 ) -> Result<R, ApiError>
 where
     T: serde::de::DeserializeOwned,
@@ -345,8 +353,8 @@ where
     let bytes = body::read_json_body(st, req).await?;
     let st2 = st.clone();
     body::parse_then(st, bytes, move |req: T| {
-        let loaded = st2.loaded()?;
-        validate(req, loaded, &st2.cfg.limits)
+        let registry = st2.check_serving()?;
+        validate(req, registry, &st2.cfg.limits)
     })
     .await
     .inspect_err(|e| {
@@ -359,14 +367,6 @@ where
     })
 }
 
-fn validate_one(
-    req: RecommendRequest,
-    loaded: &Loaded,
-    limits: &LimitsSection,
-) -> Result<api::Validated, ApiError> {
-    api::validate(req, &loaded.manifest, &loaded.catalogue, limits)
-}
-
 fn count_unknown(st: &AppState, v: &api::Validated) {
     st.metrics
         .unknown_items
@@ -375,15 +375,15 @@ fn count_unknown(st: &AppState, v: &api::Validated) {
 
 async fn recommend(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let loaded = st.loaded()?;
-    let v = parse_request(&st, req, validate_one).await?;
+    st.check_serving()?;
+    let v = parse_request(&st, req, api::validate).await?;
     count_unknown(&st, &v);
     let out = run_jobs(&st, std::slice::from_ref(&v), received)
         .await?
         .pop()
         .expect("one job, one output");
     let (q, inf) = (out.queue_time, out.inference_time);
-    let mut resp = Json(response(loaded, v, out, received)).into_response();
+    let mut resp = Json(response(v, out, received)).into_response();
     let h = resp.headers_mut();
     h.insert("x-queue-time", ms_header(q.as_secs_f64() * 1000.0));
     h.insert("x-inference-time", ms_header(inf.as_secs_f64() * 1000.0));
@@ -395,8 +395,8 @@ async fn recommend_batch(
     req: Request,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let received = Instant::now();
-    let loaded = st.loaded()?;
-    let validated = parse_request(&st, req, |batch: BatchRequest, loaded, limits| {
+    st.check_serving()?;
+    let validated = parse_request(&st, req, |batch: BatchRequest, registry, limits| {
         let max = limits.max_batch_requests;
         if batch.requests.is_empty() || batch.requests.len() > max {
             return Err(ApiError::validation(format!(
@@ -409,7 +409,7 @@ async fn recommend_batch(
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                validate_one(r.0, loaded, limits).map_err(|mut e| {
+                api::validate(r.0, registry, limits).map_err(|mut e| {
                     e.message = format!("requests[{i}]: {}", e.message);
                     e
                 })
@@ -425,7 +425,7 @@ async fn recommend_batch(
         results: validated
             .into_iter()
             .zip(outs)
-            .map(|(v, o)| response(loaded, v, o, received))
+            .map(|(v, o)| response(v, o, received))
             .collect(),
     }))
 }

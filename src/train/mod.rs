@@ -360,6 +360,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         data: std::iter::once(cfg.data.display().to_string())
             .chain(cfg.users.iter().map(|p| p.display().to_string()))
             .collect(),
+        log_sha256: Some(crate::data::fingerprint::sha256_file(&cfg.data)?),
         split: cfg.split,
         seed: r.seed,
         epochs_run: st.epochs.len(),

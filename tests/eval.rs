@@ -8,6 +8,7 @@ use seqserve::eval::{at_k, evaluate_cases, EvalCase, EvalOptions};
 use seqserve::model::{rank, ItemId, Query, RankSpec};
 use seqserve::train::examples;
 use std::io::Write;
+use std::path::Path;
 
 #[test]
 fn holdout_and_training_share_one_split_without_leakage() {
@@ -333,4 +334,96 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("case 1"));
+}
+
+/// The leakage guard on the shipped Beauty models and the real log (CI has it; skipped without it):
+/// the leave-one-out model on a leave-last-3 holdout is refused, and when allowed, its HR@10 is
+/// inflated well above the leave-last-3 model's on the same cases.
+#[test]
+fn evaluate_refuses_a_holdout_cut_from_the_training_log_by_another_split() {
+    let Some(log) = common::shared_data("amazon_s3rec/Beauty.txt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let bin = env!("CARGO_BIN_EXE_seqserve");
+    let holdout = |split: &str| {
+        let out = dir.path().join(format!("{split}.jsonl"));
+        let st = std::process::Command::new(bin)
+            .args([
+                "holdout",
+                "--split",
+                split,
+                "--limit-users",
+                "400",
+                "--data",
+            ])
+            .arg(&log)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        out
+    };
+    let evaluate = |model: &str, h: &Path, extra: &[&str]| {
+        let json = dir.path().join(format!("{model}.json"));
+        let out = std::process::Command::new(bin)
+            .args(["evaluate", "--device", "cpu", "--k", "10"])
+            .arg("--model")
+            .arg(models.join(model))
+            .arg("--holdout")
+            .arg(h)
+            .arg("--json")
+            .arg(&json)
+            .args(extra)
+            .output()
+            .unwrap();
+        let report = out.status.success().then(|| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap())
+                .unwrap()
+        });
+        (out, report)
+    };
+    let ll3 = holdout("leave-last-3");
+    let (out, report) = evaluate("beauty-1l", &ll3, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && report.is_none());
+    assert!(
+        stderr.contains("LEAKAGE") && stderr.contains("--allow-leakage"),
+        "{stderr}"
+    );
+    let (out, leaky) = evaluate("beauty-1l", &ll3, &["--allow-leakage"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leaky = leaky.unwrap();
+    assert_eq!(leaky["models"][0]["leakage"]["verdict"], "leakage");
+    assert_eq!(leaky["models"][0]["leakage"]["allowed"], true);
+    let (out, clean) = evaluate("beauty-ll3-1l", &ll3, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clean = clean.unwrap();
+    assert_eq!(clean["models"][0]["leakage"]["verdict"], "clean");
+    let hr = |r: &serde_json::Value| r["models"][0]["metrics"]["hr@10"]["mean"].as_f64().unwrap();
+    assert!(
+        hr(&leaky) > 2.0 * hr(&clean),
+        "leaky HR@10 {} against clean {}",
+        hr(&leaky),
+        hr(&clean)
+    );
+    // The model's own split: clean, no banner.
+    let (out, own) = evaluate("beauty-1l", &holdout("leave-one-out"), &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("LEAKAGE"));
+    assert_eq!(own.unwrap()["models"][0]["leakage"]["verdict"], "clean");
 }

@@ -629,7 +629,6 @@ async fn evaluation_by_name_compares_models_and_guards_against_leakage() {
         .admin(reqwest::Method::GET, &format!("/evaluate/{id}"), None)
         .await
         .1;
-    if status["status"] == "cancelled" {
-        assert!(!metrics_text(&s).await.contains("holdout=\"big.jsonl\""));
-    }
+    assert_eq!(status["status"], "cancelled", "{status}");
+    assert!(!metrics_text(&s).await.contains("holdout=\"big.jsonl\""));
 }

@@ -94,3 +94,49 @@ pub fn check(manifest: &Manifest, holdout: Option<&Provenance>) -> LeakageCheck 
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+
+    fn shipped() -> Manifest {
+        Manifest::read(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/beauty-1l/model.json"
+        )))
+        .unwrap()
+    }
+
+    #[test]
+    fn verdicts_follow_log_and_split() {
+        let m = shipped();
+        let t = m.training.as_ref().unwrap();
+        let sha = t.log_sha256.clone().unwrap();
+        assert_eq!(t.split, Split::LeaveLastN(1));
+        let p = |sha: &str, split: Split| Provenance {
+            log: "Beauty.txt".into(),
+            log_sha256: sha.into(),
+            split,
+        };
+        assert_eq!(check(&m, None).verdict, Verdict::Unchecked);
+        assert_eq!(
+            check(&m, Some(&p(&sha, Split::LeaveLastN(1)))).verdict,
+            Verdict::Clean
+        );
+        let leak = check(&m, Some(&p(&sha, Split::LeaveLastN(3))));
+        assert!(leak.is_leakage());
+        assert_eq!(leak.label(), "true");
+        assert!(leak.message.contains("leave-last-3") && leak.message.contains("leave-one-out"));
+        assert_eq!(
+            check(&m, Some(&p(&"0".repeat(64), Split::LeaveLastN(3)))).verdict,
+            Verdict::OtherLog
+        );
+        let mut old = m.clone();
+        old.training.as_mut().unwrap().log_sha256 = None;
+        assert_eq!(
+            check(&old, Some(&p(&sha, Split::LeaveLastN(3)))).verdict,
+            Verdict::Unchecked
+        );
+    }
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Zero-downtime swap measurement: wrk drives POST /recommend at half the maximum rate while the
+# model's version is swapped SWAPS times (load beside, switch, retire the old one), and compares
+# the answers and p99 with a steady run at the same rate.
+#
+# Usage: scripts/bench-swap.sh [MODEL_DIR]   (default models/beauty-2l; both versions are this model,
+# so the only difference between the phases is the swapping)
+# Env: SWAPS (10), STEADY_SECONDS (20), SWAP_GAP_SECONDS (2), CONNECTIONS (32), PORT (18480)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=$(realpath "${1:-models/beauty-2l}")
+SWAPS=${SWAPS:-10}
+STEADY=${STEADY_SECONDS:-20}
+GAP=${SWAP_GAP_SECONDS:-2}
+CONN=${CONNECTIONS:-32}
+PORT=${PORT:-18480}
+TOKEN=bench-token
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk (Debian package)" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+source scripts/env.sh
+cargo build --release --quiet
+BIN=target/release/seqserve
+
+WORK=$(mktemp -d)
+trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/repo/bench"
+ln -s "$MODEL" "$WORK/repo/bench/1"
+ln -s "$MODEL" "$WORK/repo/bench/2"
+
+# Request bodies: histories of real catalogue ids.
+python3 - "$MODEL/items.txt" "$WORK/load.lua" <<'EOF'
+import json, random, sys
+items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+rng = random.Random(7)
+bodies = [json.dumps({"history": rng.sample(items, rng.randint(3, 20)), "k": 10,
+                      "user": f"u{i}"}) for i in range(200)]
+with open(sys.argv[2], "w") as f:
+    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+    f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
+    f.write("local n = 0\nlocal pause = tonumber(os.getenv('WRK_DELAY_MS') or '0')\n")
+    f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
+    f.write("delay = function() return pause end\n")
+EOF
+
+SEQSERVE__ADMIN__TOKEN=$TOKEN "$BIN" serve --repository "$WORK/repo" --host 127.0.0.1 --port "$PORT" \
+    --log-format json 2>"$WORK/server.log" &
+SERVER=$!
+for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
+    sleep 0.1
+done
+URL="http://127.0.0.1:$PORT"
+
+wrk_run() { # seconds delay_ms -> wrk output
+    WRK_DELAY_MS=$2 wrk -t1 -c"$CONN" -d"$1"s --latency -s "$WORK/load.lua" "$URL" 2>&1
+}
+rate() { awk '/^Requests\/sec/ {print $2}'; }
+p99() { awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v}'; }
+non2xx() { awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}'; }
+sockerr() { awk '/Socket errors/ {print; f=1} END {if (!f) print "none"}'; }
+
+# 1. Maximum rate (closed loop, no delay).
+wrk_run 2 0 >/dev/null
+MAX=$(wrk_run 10 0 | rate)
+TARGET=$(python3 -c "print($MAX / 2)")
+# 2. Pace each connection to TARGET: period = CONN/TARGET, less the latency measured at that pace.
+DELAY=$(python3 -c "print(max(0, round($CONN / $TARGET * 1000)))")
+for _ in 1 2 3; do
+    GOT=$(wrk_run 5 "$DELAY" | rate)
+    DELAY=$(python3 -c "d=$DELAY*$GOT/$TARGET; print(max(0, round(d)))")
+done
+echo "max rate ${MAX} req/s; target ${TARGET} req/s; per-connection delay ${DELAY} ms, ${CONN} connections"
+
+# 3. Steady state at that pace.
+STEADY_OUT=$(wrk_run "$STEADY" "$DELAY")
+# 4. The same pace while swapping.
+SWAP_SECONDS=$(( SWAPS * (GAP + 2) + 6 ))
+wrk_run "$SWAP_SECONDS" "$DELAY" >"$WORK/swap.txt" &
+WRK=$!
+sleep 3
+current=1
+SWAP_TIMES=()
+for i in $(seq "$SWAPS"); do
+    next=$(( current == 1 ? 2 : 1 ))
+    t0=$(date +%s.%N)
+    code=$(curl -s -o "$WORK/swap-$i.json" -w '%{http_code}' -X POST \
+        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d '{"default": true, "retire_previous": true}' "$URL/models/bench/versions/$next")
+    t1=$(date +%s.%N)
+    [ "$code" = 201 ] || { echo "swap $i answered $code: $(cat "$WORK/swap-$i.json")"; exit 1; }
+    SWAP_TIMES+=("$(python3 -c "print(round($t1 - $t0, 3))")")
+    current=$next
+    sleep "$GAP"
+done
+wait $WRK
+SWAP_OUT=$(cat "$WORK/swap.txt")
+LOADED=$(curl -s "$URL/models/bench" | python3 -c "import json,sys; m=json.load(sys.stdin); print([v['version'] for v in m['versions']], 'draining', m['draining_versions'])")
+
+S_RATE=$(echo "$STEADY_OUT" | rate); S_P99=$(echo "$STEADY_OUT" | p99)
+W_RATE=$(echo "$SWAP_OUT" | rate); W_P99=$(echo "$SWAP_OUT" | p99)
+W_REQ=$(echo "$SWAP_OUT" | awk '/requests in/ {print $1}')
+echo
+echo "| phase | seconds | req/s | p99 ms | non-2xx | socket errors |"
+echo "|---|---|---|---|---|---|"
+echo "| steady | $STEADY | $S_RATE | $S_P99 | $(echo "$STEADY_OUT" | non2xx) | $(echo "$STEADY_OUT" | sockerr) |"
+echo "| $SWAPS swaps | $SWAP_SECONDS | $W_RATE | $W_P99 | $(echo "$SWAP_OUT" | non2xx) | $(echo "$SWAP_OUT" | sockerr) |"
+echo
+echo "requests during swaps: $W_REQ; p99 ratio swaps/steady: $(python3 -c "print(round($W_P99 / $S_P99, 2))")"
+echo "swap durations (load + warm-up + switch), s: ${SWAP_TIMES[*]}"
+echo "after: loaded versions $LOADED"
+echo "server-side answers by status: $(curl -s "$URL/metrics" | grep '^seqserve_requests_total{route="/recommend"' | tr '\n' ' ')"

@@ -5,14 +5,14 @@
 #
 # Usage: scripts/bench-swap.sh [MODEL_DIR]   (default models/beauty-2l; both versions are this model,
 # so the only difference between the phases is the swapping)
-# Env: SWAPS (10), STEADY_SECONDS (20), SWAP_GAP_SECONDS (2), CONNECTIONS (32), PORT (18480)
+# Env: SWAPS (10), STEADY_SECONDS (20), SWAP_GAP_SECONDS (2), CONNECTIONS (64), PORT (18480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$(realpath "${1:-models/beauty-2l}")
 SWAPS=${SWAPS:-10}
 STEADY=${STEADY_SECONDS:-20}
 GAP=${SWAP_GAP_SECONDS:-2}
-CONN=${CONNECTIONS:-32}
+CONN=${CONNECTIONS:-64}
 PORT=${PORT:-18480}
 TOKEN=bench-token
 
@@ -26,7 +26,8 @@ cargo build --release --quiet
 BIN=target/release/seqserve
 
 WORK=$(mktemp -d)
-trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+SERVER= WRK=
+trap 'kill $WRK $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/repo/bench"
 ln -s "$MODEL" "$WORK/repo/bench/1"
 ln -s "$MODEL" "$WORK/repo/bench/2"
@@ -43,7 +44,8 @@ with open(sys.argv[2], "w") as f:
     f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
     f.write("local n = 0\nlocal pause = tonumber(os.getenv('WRK_DELAY_MS') or '0')\n")
     f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
-    f.write("delay = function() return pause end\n")
+    # wrk truncates delays to whole ms: carry the fraction so the mean delay is exact.
+    f.write("local carry = 0\ndelay = function()\n  carry = carry + pause\n  local d = math.floor(carry)\n  carry = carry - d\n  return d\nend\n")
 EOF
 
 SEQSERVE__ADMIN__TOKEN=$TOKEN "$BIN" serve --repository "$WORK/repo" --host 127.0.0.1 --port "$PORT" \
@@ -67,11 +69,13 @@ sockerr() { awk '/Socket errors/ {print; f=1} END {if (!f) print "none"}'; }
 wrk_run 2 0 >/dev/null
 MAX=$(wrk_run 10 0 | rate)
 TARGET=$(python3 -c "print($MAX / 2)")
-# 2. Pace each connection to TARGET: period = CONN/TARGET, less the latency measured at that pace.
-DELAY=$(python3 -c "print(max(0, round($CONN / $TARGET * 1000)))")
-for _ in 1 2 3; do
+# 2. Pace each connection to TARGET: a request every CONN/TARGET s, i.e. a delay of that period less
+#    the latency seen at the last pace (rate = CONN / (delay + latency)).
+DELAY=$(python3 -c "print(round($CONN / $TARGET * 1000, 3))")
+for _ in 1 2 3 4; do
     GOT=$(wrk_run 5 "$DELAY" | rate)
-    DELAY=$(python3 -c "d=$DELAY*$GOT/$TARGET; print(max(0, round(d)))")
+    echo "calibration: delay ${DELAY} ms -> ${GOT} req/s" >&2
+    DELAY=$(python3 -c "lat = $CONN / $GOT * 1000 - $DELAY; print(round(max(0.0, $CONN / $TARGET * 1000 - lat), 3))")
 done
 echo "max rate ${MAX} req/s; target ${TARGET} req/s; per-connection delay ${DELAY} ms, ${CONN} connections"
 
@@ -82,7 +86,7 @@ SWAP_SECONDS=$(( SWAPS * (GAP + 2) + 6 ))
 wrk_run "$SWAP_SECONDS" "$DELAY" >"$WORK/swap.txt" &
 WRK=$!
 sleep 3
-current=1
+current=2 # the newest version serves from the start
 SWAP_TIMES=()
 for i in $(seq "$SWAPS"); do
     next=$(( current == 1 ? 2 : 1 ))
@@ -112,4 +116,4 @@ echo
 echo "requests during swaps: $W_REQ; p99 ratio swaps/steady: $(python3 -c "print(round($W_P99 / $S_P99, 2))")"
 echo "swap durations (load + warm-up + switch), s: ${SWAP_TIMES[*]}"
 echo "after: loaded versions $LOADED"
-echo "server-side answers by status: $(curl -s "$URL/metrics" | grep '^seqserve_requests_total{route="/recommend"' | tr '\n' ' ')"
+echo "server-side, whole run (calibration included): $(curl -s "$URL/metrics" | grep -E '^seqserve_requests_total\{route="/recommend"|^seqserve_rejected_requests_total.* [1-9]' | tr '\n' ' ')"

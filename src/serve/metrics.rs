@@ -25,8 +25,11 @@ pub struct Metrics {
     pub eval_metric: GaugeVec,
     /// The evaluation series set per (model, version, holdout), so a newer result (or an unload)
     /// replaces them instead of leaving stale ones beside it.
-    eval_series: Mutex<HashMap<(String, String, String), Vec<Vec<String>>>>,
+    eval_series: Mutex<HashMap<EvalKey, Vec<Vec<String>>>>,
 }
+
+/// (model, version, holdout).
+type EvalKey = (String, String, String);
 
 /// One model version's series, bound once for its worker (no label lookups per batch).
 #[derive(Clone)]

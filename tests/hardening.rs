@@ -789,15 +789,17 @@ async fn bodies_are_checked_before_they_are_read() {
             "{v}"
         );
     }
-    // Queue of one, one-request batches that wait 300 ms: a batch of five cannot all be queued.
-    // It is refused once, and the jobs it did queue are withdrawn without being counted again.
+    // Queue of one, one-request batches: a batch of 64 cannot all be queued (the handler queues
+    // them in microseconds; the worker needs a forward pass for each, so it cannot keep the queue
+    // empty; five requests were not enough on a loaded machine). It is refused once, and the jobs
+    // it did queue are withdrawn without being counted again.
     let before = metric_value(
         &s,
         "seqserve_rejected_requests_total{reason=\"queue_full\"}",
     )
     .await;
-    let reqs: Vec<Value> = (1..=5)
-        .map(|i| json!({"history": [format!("i{i}")]}))
+    let reqs: Vec<Value> = (1..=64)
+        .map(|i| json!({"history": [format!("i{}", 1 + i % 50)]}))
         .collect();
     let (st, v, _) = post(&s.url("/recommend/batch"), json!({"requests": reqs})).await;
     assert_eq!(st, 429, "{v}");

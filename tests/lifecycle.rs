@@ -461,6 +461,17 @@ async fn swaps_under_concurrent_requests_answer_every_request() {
         c.get("/models").await.1["models"][0]["draining_versions"] == json!([])
     })
     .await;
+    // The serving version's series survive the exit of its earlier, drained worker (the same
+    // version was unloaded and loaded again); the retired version's are gone.
+    let text = metrics_text(&s).await;
+    assert!(
+        text.contains("seqserve_queue_depth{model=\"a\",version=\"2\"} 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("seqserve_queue_depth{model=\"a\",version=\"1\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

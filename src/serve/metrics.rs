@@ -26,6 +26,9 @@ pub struct Metrics {
     /// The evaluation series set per (model, version, holdout), so a newer result (or an unload)
     /// replaces them instead of leaving stale ones beside it.
     eval_series: Mutex<HashMap<EvalKey, Vec<Vec<String>>>>,
+    /// Workers bound to each (model, version): a version unloaded and loaded again before its old
+    /// worker has drained has two, and its series must outlive the old one.
+    version_refs: Mutex<HashMap<(String, String), usize>>,
 }
 
 /// (model, version, holdout).
@@ -197,11 +200,19 @@ impl Metrics {
             rejected,
             eval_metric,
             eval_series: Mutex::new(HashMap::new()),
+            version_refs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Binds a loaded version's series (they appear at once, at zero).
+    /// Binds a loaded version's series (they appear at once, at zero). Pair with
+    /// [`Metrics::release_version`] when the worker exits.
     pub fn for_version(&self, model: &str, version: &str) -> VersionMetrics {
+        *self
+            .version_refs
+            .lock()
+            .expect("version refs lock")
+            .entry((model.to_string(), version.to_string()))
+            .or_default() += 1;
         let l = [model, version];
         VersionMetrics {
             labels: [model.to_string(), version.to_string()],
@@ -213,8 +224,19 @@ impl Metrics {
         }
     }
 
-    /// Drops every series of an unloaded version (its worker has exited), evaluations included.
-    pub fn remove_version(&self, model: &str, version: &str) {
+    /// A worker of this version has exited: when it was the last, every series of the version
+    /// goes, evaluations included.
+    pub fn release_version(&self, model: &str, version: &str) {
+        {
+            let mut refs = self.version_refs.lock().expect("version refs lock");
+            let key = (model.to_string(), version.to_string());
+            let n = refs.entry(key.clone()).or_default();
+            *n = n.saturating_sub(1);
+            if *n > 0 {
+                return;
+            }
+            refs.remove(&key);
+        }
         let l = [model, version];
         let _ = self.queue_duration.remove_label_values(&l);
         let _ = self.inference_duration.remove_label_values(&l);
@@ -285,5 +307,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_keeps_its_series_until_its_last_worker_exits() {
+        let m = Metrics::new();
+        let old = m.for_version("a", "1");
+        old.recommendations.inc();
+        m.set_evaluation("a", "1", "h.jsonl", "false", &[("hr", 10, 0.5)]);
+        // Unloaded, then loaded again before the old worker drained: two workers bound.
+        let _new = m.for_version("a", "1");
+        m.release_version("a", "1");
+        let text = m.render();
+        assert!(text.contains("seqserve_recommendations_total{model=\"a\",version=\"1\"} 1"));
+        assert!(text.contains("holdout=\"h.jsonl\""));
+        m.release_version("a", "1");
+        let text = m.render();
+        assert!(!text.contains("version=\"1\""), "{text}");
+        // A newer evaluation replaces the older one's series (here: its leakage label).
+        m.for_version("b", "2");
+        m.set_evaluation("b", "2", "h", "unchecked", &[("hr", 10, 0.1)]);
+        m.set_evaluation("b", "2", "h", "true", &[("hr", 10, 0.2)]);
+        let text = m.render();
+        assert!(!text.contains("leakage=\"unchecked\""), "{text}");
+        assert!(text.contains("leakage=\"true\""));
     }
 }

@@ -276,8 +276,21 @@ async fn load(
     authorize(&st, req.headers())?;
     st.check_serving()?;
     let opts: LoadOptions = optional_body(&st, req).await?;
+    if opts.retire_previous && !opts.default {
+        return Err(ApiError::validation(
+            "retire_previous needs default: true (only a replaced default is retired)",
+        ));
+    }
     let st2 = st.clone();
-    let version = (version != "latest").then_some(version);
+    let version = if version == "latest" {
+        // Resolved now, so the answer can say whether it was already loaded.
+        st.registry
+            .repository
+            .as_ref()
+            .and_then(|r| r.latest(&name))
+    } else {
+        Some(version)
+    };
     let before = st
         .registry
         .snapshot()

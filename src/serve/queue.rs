@@ -205,7 +205,7 @@ pub fn start(
             }
             .run();
             // The model is dropped with the worker above: its memory is free now.
-            metrics.remove_version(&name, &version);
+            metrics.release_version(&name, &version);
             exited.store(true, Ordering::SeqCst);
             tracing::info!(model = %name, version = %version, "model version unloaded: worker stopped, memory freed");
         })?;

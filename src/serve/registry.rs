@@ -429,7 +429,7 @@ impl Registry {
         if ready_rx.recv().is_err() {
             // The worker died in warm-up (it panicked): its error is in the log.
             let _ = worker.join();
-            self.metrics.remove_version(name, version);
+            self.metrics.release_version(name, version);
             return Err("warm-up forward pass failed (see the log)".into());
         }
         self.workers

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# How several models share the cores: closed-loop wrk (64 connections) on one model, and on two
+# models at once (a 50/50 split, so both workers are busy), with each worker's libtorch intra-op
+# threads set to 1, 2 and auto (0). One run, side by side.
+# Usage: scripts/bench-threads.sh   Env: SECONDS_PER_POINT (10), PORT (18481)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${SECONDS_PER_POINT:-10}
+PORT=${PORT:-18481}
+if ! command -v wrk >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+source scripts/env.sh
+cargo build --release --quiet
+BIN=target/release/seqserve
+WORK=$(mktemp -d)
+SERVER=
+trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for m in beauty-1l beauty-2l; do
+    mkdir -p "$WORK/two/$m" "$WORK/one"
+    ln -s "$PWD/models/$m" "$WORK/two/$m/1"
+done
+mkdir -p "$WORK/one/beauty-2l" && ln -s "$PWD/models/beauty-2l" "$WORK/one/beauty-2l/1"
+python3 - models/beauty-2l/items.txt "$WORK/load.lua" <<'EOF'
+import json, random, sys
+items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+rng = random.Random(7)
+bodies = [json.dumps({"model": "ab", "history": rng.sample(items, rng.randint(3, 20)), "k": 10})
+          for _ in range(200)]
+with open(sys.argv[2], "w") as f:
+    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+    f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
+    f.write("local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
+EOF
+point() { # repo split threads
+    SEQSERVE__SPLITS__ab=$2 "$BIN" serve --repository "$WORK/$1" --default-model ab --threads "$3" \
+        --host 127.0.0.1 --port "$PORT" --log-format json 2>/dev/null &
+    SERVER=$!
+    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+    wrk -t1 -c64 -d2s -s "$WORK/load.lua" "http://127.0.0.1:$PORT" >/dev/null
+    out=$(wrk -t1 -c64 -d"$DUR"s --latency -s "$WORK/load.lua" "http://127.0.0.1:$PORT")
+    rate=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    non=$(echo "$out" | awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}')
+    kill $SERVER; wait $SERVER 2>/dev/null || true; SERVER=
+    echo "| $4 | $3 | $rate | $p99 | $non |"
+}
+echo "| models busy | intra-op threads per worker | req/s | p99 | non-2xx |"
+echo "|---|---|---|---|---|"
+for t in 1 2 0; do point one "beauty-2l=1" "$t" "beauty-2l alone"; done
+for t in 1 2 0; do point two "beauty-1l=50,beauty-2l=50" "$t" "beauty-1l + beauty-2l (50/50)"; done
+echo "(threads 0 = auto: (CPU quota - 1) / models at start, at least 1; CPU quota here: $(nproc))"

@@ -643,3 +643,38 @@ async fn evaluation_by_name_compares_models_and_guards_against_leakage() {
     assert_eq!(status["status"], "cancelled", "{status}");
     assert!(!metrics_text(&s).await.contains("holdout=\"big.jsonl\""));
 }
+
+#[tokio::test]
+async fn a_single_model_directory_is_listed_and_cannot_be_managed_without_a_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_model(60, 1, 4).save(dir.path()).unwrap();
+    let s = Server::start_env(dir, &[], &[("SEQSERVE__ADMIN__TOKEN", TOKEN)]);
+    let c = Client::new(&s);
+    // Served under its manifest's name and version.
+    let (st, models) = c.get("/models").await;
+    assert_eq!(st, 200);
+    assert_eq!(models["default_model"], "test");
+    assert_eq!(versions_of(&models, "test"), ["0"]);
+    let (_, v) = c
+        .recommend(json!({"history": ["i1"], "model": "test"}))
+        .await;
+    assert_eq!(answered_by(&v), ("test".into(), "0".into()));
+    let (st, v) = c
+        .admin(reqwest::Method::POST, "/models/test/versions/1", None)
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["code"], "no_repository");
+    // The only version of the default model cannot be unloaded.
+    let (st, _) = c
+        .admin(reqwest::Method::DELETE, "/models/test/versions/0", None)
+        .await;
+    assert_eq!(st, 409);
+    let (st, v) = c
+        .admin(
+            reqwest::Method::POST,
+            "/models/test/versions/0",
+            Some(json!({"retire_previous": true})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+}

@@ -4,6 +4,18 @@
 //! We bake it in as an rpath and force-link libtorch with `--no-as-needed`: without it the linker drops
 //! libtorch_cuda (no symbol is referenced directly) and CUDA silently falls back to CPU (tch-rs #907, #980).
 fn main() {
+    // seqserve_build_info{commit}: the commit this binary was built from ("unknown" outside git).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SEQSERVE_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

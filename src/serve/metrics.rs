@@ -23,6 +23,8 @@ pub struct Metrics {
     pub unknown_items: IntCounter,
     pub rejected: IntCounterVec,
     pub eval_metric: GaugeVec,
+    /// 1 while /health/ready would answer 200 (set at each scrape).
+    pub ready: IntGauge,
     /// The evaluation series set per (model, version, holdout), so a newer result (or an unload)
     /// replaces them instead of leaving stale ones beside it.
     eval_series: Mutex<HashMap<EvalKey, Vec<Vec<String>>>>,
@@ -59,6 +61,9 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "not_ready",
     "evaluations_full",
 ];
+
+/// The libtorch this build links (tch 0.26 binds exactly this version).
+const LIBTORCH_VERSION: &str = "2.13.0";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -163,6 +168,26 @@ impl Metrics {
             &["model", "version", "holdout", "metric", "k", "leakage"],
         )
         .unwrap();
+        let ready = IntGauge::new(
+            "seqserve_ready",
+            "1 when the service is ready (models loaded and warm, not shutting down), else 0",
+        )
+        .unwrap();
+        let build_info = GaugeVec::new(
+            Opts::new(
+                "seqserve_build_info",
+                "The running build (value is always 1)",
+            ),
+            &["version", "commit", "libtorch"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("SEQSERVE_COMMIT"),
+                LIBTORCH_VERSION,
+            ])
+            .set(1.0);
         for r in REFUSAL_REASONS {
             rejected.with_label_values(&[r]);
         }
@@ -182,9 +207,18 @@ impl Metrics {
             Box::new(unknown_items.clone()),
             Box::new(rejected.clone()),
             Box::new(eval_metric.clone()),
+            Box::new(ready.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric registers once");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
         Metrics {
             registry,
             requests,
@@ -199,6 +233,7 @@ impl Metrics {
             unknown_items,
             rejected,
             eval_metric,
+            ready,
             eval_series: Mutex::new(HashMap::new()),
             version_refs: Mutex::new(HashMap::new()),
         }

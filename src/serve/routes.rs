@@ -210,6 +210,7 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.ready.set(st.is_ready() as i64);
     (
         [(
             axum::http::header::CONTENT_TYPE,

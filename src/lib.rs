@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod progress;
 pub mod serve;
 pub mod train;
 

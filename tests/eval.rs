@@ -427,3 +427,60 @@ fn evaluate_refuses_a_holdout_cut_from_the_training_log_by_another_split() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("LEAKAGE"));
     assert_eq!(own.unwrap()["models"][0]["leakage"]["verdict"], "clean");
 }
+
+/// A bad output path fails before any work, naming the path; logs written to a pipe carry no ANSI
+/// colour codes.
+#[test]
+fn output_paths_are_checked_first_and_piped_logs_are_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    common::random_model(30, 1, 3).save(&model).unwrap();
+    let holdout = dir.path().join("h.jsonl");
+    std::fs::write(
+        &holdout,
+        "{\"history\": [\"i1\"], \"relevant\": [\"i2\"]}\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_seqserve");
+    for (flag, bad) in [
+        ("--json", dir.path().join("missing/r.json")),
+        ("--per-case", dir.path().to_path_buf()),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(["evaluate", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--holdout")
+            .arg(&holdout)
+            .arg(flag)
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+    }
+    let out = std::process::Command::new(bin)
+        .args(["holdout", "--data"])
+        .arg(&holdout)
+        .arg("--out")
+        .arg(dir.path().join("nope/h.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    // A successful run logging to a pipe: no escape codes.
+    let out = std::process::Command::new(bin)
+        .args(["evaluate", "--device", "cpu", "--model"])
+        .arg(&model)
+        .arg("--holdout")
+        .arg(&holdout)
+        .env("SEQSERVE_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
+}

@@ -1,6 +1,5 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use seqserve::eval::holdout::{read_holdout, resolve};
 use seqserve::eval::leakage;
 use seqserve::eval::report::{self, Report};
@@ -47,6 +46,10 @@ pub struct EvaluateArgs {
 pub fn run(a: EvaluateArgs) -> Result<()> {
     if a.k.is_empty() || a.k.contains(&0) {
         bail!("--k needs positive cut-offs, e.g. 5,10,20");
+    }
+    // A bad output path fails now, not after the whole evaluation.
+    for p in [&a.json, &a.per_case].into_iter().flatten() {
+        crate::cli::check_output(p)?;
     }
     let device = seqserve::device::parse_device(&a.device)?;
     seqserve::device::configure_threads(a.threads);
@@ -109,17 +112,14 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         let resolved = resolve(&model.manifest, &model.catalogue, &cases)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} with model {}", a.holdout.display(), dir.display()))?;
-        let bar = ProgressBar::new(cases.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} cases {elapsed}")
-                .expect("template")
-                .progress_chars("=> "),
+        let bar = seqserve::progress::Progress::new(
+            cases.len() as u64,
+            &format!("evaluating {} (cases)", model.manifest.name),
         );
-        bar.set_prefix(model.manifest.name.clone());
         let r = evaluate_cases(&model, &resolved.cases, &opts, |d| {
             bar.set_position(d as u64)
         });
-        bar.finish_and_clear();
+        bar.finish();
         let (mut name, version) = match id {
             Some((n, v)) => (n.clone(), v.clone()),
             None => (model.manifest.name.clone(), model.manifest.version.clone()),

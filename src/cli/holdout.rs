@@ -27,6 +27,7 @@ pub struct HoldoutArgs {
 }
 
 pub fn run(a: HoldoutArgs) -> Result<()> {
+    crate::cli::check_output(&a.out)?;
     let opts = ReadOptions {
         skip_malformed: a.skip_malformed,
     };

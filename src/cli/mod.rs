@@ -71,10 +71,37 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEQSERVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Fails early, naming the path, when an output file could not be written: its directory is
+/// missing or not writable, or the path is a directory. Probed with a temporary file, so an
+/// existing output is left as it is until the work is done.
+pub fn check_output(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if path.is_dir() {
+        anyhow::bail!("output {} is a directory", path.display());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    tempfile::NamedTempFile::new_in(dir)
+        .map(drop)
+        .with_context(|| format!("cannot write {} (directory not writable)", path.display()))
 }

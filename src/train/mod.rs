@@ -14,7 +14,6 @@ use crate::model::manifest::{EpochRecord, MetricsRecord, TrainingRecord};
 use crate::model::{to_tensors, Architecture, Manifest, Model, Norm, Query, FORMAT_VERSION};
 use anyhow::{bail, Context, Result};
 use examples::{Part, TrainSequence};
-use indicatif::{ProgressBar, ProgressStyle};
 use loss::{Loss, LossConfig};
 use optim::{AdamW, Schedule};
 use rand::seq::SliceRandom;
@@ -236,7 +235,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         tch::manual_seed(epoch_seed as i64);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epoch_seed);
         let batches = make_batches(&samples, r.batch_size, &mut rng);
-        let bar = progress_bar(batches.len() as u64, &format!("epoch {epoch}"));
+        let bar = crate::progress::Progress::new(batches.len() as u64, &format!("epoch {epoch}"));
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
         for batch in &batches {
             let lr = optim::learning_rate(
@@ -258,7 +257,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             bar.inc(1);
             bar.set_message(format!("loss {:.4}", loss_sum / loss_n as f64));
         }
-        bar.finish_and_clear();
+        bar.finish();
         let train_secs = t0.elapsed().as_secs_f64();
         let vres = eval::evaluate_cases(&model, &valid, &eval_opts, |_| {});
         let vmap = eval::summary_map(&vres);
@@ -641,15 +640,4 @@ fn restore(model: &Model, weights: &BTreeMap<String, Tensor>) -> Result<()> {
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     restore_list(model, &list)
-}
-
-fn progress_bar(len: u64, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
 }

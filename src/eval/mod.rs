@@ -1,6 +1,7 @@
 //! Evaluation: labelled holdout → ranked through the same model path as serving → per-case metrics →
 //! confidence intervals and paired significance tests.
 pub mod holdout;
+pub mod html;
 pub mod leakage;
 pub mod metrics;
 pub mod report;

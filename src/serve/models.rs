@@ -282,22 +282,8 @@ async fn load(
         ));
     }
     let st2 = st.clone();
-    let version = if version == "latest" {
-        // Resolved now, so the answer can say whether it was already loaded.
-        st.registry
-            .repository
-            .as_ref()
-            .and_then(|r| r.latest(&name))
-    } else {
-        Some(version)
-    };
-    let before = st
-        .registry
-        .snapshot()
-        .models
-        .iter()
-        .any(|(n, _, v)| *n == name && v.iter().any(|s| Some(&s.version) == version.as_ref()));
-    let served = tokio::task::spawn_blocking(move || {
+    let version = (version != "latest").then_some(version);
+    let outcome = tokio::task::spawn_blocking(move || {
         st2.registry.load(
             &name,
             version.as_deref(),
@@ -313,18 +299,16 @@ async fn load(
             "load task failed",
         )
     })??;
-    let is_default = st
-        .registry
-        .snapshot()
-        .models
-        .iter()
-        .any(|(n, d, _)| *n == served.name && *d == served.version);
-    let status = if before {
-        StatusCode::OK
-    } else {
+    let status = if outcome.newly_loaded {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok((status, Json(describe_version(&served, is_default))).into_response())
+    Ok((
+        status,
+        Json(describe_version(&outcome.served, outcome.is_default)),
+    )
+        .into_response())
 }
 
 async fn unload(

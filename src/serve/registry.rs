@@ -102,6 +102,14 @@ pub struct Registry {
     load_lock: Mutex<()>,
 }
 
+/// What a load did: the version, whether this call loaded it (else it was already loaded, and
+/// only the default switch applied), and whether it is its model's default afterwards.
+pub struct LoadOutcome {
+    pub served: Arc<Served>,
+    pub newly_loaded: bool,
+    pub is_default: bool,
+}
+
 /// Where a request was routed.
 pub struct Route {
     pub served: Arc<Served>,
@@ -314,7 +322,7 @@ impl Registry {
         version: Option<&str>,
         make_default: bool,
         retire_previous: bool,
-    ) -> Result<Arc<Served>, LoadError> {
+    ) -> Result<LoadOutcome, LoadError> {
         let repo = self.repository.as_ref().ok_or(LoadError::NoRepository)?;
         let (version, dir) = repo.locate(name, version).map_err(LoadError::NotFound)?;
         self.load_dir(name, &version, dir, make_default, retire_previous)
@@ -328,13 +336,14 @@ impl Registry {
         dir: PathBuf,
         make_default: bool,
         retire_previous: bool,
-    ) -> Result<Arc<Served>, LoadError> {
+    ) -> Result<LoadOutcome, LoadError> {
         let _one_at_a_time = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         let existing = self
             .read()
             .models
             .get(name)
             .and_then(|e| e.get(version).cloned());
+        let newly_loaded = existing.is_none();
         let served = match existing {
             Some(s) => s,
             None => {
@@ -357,7 +366,7 @@ impl Registry {
                 }
             }
         };
-        let previous = {
+        let (previous, is_default) = {
             let mut t = self.write();
             let first_model = t.models.is_empty();
             let entry = t
@@ -377,10 +386,11 @@ impl Registry {
             if make_default {
                 entry.default_version = version.to_string();
             }
+            let is_default = entry.default_version == version;
             if first_model && t.default_model.is_empty() {
                 t.default_model = name.to_string();
             }
-            previous
+            (previous, is_default)
         };
         self.publish_info();
         tracing::info!(
@@ -393,7 +403,11 @@ impl Registry {
                 tracing::warn!(model = name, version = %previous, error = %e.message, "previous version left loaded");
             }
         }
-        Ok(served)
+        Ok(LoadOutcome {
+            served,
+            newly_loaded,
+            is_default,
+        })
     }
 
     fn start_version(

@@ -61,12 +61,13 @@ impl Progress {
     }
 
     pub fn inc(&self, n: u64) {
-        let pos = self.state.lock().expect("progress lock").0 + n;
+        let pos = {
+            let mut st = self.state.lock().expect("progress lock");
+            st.0 += n;
+            st.0
+        };
         match &self.bar {
-            Some(b) => {
-                self.state.lock().expect("progress lock").0 = pos;
-                b.set_position(pos)
-            }
+            Some(b) => b.set_position(pos),
             None => self.set_position(pos),
         }
     }

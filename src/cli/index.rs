@@ -51,13 +51,11 @@ pub fn run(a: IndexArgs) -> Result<()> {
             out.display()
         );
     }
+    crate::cli::check_output(&out)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        bail!("{}: no such directory", parent.display());
-    }
     let threads = seqserve::device::or_cpu_quota(a.threads);
     seqserve::device::configure_threads(threads);
     let model = Model::load(&a.model, tch::Device::Cpu)?;

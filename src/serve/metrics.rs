@@ -282,13 +282,17 @@ impl Metrics {
         series.retain(|(m, v, _), sets| {
             let gone = m == model && v == version;
             if gone {
-                for s in sets.iter() {
-                    let refs: Vec<&str> = s.iter().map(String::as_str).collect();
-                    let _ = self.eval_metric.remove_label_values(&refs);
-                }
+                self.remove_eval_series(sets);
             }
             !gone
         });
+    }
+
+    fn remove_eval_series(&self, sets: &[Vec<String>]) {
+        for s in sets {
+            let refs: Vec<&str> = s.iter().map(String::as_str).collect();
+            let _ = self.eval_metric.remove_label_values(&refs);
+        }
     }
 
     /// Publishes a completed evaluation of one version on one holdout, replacing what an earlier
@@ -303,9 +307,8 @@ impl Metrics {
     ) {
         let key = (model.to_string(), version.to_string(), holdout.to_string());
         let mut series = self.eval_series.lock().expect("eval series lock");
-        for s in series.remove(&key).unwrap_or_default() {
-            let refs: Vec<&str> = s.iter().map(String::as_str).collect();
-            let _ = self.eval_metric.remove_label_values(&refs);
+        if let Some(old) = series.remove(&key) {
+            self.remove_eval_series(&old);
         }
         let mut set = Vec::with_capacity(values.len());
         for (metric, k, v) in values {

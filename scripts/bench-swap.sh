@@ -16,11 +16,8 @@ CONN=${CONNECTIONS:-64}
 PORT=${PORT:-18480}
 TOKEN=bench-token
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk (Debian package)" >&2
-    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+source scripts/need-debian.sh
+need_debian wrk wrk
 source scripts/env.sh
 cargo build --release --quiet
 BIN=target/release/seqserve

@@ -7,10 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${SECONDS_PER_POINT:-10}
 PORT=${PORT:-18481}
-if ! command -v wrk >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+source scripts/need-debian.sh
+need_debian wrk wrk
 source scripts/env.sh
 cargo build --release --quiet
 BIN=target/release/seqserve

@@ -13,12 +13,9 @@ PORT=${MONITORING_PORT:-18580}
 ADMIN=$((PORT + 1))
 PROM=$((PORT + 2))
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-    echo "[monitoring] installing Debian's prometheus package" >&2
-    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-    $SUDO apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
-fi
+source scripts/need-debian.sh
+need_debian prometheus prometheus
+need_debian promtool prometheus
 # The package may start its own server (port 9090) where an init system runs: not ours to keep.
 if [ ! -x "$BIN" ]; then
     source scripts/env.sh

@@ -298,11 +298,7 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
         .arg(&csv)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("paired tests") && text.contains("f1@10"),
@@ -363,11 +359,7 @@ fn evaluate_refuses_a_holdout_cut_from_the_training_log_by_another_split() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        common::assert_ran(&st);
         out
     };
     let evaluate = |model: &str, h: &Path, extra: &[&str]| {
@@ -398,20 +390,12 @@ fn evaluate_refuses_a_holdout_cut_from_the_training_log_by_another_split() {
         "{stderr}"
     );
     let (out, leaky) = evaluate("beauty-1l", &ll3, &["--allow-leakage"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     let leaky = leaky.unwrap();
     assert_eq!(leaky["models"][0]["leakage"]["verdict"], "leakage");
     assert_eq!(leaky["models"][0]["leakage"]["allowed"], true);
     let (out, clean) = evaluate("beauty-ll3-1l", &ll3, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     let clean = clean.unwrap();
     assert_eq!(clean["models"][0]["leakage"]["verdict"], "clean");
     let hr = |r: &serde_json::Value| r["models"][0]["metrics"]["hr@10"]["mean"].as_f64().unwrap();
@@ -477,11 +461,7 @@ fn output_paths_are_checked_first_and_piped_logs_are_plain() {
         .env("SEQSERVE_LOG", "debug")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
 }
 
@@ -518,11 +498,7 @@ fn evaluate_writes_an_html_report_with_plots() {
         .arg(&report)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     for img in ["metrics.svg", "differences.svg", "distribution_ndcg@10.svg"] {
         assert!(

@@ -208,11 +208,7 @@ async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
     let dir = tempfile::tempdir().unwrap();
     common::random_model(400, 1, 8).save(dir.path()).unwrap();
     let out = seqserve(&["index", "--threads", "1"], dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     assert!(dir.path().join(INDEX_FILE).is_file());
     // An existing index is refused before any work unless --force.
     let again = seqserve(&["index"], dir.path());

@@ -30,11 +30,7 @@ async fn scores_match_the_offline_cli() {
         .args(["--context", "gender=F,device=web,hour=20"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ran(&out);
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (a, b) = (common::ranked_items(&v), common::ranked_items(&cli));
     assert_eq!(a.len(), 7);

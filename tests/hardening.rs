@@ -153,7 +153,7 @@ async fn evaluations_are_bounded_and_expire() {
             .send()
     };
     let del = |id: String| {
-        c.delete(s.url(&format!("/evaluate/{id}")))
+        c.post(s.url(&format!("/evaluate/{id}/cancel")))
             .bearer_auth("t")
             .send()
     };

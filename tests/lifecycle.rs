@@ -307,7 +307,7 @@ async fn ab_splits_are_sticky_by_user_and_change_at_run_time() {
             Some(json!({"arms": [{"model": "nope", "weight": 1}]})),
         )
         .await;
-    assert_eq!(st, 422, "{v}");
+    assert_eq!(st, 404, "{v}");
     let (st, _) = c
         .admin(
             reqwest::Method::PUT,
@@ -626,7 +626,11 @@ async fn evaluation_by_name_compares_models_and_guards_against_leakage() {
     assert_eq!(st, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let (st, _) = c
-        .admin(reqwest::Method::DELETE, &format!("/evaluate/{id}"), None)
+        .admin(
+            reqwest::Method::POST,
+            &format!("/evaluate/{id}/cancel"),
+            None,
+        )
         .await;
     assert!(st == 202 || st == 200);
     wait_until("cancelled", || async {

@@ -502,7 +502,8 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         ("../x.jsonl", 422),
         ("/etc/passwd", 422),
         ("link.jsonl", 403),
-        ("missing.jsonl", 422),
+        ("a//b.jsonl", 422),
+        ("missing.jsonl", 404),
     ] {
         let r = post(json!({"holdout": name}), Some("s3cret"))
             .await
@@ -574,7 +575,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         .unwrap()
         .to_string();
     let r = c
-        .delete(s.url(&format!("/evaluate/{id}")))
+        .post(s.url(&format!("/evaluate/{id}/cancel")))
         .bearer_auth("s3cret")
         .send()
         .await
@@ -600,9 +601,9 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         assert!(t0.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // DELETE on a finished job says what it is and changes nothing.
+    // Cancelling a finished job says what it is and changes nothing.
     let r = c
-        .delete(s.url(&format!("/evaluate/{id}")))
+        .post(s.url(&format!("/evaluate/{id}/cancel")))
         .bearer_auth("s3cret")
         .send()
         .await
@@ -611,6 +612,29 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "cancelled", "{v}");
     assert!(v["message"].as_str().unwrap().contains("nothing to cancel"));
+    // DELETE removes it: GET and DELETE then answer 404.
+    let r = c
+        .delete(s.url(&format!("/evaluate/{id}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["previous_status"].as_str()),
+        (Some("deleted"), Some("cancelled")),
+        "{v}"
+    );
+    for m in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r = c
+            .request(m, s.url(&format!("/evaluate/{id}")))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
     // Live traffic is still served while and after evaluating.
     let (st, _, _) = post_json(&s.url("/recommend"), json!({"history": ["i1"]})).await;
     assert_eq!(st, 200);
@@ -618,4 +642,57 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
 
 async fn post_json(url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
     post(url, body).await
+}
+
+/// The document is this server's: its limits, and a route behind every operation it lists
+/// (scripts/check-openapi.sh then holds every operation to it with schemathesis).
+#[tokio::test]
+async fn the_openapi_document_describes_this_server() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_model(60, 1, 3).save(dir.path()).unwrap();
+    let s = Server::start_env(
+        dir,
+        &[],
+        &[
+            ("SEQSERVE__LIMITS__MAX_K", "7"),
+            ("SEQSERVE__ADMIN__TOKEN", "t"),
+        ],
+    );
+    let c = reqwest::Client::new();
+    let doc: Value = c
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let req = &doc["components"]["schemas"]["RecommendRequest"]["properties"];
+    assert_eq!(req["k"]["maximum"], 7, "{req}");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{name}", "nosuchmodel")
+            .replace("{version}", "1")
+            .replace("{id}", "eval-0");
+        for method in item.as_object().unwrap().keys() {
+            operations += 1;
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = c
+                .request(m, s.url(&concrete))
+                .bearer_auth("t")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            assert!(
+                status != 405 && body["code"] != "not_found",
+                "{method} {path}: no such route ({status} {body})"
+            );
+        }
+    }
+    assert!(operations >= 20, "{operations} operations");
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldoutCase {
     #[serde(default)]
@@ -28,6 +28,7 @@ pub struct HoldoutCase {
         deserialize_with = "crate::model::unique_context"
     )]
     pub context: BTreeMap<String, ContextValue>,
+    #[schema(min_items = 1)]
     pub relevant: Vec<ItemId>,
 }
 

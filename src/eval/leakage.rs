@@ -7,7 +7,7 @@ use super::holdout::Provenance;
 use crate::model::Manifest;
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Same log, same split: the holdout's relevant items were held out of training.
@@ -21,7 +21,7 @@ pub enum Verdict {
 }
 
 /// One model's verdict against one holdout, with the reason in words (shown to people).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LeakageCheck {
     pub verdict: Verdict,
     pub message: String,

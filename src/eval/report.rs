@@ -13,7 +13,7 @@ pub const F1_DEFINITION: &str = "f1 = mean over cases of per-case F1@K (primary)
 const SEED: u64 = 2024;
 const RESAMPLES: usize = 1000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelReport {
     pub model: String,
     pub version: String,
@@ -31,7 +31,7 @@ pub struct ModelReport {
     pub leakage: Option<super::leakage::LeakageCheck>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Comparison {
     pub a: String,
     pub b: String,
@@ -43,7 +43,7 @@ pub struct Comparison {
     pub holm_randomization_p_value: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub holdout: String,
     pub cases: usize,

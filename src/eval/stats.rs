@@ -24,7 +24,7 @@ pub const PAIRED_CI_LEVEL: f64 = 0.95;
 pub const PAIRED_RANDOMIZATION_RESAMPLES: usize = 10_000;
 
 /// A confidence interval for a mean.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConfidenceInterval {
     /// The sample mean (point estimate).
     pub mean: f64,
@@ -95,7 +95,7 @@ pub fn bootstrap_ci(values: &[f64], level: f64, resamples: usize, seed: u64) -> 
 
 /// Result of comparing two models on the same cases (`a[i]` and `b[i]` belong
 /// to the same user/case).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PairedTest {
     /// Number of pairs.
     pub n: usize,
@@ -114,6 +114,7 @@ pub struct PairedTest {
     /// When every difference is identical (`sd == 0`): `0.0` if they are all
     /// zero, otherwise `f64::INFINITY` with the sign of the difference (note
     /// that `serde_json` serialises infinities as `null`).
+    #[schema(value_type = Option<f64>)]
     pub t_statistic: f64,
     /// Two-sided p-value of the paired t-test (Student t, `df = n - 1`).
     /// `1.0` when all differences are zero, `0.0` when they are an identical

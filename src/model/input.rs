@@ -18,6 +18,14 @@ pub enum ItemId {
     Str(String),
 }
 
+/// Largest integer item id: 2^53 - 1, the largest integer every JSON parser reads exactly (I-JSON,
+/// RFC 7493); larger ids must be sent as strings.
+pub const MAX_INTEGER_ITEM_ID: u64 = (1 << 53) - 1;
+
+/// Longest item id, in characters (what JSON Schema's maxLength counts, so the OpenAPI document
+/// and this check agree on non-ASCII ids).
+pub const MAX_ITEM_ID_CHARS: usize = 128;
+
 impl ItemId {
     /// The external id; ids must be 1 to 128 characters.
     pub fn into_checked(self, field: &str) -> Result<String, String> {
@@ -25,7 +33,7 @@ impl ItemId {
             ItemId::Int(i) => i.to_string(),
             ItemId::Str(s) => s,
         };
-        if s.is_empty() || s.len() > 128 {
+        if s.is_empty() || s.chars().count() > MAX_ITEM_ID_CHARS {
             return Err(format!("{field}: item ids must be 1 to 128 characters"));
         }
         Ok(s)
@@ -42,16 +50,33 @@ impl<'de> Visitor<'de> for ItemIdVisitor {
         f.write_str(ITEM_ID)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ItemId, E> {
+        if v > MAX_INTEGER_ITEM_ID {
+            return Err(E::custom(format!(
+                "item id {v} is above 2^53 - 1, which JSON cannot carry exactly: send it as a string"
+            )));
+        }
         Ok(ItemId::Int(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<ItemId, E> {
-        u64::try_from(v)
-            .map(ItemId::Int)
-            .map_err(|_| E::custom(format!("item id {v} is negative; expected {ITEM_ID}")))
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom(format!(
+                "item id {v} is negative; expected {ITEM_ID}"
+            ))),
+        }
     }
+    // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it.
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ItemId, E> {
+        if v.fract() == 0.0 && (0.0..=MAX_INTEGER_ITEM_ID as f64).contains(&v) {
+            return Ok(ItemId::Int(v as u64));
+        }
+        if v.fract() == 0.0 && v > 0.0 {
+            return Err(E::custom(format!(
+                "item id {v} is above 2^53 - 1, which JSON cannot carry exactly: send it as a string"
+            )));
+        }
         Err(E::custom(format!(
-            "item id {v} is not an integer; expected {ITEM_ID}"
+            "item id {v} is not a non-negative integer; expected {ITEM_ID}"
         )))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ItemId, E> {
@@ -97,6 +122,9 @@ impl<'de> Visitor<'de> for HistoryEntryVisitor {
         ItemIdVisitor.visit_i64(v).map(HistoryEntry::Id)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<HistoryEntry, E> {
+        if v.fract() == 0.0 && v >= 0.0 {
+            return ItemIdVisitor.visit_f64(v).map(HistoryEntry::Id);
+        }
         Err(E::custom(format!(
             "{v} is not an integer; expected {HISTORY_ENTRY}"
         )))
@@ -196,6 +224,57 @@ pub fn unique_context<'de, D: Deserializer<'de>>(
     d.deserialize_map(V)
 }
 
+/// Reads a non-negative integer as JSON Schema (and so the OpenAPI document) defines one: `12`
+/// or `12.0`, not `12.5` (serde's own integer types refuse `12.0`).
+struct Integer<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: TryFrom<u64>> Visitor<'de> for Integer<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "a non-negative integer of at most {} bits",
+            8 * std::mem::size_of::<T>()
+        )
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        u64::try_from(v)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            .and_then(|v| self.visit_u64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+            self.visit_u64(v as u64)
+        } else {
+            Err(E::invalid_value(de::Unexpected::Float(v), &self))
+        }
+    }
+}
+
+/// `deserialize_with` for an integer field (see [`Integer`]).
+pub fn integer<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_any(Integer(std::marker::PhantomData))
+}
+
+/// `deserialize_with` for an optional integer field; `null` is absent.
+pub fn optional_integer<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap<T: TryFrom<u64>>(#[serde(deserialize_with = "integer")] T);
+    Option::<Wrap<T>>::deserialize(d).map(|o| o.map(|w| w.0))
+}
+
+/// `deserialize_with` for a list of integers.
+pub fn integers<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Vec<T>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap<T: TryFrom<u64>>(#[serde(deserialize_with = "integer")] T);
+    Vec::<Wrap<T>>::deserialize(d).map(|v| v.into_iter().map(|w| w.0).collect())
+}
+
 /// A struct that must be written as a JSON object. serde's derived structs also accept the
 /// positional array form (`[[1, 2], {}, 3]` for `{history, context, k}`), which callers never mean.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +339,37 @@ mod tests {
         assert!(err(r#"{"history": [true]}"#).contains("history entry"));
         assert!(err(r#"{"history": [{"behavior": "cart"}]}"#).contains("without `item`"));
         assert!(err(r#"{"history": [{"item": 1, "item": 2}]}"#).contains("duplicate"));
-        assert!(err(r#"{"history": [{"item": 1.5}]}"#).contains("not an integer"));
+        assert!(err(r#"{"history": [{"item": 1.5}]}"#).contains("not a non-negative integer"));
+        // JSON Schema's integers: 12.0 is 12; beyond 2^53 - 1 an id must be a string.
+        let ok: Body =
+            serde_json::from_str(r#"{"history": [12.0, {"item": 9007199254740991}]}"#).unwrap();
+        assert_eq!(ok.history[0], HistoryEntry::Id(ItemId::Int(12)));
+        assert!(err(r#"{"history": [9007199254740992]}"#).contains("send it as a string"));
+        assert!(err(r#"{"history": [9007199254740992.0]}"#).contains("send it as a string"));
+    }
+
+    #[test]
+    fn integer_fields_read_integral_floats_and_nothing_else() {
+        #[derive(Debug, Deserialize)]
+        struct K {
+            #[serde(default, deserialize_with = "optional_integer")]
+            k: Option<usize>,
+            #[serde(default, deserialize_with = "integers")]
+            ks: Vec<u32>,
+        }
+        let k = |s: &str| serde_json::from_str::<K>(s).map_err(|e| e.to_string());
+        let ok = k(r#"{"k": 12.0, "ks": [1, 2.0]}"#).unwrap();
+        assert_eq!((ok.k, ok.ks), (Some(12), vec![1, 2]));
+        assert_eq!(k(r#"{"k": null}"#).unwrap().k, None);
+        for bad in [
+            r#"{"k": 1.5}"#,
+            r#"{"k": -1}"#,
+            r#"{"k": "3"}"#,
+            r#"{"ks": [4294967296]}"#,
+        ] {
+            let e = k(bad).unwrap_err();
+            assert!(e.contains("non-negative integer"), "{bad}: {e}");
+        }
     }
 
     #[test]

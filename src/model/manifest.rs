@@ -27,7 +27,7 @@ pub struct Manifest {
     pub metrics: Option<MetricsRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Architecture {
     /// Catalogue size (item indices 1..=n_items; 0 is padding).
@@ -49,7 +49,18 @@ pub struct Architecture {
     pub norm: Norm,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Norm {
     #[default]
@@ -57,14 +68,14 @@ pub enum Norm {
     Post,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CategoricalEncoding {
     OneHot,
     Embedding,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContextFeature {
     /// Value index = position in `values` + 1 (0 = missing).
@@ -128,7 +139,7 @@ pub struct EpochRecord {
     pub validation: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MetricsRecord {
     /// How the numbers were computed (ranking scope, masking, ties, targets).
     pub protocol: String,

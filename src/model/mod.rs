@@ -15,7 +15,10 @@ pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
 pub use context::{encode_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
-pub use input::{history_events, unique_context, HistoryEntry, ItemId, ObjectOnly};
+pub use input::{
+    history_events, integer, integers, optional_integer, unique_context, HistoryEntry, ItemId,
+    ObjectOnly, MAX_INTEGER_ITEM_ID, MAX_ITEM_ID_CHARS,
+};
 pub use manifest::{
     Architecture, CategoricalEncoding, ContextFeature, Manifest, Norm, FORMAT_VERSION,
 };

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 /// A model or version name: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`. Checked
 /// before any path is built from it (a name like `../x` never reaches the file system).
+/// What check_name accepts, as the OpenAPI document's ECMA-262 pattern.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
+
 pub fn check_name(what: &str, s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 64

@@ -1,5 +1,6 @@
 //! Admin routes: POST /evaluate (bearer token, compared in constant time; refused when no token is
-//! configured), GET /evaluate/{id} (progress and result), DELETE /evaluate/{id} (cancel).
+//! configured), GET /evaluate/{id} (progress and result), POST /evaluate/{id}/cancel (cancel, the
+//! job stays readable), DELETE /evaluate/{id} (cancel if running, and delete).
 //!
 //! Evaluation shares the model with live traffic through the worker's low-priority queue, one batch
 //! at a time, so live requests always go first. Small evaluations answer directly; larger ones become
@@ -10,7 +11,7 @@
 //! shutdown cancels everything still running.
 use super::body;
 use super::config::AdminSection;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::queue::BackgroundJob;
 use super::registry::Served;
 use super::AppState;
@@ -25,7 +26,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,11 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/evaluate", post(start))
-        .route("/evaluate/{id}", get(status).delete(cancel))
+        .route("/evaluate/{id}", get(status).delete(delete))
+        .route("/evaluate/{id}/cancel", post(cancel))
 }
 
 /// Every evaluation known to the server: running ones (inline and jobs) and finished jobs until
@@ -55,6 +58,9 @@ struct EvalJob {
     total: AtomicUsize,
     done: AtomicUsize,
     cancelled: AtomicBool,
+    /// DELETE /evaluate/{id}: gone for callers at once (404), kept in the table only while it
+    /// still runs, so admin.max_running_evaluations counts it until it has stopped.
+    deleted: AtomicBool,
     state: Mutex<JobState>,
     finished_at: Mutex<Option<Instant>>,
 }
@@ -117,6 +123,7 @@ impl Jobs {
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             cancelled: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             state: Mutex::new(JobState::Running),
             finished_at: Mutex::new(None),
         });
@@ -132,12 +139,12 @@ impl Jobs {
         let mut jobs = self.jobs.lock().expect("jobs lock");
         forget_expired(&mut jobs, &st.cfg.admin);
         jobs.get(id)
-            .filter(|j| !j.inline.load(Ordering::SeqCst))
+            .filter(|j| !j.inline.load(Ordering::SeqCst) && !j.deleted.load(Ordering::SeqCst))
             .cloned()
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
-                    "not_found",
+                    "evaluation_not_found",
                     format!(
                         "no evaluation {id:?} (finished jobs are kept admin.evaluation_ttl_secs)"
                     ),
@@ -188,9 +195,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ModelRef {
+pub(super) struct ModelRef {
     model: String,
     version: Option<String>,
 }
@@ -198,13 +205,14 @@ struct ModelRef {
 /// Most models compared in one evaluation.
 const MAX_EVALUATED_MODELS: usize = 8;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EvaluateRequest {
+pub(super) struct EvaluateRequest {
     /// One model (its default version unless `version`)...
     model: Option<String>,
     version: Option<String>,
     /// ...or several, compared pairwise on the same cases. Neither: the default model.
+    #[schema(min_items = 1, max_items = 8)]
     models: Option<Vec<ModelRef>>,
     /// Evaluate even when the holdout overlaps a model's training data (the result is marked).
     #[serde(default)]
@@ -212,8 +220,11 @@ struct EvaluateRequest {
     /// A file name inside admin.holdout_dir...
     holdout: Option<String>,
     /// ...or the cases inline.
+    #[schema(min_items = 1)]
     cases: Option<Vec<HoldoutCase>>,
-    #[serde(default = "default_ks")]
+    /// Cut-offs (1 to 10 of them), each at most limits.max_k.
+    #[serde(default = "default_ks", deserialize_with = "crate::model::integers")]
+    #[schema(min_items = 1, max_items = 10)]
     k: Vec<usize>,
     #[serde(default = "yes")]
     mask_seen: bool,
@@ -254,19 +265,29 @@ pub(super) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
 
 /// A holdout name must stay inside the configured directory: relative, no `..`, and no symlink
 /// that leads out of it.
+/// What holdout_path accepts as a name, as the OpenAPI document's pattern: '/'-separated
+/// segments, none empty, `.` or `..`.
+pub(super) const HOLDOUT_NAME_PATTERN: &str =
+    r"^(?:[^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)(?:/(?:[^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))*$";
+
+fn holdout_not_found(message: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "holdout_not_found", message)
+}
+
 fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
-    if dir.as_os_str().is_empty() {
-        return Err(ApiError::validation(
-            "no admin.holdout_dir is configured: send the cases inline",
-        ));
-    }
     let p = Path::new(name);
-    if name.is_empty()
-        || p.is_absolute()
+    if name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
         || p.components().any(|c| !matches!(c, Component::Normal(_)))
     {
         return Err(ApiError::validation(
             "holdout must be a relative file name inside admin.holdout_dir ('..' and absolute paths are refused)",
+        ));
+    }
+    if dir.as_os_str().is_empty() {
+        return Err(holdout_not_found(
+            "no admin.holdout_dir is configured: send the cases inline".into(),
         ));
     }
     let base = dir.canonicalize().map_err(|e| {
@@ -279,7 +300,7 @@ fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
     let full = base
         .join(p)
         .canonicalize()
-        .map_err(|_| ApiError::validation(format!("holdout file {name:?} not found")))?;
+        .map_err(|_| holdout_not_found(format!("holdout file {name:?} not found")))?;
     if !full.starts_with(&base) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -290,7 +311,35 @@ fn holdout_path(dir: &Path, name: &str) -> Result<PathBuf, ApiError> {
     Ok(full)
 }
 
-async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+/// A running evaluation's handle.
+#[derive(Serialize, ToSchema)]
+pub(super) struct JobAccepted {
+    id: String,
+    /// "running".
+    status: &'static str,
+    /// Cases times models to rank.
+    progress_total: usize,
+    /// GET it for progress and the result.
+    status_url: String,
+}
+
+/// Evaluates one or more models on a holdout (a file in admin.holdout_dir, or cases inline):
+/// every metric at every K with 95% bootstrap CIs and, with several models, paired tests.
+/// Small evaluations answer with the report; larger ones become jobs (202).
+#[utoipa::path(post, path = "/evaluate", operation_id = "start_evaluation", tag = "evaluation",
+    security(("admin_token" = [])),
+    request_body = EvaluateRequest,
+    responses(
+        (status = 200, description = "The report", body = Report),
+        (status = 202, description = "Started as a job: poll status_url", body = JobAccepted),
+        (status = 404, description = "A named model or version is not loaded", body = ErrorBody),
+        (status = 409, description = "The holdout overlaps a model's training data (allow_leakage to go on)", body = ErrorBody),
+        (status = 429, description = "admin.max_running_evaluations are running", body = ErrorBody),
+    ))]
+pub(super) async fn start(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
     authorize(&st, req.headers())?;
     st.check_serving()?;
     let bytes = body::read_json_body(&st, req).await?;
@@ -386,8 +435,9 @@ async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
             None => JobState::Cancelled,
         };
         job2.finish(state.clone());
-        if inline {
-            // Its answer went (or would have gone) to its own connection: nothing to keep.
+        if inline || job2.deleted.load(Ordering::SeqCst) {
+            // Its answer went (or would have gone) to its own connection, or it was deleted:
+            // nothing to keep.
             st2.evaluations.forget(&job2.id);
         }
         state
@@ -408,10 +458,12 @@ async fn start(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
         };
     }
     guard.0 = None;
-    let body = serde_json::json!({
-        "id": id, "status": "running", "progress_total": job.total.load(Ordering::SeqCst),
-        "status_url": format!("/evaluate/{id}"),
-    });
+    let body = JobAccepted {
+        status: "running",
+        progress_total: job.total.load(Ordering::SeqCst),
+        status_url: format!("/evaluate/{id}"),
+        id,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -663,31 +715,82 @@ fn run_evaluation(
     Some(serde_json::to_value(&rep).map_err(|e| e.to_string()))
 }
 
-async fn status(
+/// Cases ranked so far, of all.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Progress {
+    done: usize,
+    total: usize,
+}
+
+/// An evaluation job: its progress, and its report once done.
+#[derive(Serialize, ToSchema)]
+pub(super) struct JobStatus {
+    id: String,
+    /// running, done, failed or cancelled.
+    status: &'static str,
+    progress: Progress,
+    /// The report, when done.
+    #[schema(value_type = Option<Report>)]
+    result: Option<serde_json::Value>,
+    /// Why it failed, when it did.
+    error: Option<String>,
+}
+
+/// A job's progress, and its report once done.
+#[utoipa::path(get, path = "/evaluate/{id}", operation_id = "get_evaluation", tag = "evaluation",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The id POST /evaluate gave")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 404, description = "No such job (or it expired)", body = ErrorBody),
+    ))]
+pub(super) async fn status(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobStatus>, ApiError> {
     authorize(&st, &headers)?;
     let job = st.evaluations.find(&st, &id)?;
     let state = job.state.lock().expect("job lock").clone();
     let status = state.name();
     let (result, error) = match state {
-        JobState::Done(v) => (v, serde_json::Value::Null),
-        JobState::Failed(e) => (serde_json::Value::Null, serde_json::json!(e)),
-        _ => (serde_json::Value::Null, serde_json::Value::Null),
+        JobState::Done(v) => (Some(v), None),
+        JobState::Failed(e) => (None, Some(e)),
+        _ => (None, None),
     };
-    Ok(Json(serde_json::json!({
-        "id": job.id, "status": status,
-        "progress": {"done": job.done.load(Ordering::SeqCst), "total": job.total.load(Ordering::SeqCst)},
-        "result": result,
-        "error": error,
-    })))
+    Ok(Json(JobStatus {
+        id: job.id.clone(),
+        status,
+        progress: Progress {
+            done: job.done.load(Ordering::SeqCst),
+            total: job.total.load(Ordering::SeqCst),
+        },
+        result,
+        error,
+    }))
 }
 
-/// Cancels a running job (202, "cancelling"); a finished one is left as it is and the answer says
-/// what it is (200 with its status).
-async fn cancel(
+/// What cancelling did.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Cancelled {
+    id: String,
+    /// "cancelling", or the finished job's status.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// Cancels a running job (202, "cancelling"), which stays readable (GET shows "cancelled" once it
+/// has stopped); a finished one is left as it is and the answer says what it is (200).
+#[utoipa::path(post, path = "/evaluate/{id}/cancel", operation_id = "cancel_evaluation", tag = "evaluation",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The id POST /evaluate gave")),
+    responses(
+        (status = 202, description = "Cancelling", body = Cancelled),
+        (status = 200, description = "Already finished: nothing to cancel", body = Cancelled),
+        (status = 404, description = "No such job (or it expired)", body = ErrorBody),
+    ))]
+pub(super) async fn cancel(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
@@ -697,15 +800,58 @@ async fn cancel(
     let state = job.state.lock().expect("job lock").clone();
     if matches!(state, JobState::Running) {
         job.cancelled.store(true, Ordering::SeqCst);
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"id": job.id, "status": "cancelling"})),
-        )
-            .into_response());
+        let body = Cancelled {
+            id: job.id.clone(),
+            status: "cancelling",
+            message: None,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    Ok(Json(serde_json::json!({
-        "id": job.id, "status": state.name(),
-        "message": format!("evaluation already {}; nothing to cancel", state.name()),
-    }))
+    Ok(Json(Cancelled {
+        id: job.id.clone(),
+        status: state.name(),
+        message: Some(format!(
+            "evaluation already {}; nothing to cancel",
+            state.name()
+        )),
+    })
     .into_response())
+}
+
+/// A deleted evaluation.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Deleted {
+    id: String,
+    /// "deleted".
+    status: &'static str,
+    /// What it was: running (now cancelled), done, failed or cancelled.
+    previous_status: &'static str,
+}
+
+/// Deletes a job: cancelled if it runs, and gone at once (GET answers 404 from now on).
+#[utoipa::path(delete, path = "/evaluate/{id}", operation_id = "delete_evaluation", tag = "evaluation",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The id POST /evaluate gave")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "No such job (or it expired, or was deleted)", body = ErrorBody),
+    ))]
+pub(super) async fn delete(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    authorize(&st, &headers)?;
+    let job = st.evaluations.find(&st, &id)?;
+    job.cancelled.store(true, Ordering::SeqCst);
+    job.deleted.store(true, Ordering::SeqCst);
+    let state = job.state.lock().expect("job lock").clone();
+    if !matches!(state, JobState::Running) {
+        st.evaluations.forget(&job.id);
+    }
+    Ok(Json(Deleted {
+        id: job.id.clone(),
+        status: "deleted",
+        previous_status: state.name(),
+    }))
 }

@@ -6,8 +6,9 @@ use crate::model::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
     /// The model (or A/B split) to ask; absent: model.default.
@@ -16,12 +17,16 @@ pub struct RecommendRequest {
     pub version: Option<String>,
     /// The caller's key for sticky A/B assignment (hashed, never stored or exported); absent: a
     /// split assigns the request at random.
+    #[schema(max_length = 256)]
     pub user: Option<String>,
     /// Item ids or {item, behavior} objects, most recent last. May be empty (cold start).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
     #[serde(default, deserialize_with = "crate::model::unique_context")]
     pub context: BTreeMap<String, ContextValue>,
+    /// How many items to return (default 10; at most limits.max_k).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::model::optional_integer")]
     pub k: Option<usize>,
     #[serde(default = "yes")]
     pub exclude_seen: bool,
@@ -30,7 +35,9 @@ pub struct RecommendRequest {
     /// Never return these items.
     #[serde(default)]
     pub exclude: Vec<ItemId>,
-    /// Overrides server.request_timeout_ms for this request.
+    /// Overrides server.request_timeout_ms for this request (at most 600000, as that setting).
+    #[schema(minimum = 1, maximum = 600_000)]
+    #[serde(default, deserialize_with = "crate::model::optional_integer")]
     pub timeout_ms: Option<u64>,
 }
 
@@ -38,19 +45,20 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(value_type = Vec<RecommendRequest>)]
     pub requests: Vec<ObjectOnly<RecommendRequest>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ScoredItem {
     pub item: String,
     pub score: f32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Timing {
     pub queue_ms: f64,
     pub inference_ms: f64,
@@ -58,7 +66,7 @@ pub struct Timing {
     pub batch_size: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct RecommendResponse {
     /// The model and version that answered.
     pub model: String,
@@ -76,7 +84,7 @@ pub struct RecommendResponse {
     pub timing: Timing,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchResponse {
     pub results: Vec<RecommendResponse>,
 }
@@ -96,7 +104,10 @@ fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
     id.into_checked(field).map_err(ApiError::validation)
 }
 
-/// Longest accepted `user` key.
+/// Longest per-request timeout (server.request_timeout_ms has the same bound).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Longest accepted `user` key, in characters.
 pub const MAX_USER_KEY: usize = 256;
 
 /// Routes the request (model, version, split) and validates it against the version that answers.
@@ -105,9 +116,14 @@ pub fn validate(
     registry: &super::registry::Registry,
     limits: &LimitsSection,
 ) -> Result<Validated, ApiError> {
-    if req.user.as_ref().is_some_and(|u| u.len() > MAX_USER_KEY) {
+    // Characters, as the OpenAPI document's maxLength counts them.
+    if req
+        .user
+        .as_ref()
+        .is_some_and(|u| u.chars().count() > MAX_USER_KEY)
+    {
         return Err(ApiError::validation(format!(
-            "user must be at most {MAX_USER_KEY} bytes"
+            "user must be at most {MAX_USER_KEY} characters"
         )));
     }
     let route = registry.route(
@@ -148,8 +164,10 @@ pub fn validate(
             limits.max_exclude
         )));
     }
-    if req.timeout_ms == Some(0) {
-        return Err(ApiError::validation("timeout_ms must be positive"));
+    if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+        return Err(ApiError::validation(format!(
+            "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
+        )));
     }
     let history = history_events(req.history, "history").map_err(ApiError::validation)?;
     let prepared = crate::model::prepare(manifest, catalogue, &history, &req.context)?;

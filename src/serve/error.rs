@@ -2,6 +2,15 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// Every error answer's body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person: names the field or limit at fault.
+    pub error: String,
+    /// A stable machine-readable code, e.g. `validation`, `overloaded`, `model_not_found`.
+    pub code: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -56,7 +65,10 @@ impl From<crate::error::InputError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "code": self.code});
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code.to_string(),
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()

@@ -9,6 +9,7 @@ pub mod listener;
 mod log_limit;
 pub mod metrics;
 mod models;
+pub mod openapi;
 pub mod queue;
 pub mod registry;
 mod routes;

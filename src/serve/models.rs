@@ -3,8 +3,8 @@
 //! management (bearer token; TorchServe's management API is the model): load a version beside what
 //! serves, switch a model's default version, unload, set the default model, and A/B splits.
 use super::admin::authorize;
-use super::error::ApiError;
-use super::registry::{Served, Snapshot};
+use super::error::{ApiError, ErrorBody};
+use super::registry::{LoadEvent, Served, Snapshot};
 use super::split::Split;
 use super::AppState;
 use axum::extract::{Path as UrlPath, Request, State};
@@ -12,9 +12,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 pub fn public_routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -40,39 +41,106 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
         .route("/splits/{name}", put(set_split).delete(remove_split))
 }
 
-fn describe_version(s: &Served, is_default: bool) -> Value {
+/// The training record without its per-epoch log (which can be long): how and on what.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TrainingSummary {
+    data: Vec<String>,
+    log_sha256: Option<String>,
+    split: String,
+    seed: u64,
+    epochs_run: usize,
+    best_epoch: usize,
+    selection_metric: String,
+    stopped_by: Option<String>,
+    wall_time_seconds: f64,
+    command: String,
+}
+
+/// The name and version the version's own manifest gives (a repository may file it otherwise).
+#[derive(Serialize, ToSchema)]
+pub(super) struct ManifestName {
+    name: String,
+    version: String,
+}
+
+/// One loaded version: where it runs, what it reads, how it was trained and what it scored.
+#[derive(Serialize, ToSchema)]
+pub(super) struct VersionInfo {
+    name: String,
+    version: String,
+    /// Whether requests without a version go here.
+    default: bool,
+    /// Always "ready": a version is listed once it is loaded and warm.
+    state: &'static str,
+    device: String,
+    /// "exact" or "ann".
+    retrieval: String,
+    intra_op_threads: usize,
+    queue_depth: usize,
+    loaded_at_unix: u64,
+    load_seconds: f64,
+    path: String,
+    manifest: ManifestName,
+    n_items: usize,
+    max_len: usize,
+    architecture: crate::model::Architecture,
+    behaviours: Vec<String>,
+    context: Vec<crate::model::ContextFeature>,
+    training: Option<TrainingSummary>,
+    metrics: Option<crate::model::manifest::MetricsRecord>,
+}
+
+fn describe_version(s: &Served, is_default: bool) -> VersionInfo {
     let m = &s.manifest;
     let a = &m.architecture;
-    // The training record without its per-epoch log (which can be long): how and on what.
-    let training = m.training.as_ref().map(|t| {
-        json!({
-            "data": t.data, "log_sha256": t.log_sha256, "split": t.split.to_string(),
-            "seed": t.seed, "epochs_run": t.epochs_run, "best_epoch": t.best_epoch,
-            "selection_metric": t.selection_metric, "stopped_by": t.stopped_by,
-            "wall_time_seconds": t.wall_time_seconds, "command": t.command,
-        })
-    });
-    json!({
-        "name": s.name,
-        "version": s.version,
-        "default": is_default,
-        "state": "ready",
-        "device": s.device,
-        "retrieval": s.retrieval,
-        "intra_op_threads": s.threads,
-        "queue_depth": s.queue.depth(),
-        "loaded_at_unix": s.loaded_at_unix,
-        "load_seconds": s.load_seconds,
-        "path": s.path.display().to_string(),
-        "manifest": {"name": m.name, "version": m.version},
-        "n_items": a.n_items,
-        "max_len": a.max_len,
-        "architecture": a,
-        "behaviours": m.behaviours,
-        "context": m.context,
-        "training": training,
-        "metrics": m.metrics,
-    })
+    VersionInfo {
+        name: s.name.clone(),
+        version: s.version.clone(),
+        default: is_default,
+        state: "ready",
+        device: s.device.clone(),
+        retrieval: s.retrieval.to_string(),
+        intra_op_threads: s.threads,
+        queue_depth: s.queue.depth(),
+        loaded_at_unix: s.loaded_at_unix,
+        load_seconds: s.load_seconds,
+        path: s.path.display().to_string(),
+        manifest: ManifestName {
+            name: m.name.clone(),
+            version: m.version.clone(),
+        },
+        n_items: a.n_items,
+        max_len: a.max_len,
+        architecture: a.clone(),
+        behaviours: m.behaviours.clone(),
+        context: m.context.clone(),
+        training: m.training.as_ref().map(|t| TrainingSummary {
+            data: t.data.clone(),
+            log_sha256: t.log_sha256.clone(),
+            split: t.split.to_string(),
+            seed: t.seed,
+            epochs_run: t.epochs_run,
+            best_epoch: t.best_epoch,
+            selection_metric: t.selection_metric.clone(),
+            stopped_by: t.stopped_by.clone(),
+            wall_time_seconds: t.wall_time_seconds,
+            command: t.command.clone(),
+        }),
+        metrics: m.metrics.clone(),
+    }
+}
+
+/// One model: its versions loaded, on disk, draining, and what happened to its loads.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ModelInfo {
+    name: String,
+    default_version: String,
+    versions: Vec<VersionInfo>,
+    /// Versions in the repository (loaded or not); empty without a repository.
+    repository_versions: Vec<String>,
+    /// Unloaded versions whose queues are still finishing.
+    draining_versions: Vec<String>,
+    load_events: Vec<LoadEvent>,
 }
 
 fn describe_model(
@@ -80,7 +148,7 @@ fn describe_model(
     name: &str,
     default_version: &str,
     versions: &[Arc<Served>],
-) -> Value {
+) -> ModelInfo {
     let reg = &st.registry;
     let on_disk = reg
         .repository
@@ -98,21 +166,37 @@ fn describe_model(
         .filter(|(n, _)| n == name)
         .map(|(_, v)| v)
         .collect();
-    json!({
-        "name": name,
-        "default_version": default_version,
-        "versions": versions.iter().map(|s| describe_version(s, s.version == default_version)).collect::<Vec<_>>(),
-        "repository_versions": on_disk,
-        "draining_versions": draining,
-        "load_events": events,
-    })
+    ModelInfo {
+        name: name.to_string(),
+        default_version: default_version.to_string(),
+        versions: versions
+            .iter()
+            .map(|s| describe_version(s, s.version == default_version))
+            .collect(),
+        repository_versions: on_disk,
+        draining_versions: draining,
+        load_events: events,
+    }
 }
 
 fn ready_or_503(st: &AppState) -> Result<(), ApiError> {
     st.check_serving().map(|_| ())
 }
 
-async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+/// Every model served, the default model and the A/B splits.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ModelList {
+    default_model: String,
+    models: Vec<ModelInfo>,
+    splits: BTreeMap<String, Split>,
+    /// Failures of models that have no version loaded at all.
+    load_events_of_unloaded_models: Vec<LoadEvent>,
+}
+
+/// Lists every model served, with its versions, the default model and the splits.
+#[utoipa::path(get, path = "/models", operation_id = "list_models", tag = "models",
+    responses((status = 200, description = "Models, versions, splits", body = ModelList)))]
+pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     ready_or_503(&st)?;
     let Snapshot {
         default_model,
@@ -127,25 +211,53 @@ async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> 
         .into_iter()
         .filter(|e| !loaded.contains(&e.model.as_str()))
         .collect();
-    Ok(Json(json!({
-        "default_model": default_model,
-        "models": models.iter().map(|(n, d, v)| describe_model(&st, n, d, v)).collect::<Vec<_>>(),
-        "splits": splits,
-        "load_events_of_unloaded_models": failed,
-    })))
+    Ok(Json(ModelList {
+        default_model,
+        models: models
+            .iter()
+            .map(|(n, d, v)| describe_model(&st, n, d, v))
+            .collect(),
+        splits,
+        load_events_of_unloaded_models: failed,
+    }))
 }
 
-async fn one(
+/// A split named like a model: its arms.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SplitInfo {
+    name: String,
+    split: Split,
+}
+
+/// A model, or a split of that name.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum ModelOrSplit {
+    Model(ModelInfo),
+    Split(SplitInfo),
+}
+
+/// One model (its versions and load history), or the split of that name.
+#[utoipa::path(get, path = "/models/{name}", operation_id = "get_model", tag = "models",
+    params(("name" = String, Path, description = "A model or split name")),
+    responses(
+        (status = 200, description = "The model, or the split", body = ModelOrSplit),
+        (status = 404, description = "No model or split of that name", body = ErrorBody),
+    ))]
+pub(super) async fn one(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelOrSplit>, ApiError> {
     ready_or_503(&st)?;
     let snap = st.registry.snapshot();
     if let Some((n, d, v)) = snap.models.iter().find(|(n, _, _)| *n == name) {
-        return Ok(Json(describe_model(&st, n, d, v)));
+        return Ok(Json(ModelOrSplit::Model(describe_model(&st, n, d, v))));
     }
     if let Some(s) = snap.splits.get(&name) {
-        return Ok(Json(json!({"name": name, "split": s})));
+        return Ok(Json(ModelOrSplit::Split(SplitInfo {
+            name,
+            split: s.clone(),
+        })));
     }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
@@ -154,26 +266,50 @@ async fn one(
     ))
 }
 
-fn v2_body(s: &Served, versions: Vec<String>) -> Value {
-    json!({
-        "name": s.name,
-        "versions": versions,
-        "platform": "seqserve_libtorch",
-        "inputs": [
-            {"name": "history", "datatype": "BYTES", "shape": [-1]},
-            {"name": "context", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "outputs": [
-            {"name": "items", "datatype": "BYTES", "shape": [-1]},
-            {"name": "scores", "datatype": "FP32", "shape": [-1]},
-        ],
-    })
+/// A KServe v2 tensor description.
+#[derive(Serialize, ToSchema)]
+pub(super) struct V2Tensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<i64>,
 }
 
-async fn v2_metadata(
+/// KServe v2 model metadata.
+#[derive(Serialize, ToSchema)]
+pub(super) struct V2Metadata {
+    name: String,
+    versions: Vec<String>,
+    platform: &'static str,
+    inputs: Vec<V2Tensor>,
+    outputs: Vec<V2Tensor>,
+}
+
+fn v2_body(s: &Served, versions: Vec<String>) -> V2Metadata {
+    let t = |name, datatype| V2Tensor {
+        name,
+        datatype,
+        shape: vec![-1],
+    };
+    V2Metadata {
+        name: s.name.clone(),
+        versions,
+        platform: "seqserve_libtorch",
+        inputs: vec![t("history", "BYTES"), t("context", "BYTES")],
+        outputs: vec![t("items", "BYTES"), t("scores", "FP32")],
+    }
+}
+
+/// KServe v2 model metadata (the default version, and every loaded version's name).
+#[utoipa::path(get, path = "/v2/models/{name}", operation_id = "v2_model_metadata", tag = "models",
+    params(("name" = String, Path, description = "A model name")),
+    responses(
+        (status = 200, description = "Model metadata", body = V2Metadata),
+        (status = 404, description = "No such model", body = ErrorBody),
+    ))]
+pub(super) async fn v2_metadata(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<V2Metadata>, ApiError> {
     st.check_serving()?;
     let s = st.registry.exact(&name, None)?;
     let versions = st
@@ -187,36 +323,83 @@ async fn v2_metadata(
     Ok(Json(v2_body(&s, versions)))
 }
 
-async fn v2_version(
+/// KServe v2 metadata of one loaded version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", operation_id = "v2_version_metadata", tag = "models",
+    params(("name" = String, Path, description = "A model name"),
+           ("version" = String, Path, description = "A loaded version")),
+    responses(
+        (status = 200, description = "Version metadata", body = V2Metadata),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+    ))]
+pub(super) async fn v2_version(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<V2Metadata>, ApiError> {
     st.check_serving()?;
     let s = st.registry.exact(&name, Some(&version))?;
     Ok(Json(v2_body(&s, vec![version])))
+}
+
+/// KServe v2 readiness of a model or version.
+#[derive(Serialize, ToSchema)]
+pub(super) struct V2Ready {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// 200 `{"name", "ready": true}` when the model (version) can answer now; 404 for an unknown one;
 /// 503 while the server is starting or shutting down.
 fn v2_ready_answer(st: &AppState, name: &str, version: Option<&str>) -> Response {
     if let Err(e) = st.check_serving() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"name": name, "ready": false, "error": e.message})),
-        )
-            .into_response();
+        let body = V2Ready {
+            name: name.to_string(),
+            version: None,
+            ready: false,
+            error: Some(e.message),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     match st.registry.exact(name, version) {
-        Ok(s) => Json(json!({"name": s.name, "version": s.version, "ready": true})).into_response(),
+        Ok(s) => Json(V2Ready {
+            name: s.name.clone(),
+            version: Some(s.version.clone()),
+            ready: true,
+            error: None,
+        })
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn v2_ready(State(st): State<Arc<AppState>>, UrlPath(name): UrlPath<String>) -> Response {
+/// KServe v2 readiness of a model's default version.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", operation_id = "v2_model_ready", tag = "models",
+    params(("name" = String, Path, description = "A model name")),
+    responses(
+        (status = 200, description = "The model can answer now", body = V2Ready),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 503, description = "The server is starting or shutting down", body = V2Ready),
+    ))]
+pub(super) async fn v2_ready(
+    State(st): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
     v2_ready_answer(&st, &name, None)
 }
 
-async fn v2_version_ready(
+/// KServe v2 readiness of one version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", operation_id = "v2_version_ready", tag = "models",
+    params(("name" = String, Path, description = "A model name"),
+           ("version" = String, Path, description = "A version")),
+    responses(
+        (status = 200, description = "The version can answer now", body = V2Ready),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+        (status = 503, description = "The server is starting or shutting down", body = V2Ready),
+    ))]
+pub(super) async fn v2_version_ready(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> Response {
@@ -254,9 +437,9 @@ async fn required_body<T: serde::de::DeserializeOwned + Send + 'static>(
     super::body::parse_then(st, bytes, Ok).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoadOptions {
+pub(super) struct LoadOptions {
     /// Make it the model's default version once it is warm (the swap).
     #[serde(default)]
     default: bool,
@@ -265,10 +448,21 @@ struct LoadOptions {
     retire_previous: bool,
 }
 
-/// POST /models/{name}/versions/{version} (`latest` = the repository's newest): loads and warms up
-/// the version beside what serves, then applies the options. 200 with the version once it is
-/// ready (201 when newly loaded); a version that fails is 422 with the reason, and nothing changes.
-async fn load(
+/// Loads and warms up a version beside what serves (`latest` = the repository's newest), then
+/// applies the options; a version that fails to load changes nothing.
+#[utoipa::path(post, path = "/models/{name}/versions/{version}", operation_id = "load_version", tag = "models",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "A model name in model.repository"),
+           ("version" = String, Path, description = "A version directory, or `latest`")),
+    request_body(content = LoadOptions, description = "Optional; absent: load without switching"),
+    responses(
+        (status = 201, description = "Loaded and warm", body = VersionInfo),
+        (status = 200, description = "Already loaded (options applied)", body = VersionInfo),
+        (status = 404, description = "No such model or version on disk", body = ErrorBody),
+        (status = 409, description = "No model.repository is configured", body = ErrorBody),
+        (status = 422, description = "The version failed to load (the reason), or bad options", body = ErrorBody),
+    ))]
+pub(super) async fn load(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
     req: Request,
@@ -311,70 +505,175 @@ async fn load(
         .into_response())
 }
 
-async fn unload(
+/// What an admin change did.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Unloading {
+    model: String,
+    version: String,
+    /// "unloading".
+    status: &'static str,
+    message: &'static str,
+}
+
+/// Removes a version from routing at once; requests already queued on it finish there, then its
+/// memory is freed.
+#[utoipa::path(delete, path = "/models/{name}/versions/{version}", operation_id = "unload_version", tag = "models",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "A model name"),
+           ("version" = String, Path, description = "A loaded version")),
+    responses(
+        (status = 200, description = "Removed from routing", body = Unloading),
+        (status = 404, description = "No such model or version loaded", body = ErrorBody),
+        (status = 409, description = "The default version while others are loaded, the default model's last version, or a split's arm", body = ErrorBody),
+    ))]
+pub(super) async fn unload(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Unloading>, ApiError> {
     authorize(&st, &headers)?;
+    st.check_serving()?;
     st.registry.unload(&name, &version)?;
-    Ok(Json(json!({
-        "model": name, "version": version, "status": "unloading",
-        "message": "removed from routing; requests already queued on it finish there, then its memory is freed",
-    })))
+    Ok(Json(Unloading {
+        model: name,
+        version,
+        status: "unloading",
+        message: "removed from routing; requests already queued on it finish there, then its memory is freed",
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DefaultVersion {
+pub(super) struct DefaultVersion {
+    /// A loaded version of the model.
     version: String,
 }
 
-async fn set_default_version(
+/// The model and its new default version.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DefaultVersionSet {
+    model: String,
+    default_version: String,
+}
+
+/// Switches which loaded version answers requests without a version (atomically).
+#[utoipa::path(put, path = "/models/{name}/default", operation_id = "set_default_version", tag = "models",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "A model name")),
+    request_body = DefaultVersion,
+    responses(
+        (status = 200, description = "Switched", body = DefaultVersionSet),
+        (status = 404, description = "No such model or version loaded", body = ErrorBody),
+    ))]
+pub(super) async fn set_default_version(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DefaultVersionSet>, ApiError> {
     authorize(&st, req.headers())?;
+    st.check_serving()?;
     let b: DefaultVersion = required_body(&st, req).await?;
     st.registry.set_default_version(&name, &b.version)?;
-    Ok(Json(json!({"model": name, "default_version": b.version})))
+    Ok(Json(DefaultVersionSet {
+        model: name,
+        default_version: b.version,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DefaultModel {
+pub(super) struct DefaultModel {
+    /// A loaded model (or split) name.
     model: String,
 }
 
-async fn set_default_model(
-    State(st): State<Arc<AppState>>,
-    req: Request,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&st, req.headers())?;
-    let b: DefaultModel = required_body(&st, req).await?;
-    st.registry.set_default_model(&b.model)?;
-    Ok(Json(json!({"default_model": b.model})))
+/// The model that answers requests without a model.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DefaultModelSet {
+    default_model: String,
 }
 
-async fn set_split(
+/// Switches which model answers requests that name none.
+#[utoipa::path(put, path = "/default", operation_id = "set_default_model", tag = "models",
+    security(("admin_token" = [])),
+    request_body = DefaultModel,
+    responses(
+        (status = 200, description = "Switched", body = DefaultModelSet),
+        (status = 404, description = "No such model loaded", body = ErrorBody),
+    ))]
+pub(super) async fn set_default_model(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Json<DefaultModelSet>, ApiError> {
+    authorize(&st, req.headers())?;
+    st.check_serving()?;
+    let b: DefaultModel = required_body(&st, req).await?;
+    st.registry.set_default_model(&b.model)?;
+    Ok(Json(DefaultModelSet {
+        default_model: b.model,
+    }))
+}
+
+/// A split as set.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SplitSet {
+    split: String,
+    arms: Vec<super::split::Arm>,
+}
+
+/// Creates or replaces an A/B split: requests naming it are shared between its arms by weight,
+/// sticky per `user`.
+#[utoipa::path(put, path = "/splits/{name}", operation_id = "set_split", tag = "models",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The split's name (1-64 of A-Z a-z 0-9 . _ -)")),
+    request_body = Split,
+    responses(
+        (status = 200, description = "Set", body = SplitSet),
+        (status = 404, description = "An arm names no loaded model or version", body = ErrorBody),
+        (status = 409, description = "The name is a model's", body = ErrorBody),
+    ))]
+pub(super) async fn set_split(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SplitSet>, ApiError> {
     authorize(&st, req.headers())?;
+    st.check_serving()?;
     crate::model::repository::check_name("split", &name).map_err(ApiError::validation)?;
     let split: Split = required_body(&st, req).await?;
     st.registry.set_split(&name, split.clone())?;
-    Ok(Json(json!({"split": name, "arms": split.arms})))
+    Ok(Json(SplitSet {
+        split: name,
+        arms: split.arms,
+    }))
 }
 
-async fn remove_split(
+/// A removed split.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SplitRemoved {
+    split: String,
+    /// "removed".
+    status: &'static str,
+}
+
+/// Removes an A/B split.
+#[utoipa::path(delete, path = "/splits/{name}", operation_id = "remove_split", tag = "models",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "A split name")),
+    responses(
+        (status = 200, description = "Removed", body = SplitRemoved),
+        (status = 404, description = "No such split", body = ErrorBody),
+    ))]
+pub(super) async fn remove_split(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SplitRemoved>, ApiError> {
     authorize(&st, &headers)?;
+    st.check_serving()?;
     st.registry.remove_split(&name)?;
-    Ok(Json(json!({"split": name, "status": "removed"})))
+    Ok(Json(SplitRemoved {
+        split: name,
+        status: "removed",
+    }))
 }

@@ -68,7 +68,7 @@ struct Table {
 }
 
 /// A version being loaded, or one that failed (kept so /models can say why).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoadEvent {
     pub model: String,
     pub version: String,
@@ -231,8 +231,9 @@ impl Registry {
     pub fn exact(&self, model: &str, version: Option<&str>) -> Result<Arc<Served>, ApiError> {
         let t = self.read();
         if version.is_none() && !t.models.contains_key(model) && t.splits.contains_key(model) {
-            return Err(ApiError::validation(format!(
-                "{model:?} is an A/B split: name the models (and versions) to evaluate"
+            // Not found: no model has this name (a split does, and this asks for a model).
+            return Err(not_found(format!(
+                "{model:?} is an A/B split, not a model: name a model (and version)"
             )));
         }
         drop(t);
@@ -276,25 +277,27 @@ impl Registry {
         Ok(())
     }
 
+    /// Arms must name loaded models (404 otherwise, checked first: a missing model is the
+    /// answer to give even when the split has other faults), then have a valid shape (422).
     pub fn set_split(&self, name: &str, split: Split) -> Result<(), ApiError> {
-        split.check().map_err(ApiError::validation)?;
         let mut t = self.write();
         for (i, a) in split.arms.iter().enumerate() {
             let Some(e) = t.models.get(&a.model) else {
-                return Err(ApiError::validation(format!(
+                return Err(not_found(format!(
                     "arms[{i}]: no model {:?} is loaded",
                     a.model
                 )));
             };
             if let Some(v) = &a.version {
                 if e.get(v).is_none() {
-                    return Err(ApiError::validation(format!(
+                    return Err(not_found(format!(
                         "arms[{i}]: model {:?} has no loaded version {v:?}",
                         a.model
                     )));
                 }
             }
         }
+        split.check().map_err(ApiError::validation)?;
         t.splits.insert(name.to_string(), split);
         Ok(())
     }

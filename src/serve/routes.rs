@@ -1,8 +1,10 @@
 //! HTTP routes: the router, its middleware (request id, timing, metrics, panic catching) and handlers.
-use super::api::{self, BatchRequest, BatchResponse, RecommendResponse, ScoredItem, Timing};
+use super::api::{
+    self, BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing,
+};
 use super::body;
 use super::config::LimitsSection;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::queue::{EnqueueError, Job, JobError, JobOutput, JobState, RequestFate};
 use super::AppState;
 use axum::extract::{Request, State};
@@ -41,8 +43,9 @@ fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     routes
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
+        .route("/v2/health/live", get(v2_live))
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/openapi.json", get(super::openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(on_panic))
@@ -58,7 +61,9 @@ fn route_label(path: &str) -> &'static str {
         "/health/live" | "/v2/health/live" => "/health/live",
         "/health/ready" | "/v2/health/ready" => "/health/ready",
         "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
         "/evaluate" => "/evaluate",
+        p if p.starts_with("/evaluate/") && p.ends_with("/cancel") => "/evaluate/{id}/cancel",
         p if p.starts_with("/evaluate/") => "/evaluate/{id}",
         "/models" => "/models",
         "/default" => "/default",
@@ -195,13 +200,46 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "live"}))
+/// `{"status": "live"}` or `{"status": "ready"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    status: &'static str,
 }
 
-async fn ready(State(st): State<Arc<AppState>>) -> Response {
+/// Liveness: the process answers (whatever its models are doing).
+#[utoipa::path(get, path = "/health/live", operation_id = "live", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub(super) async fn live() -> Json<Health> {
+    Json(Health { status: "live" })
+}
+
+/// Liveness at KServe v2's path.
+#[utoipa::path(get, path = "/v2/health/live", operation_id = "v2_live", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub(super) async fn v2_live() -> Json<Health> {
+    live().await
+}
+
+/// Readiness: the models configured at start are loaded and warm, the default model can answer,
+/// and the server is not shutting down.
+#[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "operations", responses(
+    (status = 200, description = "Ready for traffic", body = Health),
+    (status = 503, description = "Starting, or shutting down", body = ErrorBody)))]
+pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    ready_answer(&st)
+}
+
+/// Readiness at KServe v2's path.
+#[utoipa::path(get, path = "/v2/health/ready", operation_id = "v2_ready", tag = "operations", responses(
+    (status = 200, description = "Ready for traffic", body = Health),
+    (status = 503, description = "Starting, or shutting down", body = ErrorBody)))]
+pub(super) async fn v2_ready(State(st): State<Arc<AppState>>) -> Response {
+    ready_answer(&st)
+}
+
+fn ready_answer(st: &AppState) -> Response {
     if st.is_ready() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+        Json(Health { status: "ready" }).into_response()
     } else if st.shutting_down.load(Ordering::SeqCst) {
         ApiError::not_ready("shutting down").into_response()
     } else {
@@ -209,7 +247,10 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+/// Prometheus metrics (text exposition format). On admin.port when it is set.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.ready.set(st.is_ready() as i64);
     (
         [(
@@ -374,7 +415,19 @@ fn count_unknown(st: &AppState, v: &api::Validated) {
         .inc_by(v.prepared.unknown_items.len() as u64);
 }
 
-async fn recommend(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+/// Ranks the catalogue for one history (and context): the top `k` items, best first.
+#[utoipa::path(post, path = "/recommend", operation_id = "recommend", tag = "inference",
+    request_body = RecommendRequest,
+    responses(
+        (status = 200, description = "Ranked items", body = RecommendResponse),
+        (status = 404, description = "No such model, version or split", body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after Retry-After seconds", body = ErrorBody),
+        (status = 504, description = "The request could not start before its deadline (timeout_ms)", body = ErrorBody),
+    ))]
+pub(super) async fn recommend(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     st.check_serving()?;
     let v = parse_request(&st, req, api::validate).await?;
@@ -391,7 +444,17 @@ async fn recommend(State(st): State<Arc<AppState>>, req: Request) -> Result<Resp
     Ok(resp)
 }
 
-async fn recommend_batch(
+/// Ranks several requests in one call (each validated against its own model version); they
+/// share the batching queue with single requests.
+#[utoipa::path(post, path = "/recommend/batch", operation_id = "recommend_batch", tag = "inference",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per request, in order", body = BatchResponse),
+        (status = 404, description = "A request names no loaded model, version or split", body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after Retry-After seconds", body = ErrorBody),
+        (status = 504, description = "A request could not start before its deadline", body = ErrorBody),
+    ))]
+pub(super) async fn recommend_batch(
     State(st): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Json<BatchResponse>, ApiError> {

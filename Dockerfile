@@ -1,11 +1,17 @@
-# seqserve image: the service on the shipped default model (models/beauty-2l), CPU or CUDA.
-# Build: docker build -t seqserve:0.1.0 .      Run: docker run -p 8080:8080 seqserve:0.1.0
+# seqserve image: the service on the shipped default model (models/beauty-2l).
+# CPU (default): docker build -t seqserve:0.1.0 .
+# CUDA:          docker build --build-arg VARIANT=cuda -t seqserve:0.1.0-cuda .
+# Run:           docker run -p 8080:8080 seqserve:0.1.0
 #
 # libtorch comes from PyPI (torch==2.13.0) through the project's own set-up script. The binary finds
-# libtorch through an rpath to the venv's torch/lib, so the runtime stage keeps the venv's torch and
-# nvidia libraries at the same absolute path. Checked in CI by scripts/check-docker.sh (hadolint, and
-# every RUN step parsed by the shell it runs under).
+# libtorch through an rpath to the venv's torch/lib, so the runtime stage keeps the libraries at the
+# same absolute path. The CPU variant links libtorch_cpu alone (SEQSERVE_CPU_ONLY=1, see build.rs) and
+# keeps only what it needs (scripts/runtime-libs.sh: 445 MB of libraries instead of 3.9 GB; no cuBLAS,
+# cuDNN or NCCL). Checked in CI by scripts/check-docker.sh: hadolint, every RUN step parsed by its
+# shell, and the CPU variant's binary served from exactly the library set this image copies.
 FROM rust:1-bookworm AS build
+ARG VARIANT=cpu
+ARG SITE=/opt/seqserve/venv-torch-2.13.0/lib/python3.11/site-packages
 # The project's scripts are bash (env.sh reads BASH_SOURCE): RUN steps run under bash, not dash.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV SEQSERVE_CACHE=/opt/seqserve SEQSERVE_NO_TEST_PACKAGES=1
@@ -28,17 +34,18 @@ RUN mkdir -p src benches \
     && rm -rf src benches target/release/seqserve target/release/deps/seqserve-* \
        target/release/deps/libseqserve-* target/release/.fingerprint/seqserve-*
 COPY . .
-RUN . scripts/env.sh && cargo build --release --locked \
-    && cp target/release/seqserve /usr/local/bin/seqserve
+RUN . scripts/env.sh \
+    && if [ "$VARIANT" = cpu ]; then export SEQSERVE_CPU_ONLY=1; fi \
+    && cargo build --release --locked \
+    && cp target/release/seqserve /usr/local/bin/seqserve \
+    && bash scripts/runtime-libs.sh "$VARIANT" /usr/local/bin/seqserve "$SITE" /runtime
 
 FROM debian:bookworm-slim
-ARG SITE=/opt/seqserve/venv-torch-2.13.0/lib/python3.11/site-packages
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build ${SITE}/torch/lib ${SITE}/torch/lib
-COPY --from=build ${SITE}/nvidia ${SITE}/nvidia
+COPY --from=build /runtime/ /
 COPY --from=build /usr/local/bin/seqserve /usr/local/bin/seqserve
 WORKDIR /app
 COPY models ./models

@@ -17,8 +17,17 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=SEQSERVE_CPU_ONLY");
+    // SEQSERVE_CPU_ONLY=1 (the Dockerfile's VARIANT=cpu): force nothing, so the linker keeps only
+    // what is referenced, libtorch_cpu and libc10, and neither libtorch.so nor libtorch_cuda.so
+    // (whose NEEDED entries pull in cuBLAS, cuDNN, NCCL...). libtorch_cpu itself still needs
+    // libcudart and libcupti (5 MB together), which the CPU image keeps.
+    let cpu_only = std::env::var("SEQSERVE_CPU_ONLY").is_ok_and(|v| v == "1");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        if cpu_only {
+            return;
+        }
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch");
         for cuda in ["torch_cuda"] {

@@ -2,7 +2,11 @@
 # Checks the Dockerfile without a container engine (none can pull base images here; run by .ci/run):
 #   1. hadolint (warnings fail; each ignore is justified beside it in the Dockerfile);
 #   2. every RUN step, continuation lines joined, parses under the shell its stage declares
-#      (SHELL [...]; /bin/sh by default), and scripts it sources parse under that shell too.
+#      (SHELL [...]; /bin/sh by default), and scripts it sources parse under that shell too;
+#   3. the CPU variant's runtime: a SEQSERVE_CPU_ONLY=1 binary, given exactly the libraries
+#      scripts/runtime-libs.sh copies into the image (nothing else of the venv reachable), serves
+#      the same rankings and scores as the normal build, and maps no library outside that set and
+#      the system's. The image sizes themselves need a container engine (none here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(bash scripts/ops-tools.sh)
@@ -43,3 +47,60 @@ for s in steps:
         checked += 1
 print(f"[docker] hadolint clean; {checked} RUN steps parse under their stage's shell")
 EOF_PY
+
+# 3. The CPU variant's library set, run for real.
+source scripts/env.sh
+SITE=$("$SEQSERVE_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+WORK=$(mktemp -d)
+FULL= CPU=
+trap 'kill $FULL $CPU 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cargo build --quiet --bin seqserve
+cp target/debug/seqserve "$WORK/seqserve-full"
+SEQSERVE_CPU_ONLY=1 cargo build --quiet --bin seqserve
+cp target/debug/seqserve "$WORK/seqserve-cpu"
+cargo build --quiet --bin seqserve # back to the normal build for what follows
+if readelf -d "$WORK/seqserve-cpu" | grep -q 'libtorch_cuda'; then
+    echo "[docker] the SEQSERVE_CPU_ONLY=1 binary still links libtorch_cuda"; exit 1
+fi
+bash scripts/runtime-libs.sh cpu "$WORK/seqserve-cpu" "$SITE" "$WORK/rt" 2>"$WORK/libs.txt"
+cat "$WORK/libs.txt"
+FULL_BYTES=$(du -sb "$SITE/torch/lib" "$SITE/nvidia" | awk '{s += $1} END {printf "%.0f", s}')
+CPU_BYTES=$(du -sb "$WORK/rt" | cut -f1)
+for MODEL in beauty-2l ml1m-ctx; do
+    "$WORK/seqserve-full" serve --host 127.0.0.1 --port 18620 --model "models/$MODEL" --device cpu \
+        --threads 1 2>"$WORK/full.log" &
+    FULL=$!
+    LD_LIBRARY_PATH="$WORK/rt$SITE/torch/lib" "$WORK/seqserve-cpu" serve --host 127.0.0.1 \
+        --port 18621 --model "models/$MODEL" --device cpu --threads 1 2>"$WORK/cpu.log" &
+    CPU=$!
+    for port in 18620 18621; do
+        for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+        curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$WORK/full.log" "$WORK/cpu.log"; exit 1; }
+    done
+    # Every library the CPU build mapped is from the copied set or the system.
+    if grep -oE '/[^ ]+\.so[.0-9]*' "/proc/$CPU/maps" | sort -u | grep -vE "^$WORK/rt/|^/(usr/)?lib"; then
+        echo "[docker] the CPU build loaded libraries outside the image's set (above)"; exit 1
+    fi
+    python3 - "models/$MODEL" <<'EOF_PY'
+import json, random, sys, urllib.request
+model = sys.argv[1]
+items = [l.strip() for l in open(f"{model}/items.txt") if l.strip()]
+manifest = json.load(open(f"{model}/model.json"))
+rng = random.Random(3)
+def ask(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return [(i["item"], i["score"]) for i in json.load(r)["items"]]
+for n in range(20):
+    body = {"history": rng.sample(items, rng.randint(0, 30)), "k": 20}
+    for f in manifest.get("context", []):
+        if f["kind"] == "categorical":
+            body.setdefault("context", {})[f["name"]] = rng.choice(f["values"])
+    a, b = ask(18620, body), ask(18621, body)
+    assert a == b, f"{model} request {n}: CPU build answers {b[:3]}..., full build {a[:3]}..."
+print(f"[docker] {model}: CPU build = full build on 20 requests (items and scores)")
+EOF_PY
+    kill $FULL $CPU; wait $FULL $CPU 2>/dev/null || true; FULL= CPU=
+done
+echo "[docker] CPU variant: $((CPU_BYTES / 1000000)) MB of venv libraries in the image, against $((FULL_BYTES / 1000000)) MB for CUDA"

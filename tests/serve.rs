@@ -635,6 +635,58 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
             .unwrap();
         assert_eq!(r.status(), 404);
     }
+    // DELETE on a running job: cancelled and gone at once; its slot comes back once it stops.
+    let r = post(json!({"holdout": "big.jsonl"}), Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .delete(s.url(&format!("/evaluate/{id}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["previous_status"],
+        "running"
+    );
+    let r = c
+        .get(s.url(&format!("/evaluate/{id}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let t0 = Instant::now();
+    loop {
+        let r = post(json!({"holdout": "big.jsonl"}), Some("s3cret"))
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            c.delete(s.url(&format!("/evaluate/{id}")))
+                .bearer_auth("s3cret")
+                .send()
+                .await
+                .unwrap();
+            break;
+        }
+        assert_eq!(
+            r.status(),
+            429,
+            "the deleted job's slot is held only until it stops"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Live traffic is still served while and after evaluating.
     let (st, _, _) = post_json(&s.url("/recommend"), json!({"history": ["i1"]})).await;
     assert_eq!(st, 200);

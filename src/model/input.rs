@@ -44,6 +44,17 @@ const ITEM_ID: &str = "an item id (a non-negative integer or a string)";
 
 struct ItemIdVisitor;
 
+fn id_too_large<E: de::Error>(v: impl fmt::Display) -> E {
+    E::custom(format!(
+        "item id {v} is above 2^53 - 1, which JSON cannot carry exactly: send it as a string"
+    ))
+}
+
+/// A float that is a u64 exactly (`12.0`), as JSON Schema counts integers.
+fn integral(v: f64) -> Option<u64> {
+    (v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)).then_some(v as u64)
+}
+
 impl<'de> Visitor<'de> for ItemIdVisitor {
     type Value = ItemId;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -51,9 +62,7 @@ impl<'de> Visitor<'de> for ItemIdVisitor {
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ItemId, E> {
         if v > MAX_INTEGER_ITEM_ID {
-            return Err(E::custom(format!(
-                "item id {v} is above 2^53 - 1, which JSON cannot carry exactly: send it as a string"
-            )));
+            return Err(id_too_large(v));
         }
         Ok(ItemId::Int(v))
     }
@@ -67,17 +76,13 @@ impl<'de> Visitor<'de> for ItemIdVisitor {
     }
     // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it.
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ItemId, E> {
-        if v.fract() == 0.0 && (0.0..=MAX_INTEGER_ITEM_ID as f64).contains(&v) {
-            return Ok(ItemId::Int(v as u64));
+        match integral(v) {
+            Some(n) => self.visit_u64(n),
+            None if v.fract() == 0.0 && v > 0.0 => Err(id_too_large(v)),
+            None => Err(E::custom(format!(
+                "item id {v} is not a non-negative integer; expected {ITEM_ID}"
+            ))),
         }
-        if v.fract() == 0.0 && v > 0.0 {
-            return Err(E::custom(format!(
-                "item id {v} is above 2^53 - 1, which JSON cannot carry exactly: send it as a string"
-            )));
-        }
-        Err(E::custom(format!(
-            "item id {v} is not a non-negative integer; expected {ITEM_ID}"
-        )))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ItemId, E> {
         Ok(ItemId::Str(v.to_string()))
@@ -246,10 +251,9 @@ impl<'de, T: TryFrom<u64>> Visitor<'de> for Integer<T> {
             .and_then(|v| self.visit_u64(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
-            self.visit_u64(v as u64)
-        } else {
-            Err(E::invalid_value(de::Unexpected::Float(v), &self))
+        match integral(v) {
+            Some(n) => self.visit_u64(n),
+            None => Err(E::invalid_value(de::Unexpected::Float(v), &self)),
         }
     }
 }

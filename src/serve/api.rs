@@ -36,7 +36,7 @@ pub struct RecommendRequest {
     #[serde(default)]
     pub exclude: Vec<ItemId>,
     /// Overrides server.request_timeout_ms for this request (at most 600000, as that setting).
-    #[schema(minimum = 1, maximum = 600_000)]
+    #[schema(minimum = 1)]
     #[serde(default, deserialize_with = "crate::model::optional_integer")]
     pub timeout_ms: Option<u64>,
 }

@@ -349,7 +349,7 @@ impl Config {
                 "server.request_timeout_ms",
                 s.request_timeout_ms,
                 1,
-                600_000,
+                super::api::MAX_TIMEOUT_MS,
             ),
             ("server.drain_timeout_secs", s.drain_timeout_secs, 1, 3600),
             ("server.drain_announce_ms", s.drain_announce_ms, 0, 60_000),

@@ -104,80 +104,80 @@ fn refine(
     a: &super::config::AdminSection,
     manifest: Option<&crate::model::Manifest>,
 ) -> Result<(), String> {
-    let s = "/components/schemas";
-    let req = format!("{s}/RecommendRequest/properties");
-    set(doc, &format!("{req}/k/maximum"), json!(l.max_k))?;
-    set(
-        doc,
-        &format!("{req}/history/maxItems"),
-        json!(l.max_history),
-    )?;
-    set(doc, &format!("{req}/candidates/minItems"), json!(1))?;
-    set(
-        doc,
-        &format!("{req}/candidates/maxItems"),
-        json!(l.max_candidates),
-    )?;
-    set(
-        doc,
-        &format!("{req}/exclude/maxItems"),
-        json!(l.max_exclude),
-    )?;
-    let batch = format!("{s}/BatchRequest/properties/requests");
-    set(doc, &format!("{batch}/minItems"), json!(1))?;
-    set(
-        doc,
-        &format!("{batch}/maxItems"),
-        json!(l.max_batch_requests),
-    )?;
-    let eval = format!("{s}/EvaluateRequest/properties");
-    set(
-        doc,
-        &format!("{eval}/k/items"),
-        json!({"type": "integer", "minimum": 1, "maximum": l.max_k}),
-    )?;
-    set(
-        doc,
-        &format!("{eval}/cases/maxItems"),
-        json!(a.max_evaluation_cases),
-    )?;
-    // The same model twice is refused (JSON Schema can only say: not the same object twice).
-    set(doc, &format!("{eval}/models/uniqueItems"), json!(true))?;
-    set(
-        doc,
-        &format!("{eval}/holdout/pattern"),
-        json!(super::admin::HOLDOUT_NAME_PATTERN),
-    )?;
-    // Rules across fields, which the derive cannot state: exactly one of holdout and cases; not
-    // both model and models; version only with model (null counts as absent, as serde reads it).
     let given =
         |field: &str, ty: &str| json!({"required": [field], "properties": {field: {"type": ty}}});
-    set(
-        doc,
-        &format!("{s}/EvaluateRequest/oneOf"),
-        json!([given("holdout", "string"), given("cases", "array")]),
-    )?;
-    set(
-        doc,
-        &format!("{s}/EvaluateRequest/allOf"),
-        json!([
-            {"if": given("version", "string"), "then": given("model", "string")},
-            {"not": {"allOf": [given("model", "string"), given("models", "array")]}},
-        ]),
-    )?;
-    set(
-        doc,
-        &format!("{s}/Split/properties/arms/contains"),
-        json!({"type": "object", "properties": {"weight": {"minimum": 1}}, "required": ["weight"]}),
-    )?;
-    set(
-        doc,
-        &format!("{s}/LoadOptions/allOf"),
-        json!([{
-            "if": {"required": ["retire_previous"], "properties": {"retire_previous": {"const": true}}},
-            "then": {"required": ["default"], "properties": {"default": {"const": true}}},
-        }]),
-    )?;
+    let name = json!(crate::model::repository::NAME_PATTERN);
+    // Pointers below /components/schemas/.
+    let facts = [
+        ("RecommendRequest/properties/k/maximum", json!(l.max_k)),
+        (
+            "RecommendRequest/properties/history/maxItems",
+            json!(l.max_history),
+        ),
+        ("RecommendRequest/properties/candidates/minItems", json!(1)),
+        (
+            "RecommendRequest/properties/candidates/maxItems",
+            json!(l.max_candidates),
+        ),
+        (
+            "RecommendRequest/properties/exclude/maxItems",
+            json!(l.max_exclude),
+        ),
+        (
+            "RecommendRequest/properties/timeout_ms/maximum",
+            json!(super::api::MAX_TIMEOUT_MS),
+        ),
+        ("BatchRequest/properties/requests/minItems", json!(1)),
+        (
+            "BatchRequest/properties/requests/maxItems",
+            json!(l.max_batch_requests),
+        ),
+        (
+            "EvaluateRequest/properties/k/items",
+            json!({"type": "integer", "minimum": 1, "maximum": l.max_k}),
+        ),
+        (
+            "EvaluateRequest/properties/cases/maxItems",
+            json!(a.max_evaluation_cases),
+        ),
+        // The same model twice is refused (JSON Schema can only say: not the same object twice).
+        ("EvaluateRequest/properties/models/uniqueItems", json!(true)),
+        (
+            "EvaluateRequest/properties/holdout/pattern",
+            json!(super::admin::HOLDOUT_NAME_PATTERN),
+        ),
+        // Rules across fields, which the derive cannot state: exactly one of holdout and cases;
+        // not both model and models; version only with model (null counts as absent, as serde
+        // reads it).
+        (
+            "EvaluateRequest/oneOf",
+            json!([given("holdout", "string"), given("cases", "array")]),
+        ),
+        (
+            "EvaluateRequest/allOf",
+            json!([
+                {"if": given("version", "string"), "then": given("model", "string")},
+                {"not": {"allOf": [given("model", "string"), given("models", "array")]}},
+            ]),
+        ),
+        (
+            "Split/properties/arms/contains",
+            json!({"type": "object", "properties": {"weight": {"minimum": 1}}, "required": ["weight"]}),
+        ),
+        // Split arms name models and versions as repository::check_name has them.
+        ("Arm/properties/model/pattern", name.clone()),
+        ("Arm/properties/version/pattern", name),
+        (
+            "LoadOptions/allOf",
+            json!([{
+                "if": {"required": ["retire_previous"], "properties": {"retire_previous": {"const": true}}},
+                "then": {"required": ["default"], "properties": {"default": {"const": true}}},
+            }]),
+        ),
+    ];
+    for (pointer, value) in facts {
+        set(doc, &format!("/components/schemas/{pointer}"), value)?;
+    }
     // The load options may be left out altogether (no body: load without switching).
     set(
         doc,
@@ -207,12 +207,17 @@ fn refine(
         names.push(Value::Null);
         set(
             doc,
-            &format!("{s}/HistoryEvent/properties/behavior"),
+            "/components/schemas/HistoryEvent/properties/behavior",
             json!({"enum": names, "description": "A behaviour of the model (null: none)"}),
         )?;
         let context = context_schema(&m.context);
-        set(doc, &format!("{req}/context"), context.clone())?;
-        set(doc, &format!("{s}/HoldoutCase/properties/context"), context)?;
+        for schema in ["RecommendRequest", "HoldoutCase"] {
+            set(
+                doc,
+                &format!("/components/schemas/{schema}/properties/context"),
+                context.clone(),
+            )?;
+        }
     }
     Ok(())
 }

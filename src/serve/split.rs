@@ -10,11 +10,9 @@ pub const MAX_ARMS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Arm {
-    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
     pub model: String,
     /// A loaded version; absent: the model's default version at the time of each request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
     pub version: Option<String>,
     /// Relative share (0 keeps an arm listed without traffic).
     #[schema(maximum = 1_000_000)]

@@ -17,6 +17,7 @@ PORT=${PORT:-18480}
 TOKEN=bench-token
 
 source scripts/need-debian.sh
+source scripts/wait-ready.sh
 need_debian wrk wrk
 source scripts/env.sh
 cargo build --release --quiet
@@ -48,10 +49,7 @@ EOF
 SEQSERVE__ADMIN__TOKEN=$TOKEN "$BIN" serve --repository "$WORK/repo" --host 127.0.0.1 --port "$PORT" \
     --log-format json 2>"$WORK/server.log" &
 SERVER=$!
-for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
-    sleep 0.1
-done
+wait_ready "$PORT" 60 "$WORK/server.log"
 URL="http://127.0.0.1:$PORT"
 
 wrk_run() { # seconds delay_ms -> wrk output

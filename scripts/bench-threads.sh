@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 DUR=${SECONDS_PER_POINT:-10}
 PORT=${PORT:-18481}
 source scripts/need-debian.sh
+source scripts/wait-ready.sh
 need_debian wrk wrk
 source scripts/env.sh
 cargo build --release --quiet
@@ -35,7 +36,7 @@ point() { # repo split threads
     SEQSERVE__SPLITS__ab=$2 "$BIN" serve --repository "$WORK/$1" --default-model ab --threads "$3" \
         --host 127.0.0.1 --port "$PORT" --log-format json 2>/dev/null &
     SERVER=$!
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+    wait_ready "$PORT" 60
     wrk -t1 -c64 -d2s -s "$WORK/load.lua" "http://127.0.0.1:$PORT" >/dev/null
     out=$(wrk -t1 -c64 -d"$DUR"s --latency -s "$WORK/load.lua" "http://127.0.0.1:$PORT")
     rate=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')

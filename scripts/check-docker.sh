@@ -50,6 +50,7 @@ EOF_PY
 
 # 3. The CPU variant's library set, run for real.
 source scripts/env.sh
+source scripts/wait-ready.sh
 SITE=$("$SEQSERVE_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 WORK=$(mktemp -d)
 FULL= CPU=
@@ -73,10 +74,8 @@ for MODEL in beauty-2l ml1m-ctx; do
     LD_LIBRARY_PATH="$WORK/rt$SITE/torch/lib" "$WORK/seqserve-cpu" serve --host 127.0.0.1 \
         --port 18621 --model "models/$MODEL" --device cpu --threads 1 2>"$WORK/cpu.log" &
     CPU=$!
-    for port in 18620 18621; do
-        for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-        curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$WORK/full.log" "$WORK/cpu.log"; exit 1; }
-    done
+    wait_ready 18620 30 "$WORK/full.log"
+    wait_ready 18621 30 "$WORK/cpu.log"
     # Every library the CPU build mapped is from the copied set or the system.
     if grep -oE '/[^ ]+\.so[.0-9]*' "/proc/$CPU/maps" | sort -u | grep -vE "^$WORK/rt/|^/(usr/)?lib"; then
         echo "[docker] the CPU build loaded libraries outside the image's set (above)"; exit 1

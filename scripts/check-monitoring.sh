@@ -14,6 +14,7 @@ ADMIN=$((PORT + 1))
 PROM=$((PORT + 2))
 
 source scripts/need-debian.sh
+source scripts/wait-ready.sh
 need_debian prometheus prometheus
 need_debian promtool prometheus
 # The package may start its own server (port 9090) where an init system runs: not ours to keep.
@@ -34,8 +35,7 @@ trap 'kill $SEQ $PROMPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 SEQSERVE__ADMIN__TOKEN=monitoring SEQSERVE__ADMIN__PORT=$ADMIN "$BIN" serve --host 127.0.0.1 \
     --port "$PORT" --model models/beauty-2l --device cpu --log-format json 2>"$WORK/seqserve.log" &
 SEQ=$!
-for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null || { cat "$WORK/seqserve.log"; exit 1; }
+wait_ready "$PORT" 60 "$WORK/seqserve.log"
 
 cat >"$WORK/prometheus.yml" <<EOF
 global: {scrape_interval: 1s, evaluation_interval: 1s}

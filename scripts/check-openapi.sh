@@ -17,6 +17,7 @@ PORT=${OPENAPI_PORT:-18590}
 EXAMPLES=${OPENAPI_EXAMPLES:-100}
 SEED=${OPENAPI_SEED:-20261202}
 TOOLS=$(bash scripts/ops-tools.sh api)
+source scripts/wait-ready.sh
 if [ ! -x "$BIN" ]; then
     source scripts/env.sh
     cargo build --quiet
@@ -49,8 +50,7 @@ PY
         --host 127.0.0.1 --port "$PORT" --repository "$W/repo" --device cpu --log-format json \
         2>"$W/seqserve.log" &
     SEQ=$!
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
-    curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null || { cat "$W/seqserve.log"; exit 1; }
+    wait_ready "$PORT" 60 "$W/seqserve.log"
 
     # From the work directory: schemathesis' and hypothesis' example databases start empty each
     # run, so a run is what its seed makes it, here as in CI.

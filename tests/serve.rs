@@ -475,6 +475,9 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         }
         rq.send()
     };
+    // An admin call on a job: GET (status), POST …/cancel, DELETE.
+    let job =
+        |m: reqwest::Method, path: String| c.request(m, s.url(&path)).bearer_auth("s3cret").send();
     assert_eq!(
         post(json!({"cases": inline}), None).await.unwrap().status(),
         401
@@ -531,10 +534,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         .to_string();
     let t0 = Instant::now();
     let done = loop {
-        let v: Value = c
-            .get(s.url(&format!("/evaluate/{id}")))
-            .bearer_auth("s3cret")
-            .send()
+        let v: Value = job(reqwest::Method::GET, format!("/evaluate/{id}"))
             .await
             .unwrap()
             .json()
@@ -558,9 +558,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         "gauges exported: {text}"
     );
     assert_eq!(
-        c.get(s.url("/evaluate/eval-999"))
-            .bearer_auth("s3cret")
-            .send()
+        job(reqwest::Method::GET, "/evaluate/eval-999".to_string())
             .await
             .unwrap()
             .status(),
@@ -574,20 +572,14 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = c
-        .post(s.url(&format!("/evaluate/{id}/cancel")))
-        .bearer_auth("s3cret")
-        .send()
+    let r = job(reqwest::Method::POST, format!("/evaluate/{id}/cancel"))
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
     let t0 = Instant::now();
     loop {
-        let v: Value = c
-            .get(s.url(&format!("/evaluate/{id}")))
-            .bearer_auth("s3cret")
-            .send()
+        let v: Value = job(reqwest::Method::GET, format!("/evaluate/{id}"))
             .await
             .unwrap()
             .json()
@@ -602,10 +594,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Cancelling a finished job says what it is and changes nothing.
-    let r = c
-        .post(s.url(&format!("/evaluate/{id}/cancel")))
-        .bearer_auth("s3cret")
-        .send()
+    let r = job(reqwest::Method::POST, format!("/evaluate/{id}/cancel"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -613,10 +602,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
     assert_eq!(v["status"], "cancelled", "{v}");
     assert!(v["message"].as_str().unwrap().contains("nothing to cancel"));
     // DELETE removes it: GET and DELETE then answer 404.
-    let r = c
-        .delete(s.url(&format!("/evaluate/{id}")))
-        .bearer_auth("s3cret")
-        .send()
+    let r = job(reqwest::Method::DELETE, format!("/evaluate/{id}"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -627,12 +613,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         "{v}"
     );
     for m in [reqwest::Method::GET, reqwest::Method::DELETE] {
-        let r = c
-            .request(m, s.url(&format!("/evaluate/{id}")))
-            .bearer_auth("s3cret")
-            .send()
-            .await
-            .unwrap();
+        let r = job(m, format!("/evaluate/{id}")).await.unwrap();
         assert_eq!(r.status(), 404);
     }
     // DELETE on a running job: cancelled and gone at once; its slot comes back once it stops.
@@ -644,10 +625,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = c
-        .delete(s.url(&format!("/evaluate/{id}")))
-        .bearer_auth("s3cret")
-        .send()
+    let r = job(reqwest::Method::DELETE, format!("/evaluate/{id}"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -655,10 +633,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
         r.json::<Value>().await.unwrap()["previous_status"],
         "running"
     );
-    let r = c
-        .get(s.url(&format!("/evaluate/{id}")))
-        .bearer_auth("s3cret")
-        .send()
+    let r = job(reqwest::Method::GET, format!("/evaluate/{id}"))
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
@@ -672,9 +647,7 @@ async fn evaluate_route_is_guarded_and_runs_jobs() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            c.delete(s.url(&format!("/evaluate/{id}")))
-                .bearer_auth("s3cret")
-                .send()
+            job(reqwest::Method::DELETE, format!("/evaluate/{id}"))
                 .await
                 .unwrap();
             break;

@@ -152,7 +152,7 @@ async fn evaluations_are_bounded_and_expire() {
             .bearer_auth("t")
             .send()
     };
-    let del = |id: String| {
+    let cancel = |id: String| {
         c.post(s.url(&format!("/evaluate/{id}/cancel")))
             .bearer_auth("t")
             .send()
@@ -206,7 +206,7 @@ async fn evaluations_are_bounded_and_expire() {
         .await
             >= 1.0
     );
-    assert_eq!(del(id.clone()).await.unwrap().status(), 202);
+    assert_eq!(cancel(id.clone()).await.unwrap().status(), 202);
     let t0 = Instant::now();
     loop {
         let v: Value = get(id.clone()).await.unwrap().json().await.unwrap();
@@ -216,7 +216,7 @@ async fn evaluations_are_bounded_and_expire() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = del(id.clone()).await.unwrap();
+    let r = cancel(id.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
     // Forgotten after admin.evaluation_ttl_secs.

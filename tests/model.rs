@@ -2,10 +2,10 @@
 //! save/load round trip and every load error.
 mod common;
 
-use common::{random_model, random_model_with};
+use common::{random_model, random_model_arch, random_model_with};
 use seqserve::model::{
-    ContextValue, EncodedContext, HistoryEvent, Model, Norm, Query, RankSpec, ITEMS_FILE,
-    MANIFEST_FILE, WEIGHTS_FILE,
+    Activation, Architecture, ContextValue, EncodedContext, Head, HistoryEvent, Model, Norm,
+    Positions, Query, RankSpec, ITEMS_FILE, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use seqserve::ModelError;
 use std::collections::BTreeMap;
@@ -34,6 +34,49 @@ fn random_queries(n: usize, n_items: i64, max_len: usize, seed: u64) -> Vec<Quer
         .collect()
 }
 
+/// The largest |Rust − PyTorch| score over `queries`, the Rust side scoring them as one padded
+/// batch and the reference one query at a time.
+fn reference_diff(model: &Model, queries: &[Query]) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let refs: Vec<&Query> = queries.iter().collect();
+    // Rust scores the whole batch at once (padded to the longest history).
+    let rust = model.score(&refs);
+    let inputs = serde_json::json!({
+        "queries": queries.iter().map(|q| serde_json::json!({
+            "items": q.items, "behaviours": q.behaviours,
+            "cat": q.context.categorical, "num": q.context.numeric,
+        })).collect::<Vec<_>>()
+    });
+    let inp = dir.path().join("inputs.json");
+    let out = dir.path().join("out.json");
+    std::fs::write(&inp, inputs.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reference.py");
+    let status = std::process::Command::new(common::python())
+        .args([
+            script,
+            dir.path().to_str().unwrap(),
+            inp.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .expect("run python reference");
+    assert!(status.success(), "python reference failed");
+    let py: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let py = py["scores"].as_array().unwrap();
+    assert_eq!(rust.len(), py.len());
+    let mut worst = 0f64;
+    for (r, p) in rust.iter().zip(py) {
+        let p = p.as_array().unwrap();
+        assert_eq!(r.len(), p.len());
+        for (a, b) in r.iter().zip(p) {
+            worst = worst.max((*a as f64 - b.as_f64().unwrap()).abs());
+        }
+    }
+    worst
+}
+
 #[test]
 fn scores_match_pytorch_reference() {
     // Every architecture variant: 1 and 2 layers, pre- and post-LN, with and without the input
@@ -47,48 +90,52 @@ fn scores_match_pytorch_reference() {
     ];
     for (layers, emb_norm, norm) in variants {
         let model = random_model_with(40, layers, 7 + layers as i64, emb_norm, norm);
-        let dir = tempfile::tempdir().unwrap();
-        model.save(dir.path()).unwrap();
         let queries = random_queries(24, 40, 8, 3);
-        let refs: Vec<&Query> = queries.iter().collect();
-        // Rust scores the whole batch at once (padded to the longest history).
-        let rust = model.score(&refs);
-        let inputs = serde_json::json!({
-            "queries": queries.iter().map(|q| serde_json::json!({
-                "items": q.items, "behaviours": q.behaviours,
-                "cat": q.context.categorical, "num": q.context.numeric,
-            })).collect::<Vec<_>>()
-        });
-        let inp = dir.path().join("inputs.json");
-        let out = dir.path().join("out.json");
-        std::fs::write(&inp, inputs.to_string()).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reference.py");
-        let status = std::process::Command::new(common::python())
-            .args([
-                script,
-                dir.path().to_str().unwrap(),
-                inp.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ])
-            .status()
-            .expect("run python reference");
-        assert!(status.success(), "python reference failed");
-        let py: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        let py = py["scores"].as_array().unwrap();
-        let mut worst = 0f64;
-        for (r, p) in rust.iter().zip(py) {
-            let p = p.as_array().unwrap();
-            assert_eq!(r.len(), p.len());
-            for (a, b) in r.iter().zip(p) {
-                worst = worst.max((*a as f64 - b.as_f64().unwrap()).abs());
-            }
-        }
+        let worst = reference_diff(&model, &queries);
         eprintln!("layers={layers} emb_norm={emb_norm} {norm:?}: max |rust - pytorch| = {worst:e}");
         assert!(
             worst < 1e-4,
             "layers={layers} emb_norm={emb_norm} {norm:?}: max abs diff {worst}"
         );
+    }
+}
+
+#[test]
+fn every_encoder_option_matches_the_pytorch_reference() {
+    // Each option on its own, then all of RecBole's together (post-LN, eps 1e-12, input
+    // LayerNorm, no head), and everything at once.
+    type Edit = fn(&mut Architecture);
+    let variants: [(&str, Edit); 6] = [
+        ("layer_norm_eps 1e-12", |a| a.layer_norm_eps = 1e-12),
+        ("relu", |a| a.activation = Activation::Relu),
+        ("positions from_newest", |a| a.positions = Positions::FromNewest),
+        ("head none", |a| a.head = Head::None),
+        ("recbole", |a| {
+            a.norm = Norm::Post;
+            a.embedding_norm = true;
+            a.layer_norm_eps = 1e-12;
+            a.head = Head::None;
+        }),
+        ("all", |a| {
+            a.norm = Norm::Post;
+            a.embedding_norm = true;
+            a.layer_norm_eps = 1e-12;
+            a.activation = Activation::Relu;
+            a.positions = Positions::FromNewest;
+            a.head = Head::None;
+        }),
+    ];
+    for (name, edit) in variants {
+        let model = random_model_arch(40, 2, 21, edit);
+        let mut queries = random_queries(24, 40, 8, 5);
+        if model.manifest.context.is_empty() {
+            for q in &mut queries {
+                q.context = EncodedContext::default();
+            }
+        }
+        let worst = reference_diff(&model, &queries);
+        eprintln!("{name}: max |rust - pytorch| = {worst:e}");
+        assert!(worst < 1e-4, "{name}: max abs diff {worst}");
     }
 }
 

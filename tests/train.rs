@@ -2,10 +2,10 @@
 mod common;
 
 use seqserve::data::Split;
-use seqserve::model::{HistoryEvent, Model, Norm, RankSpec};
+use seqserve::model::{Head, HistoryEvent, Model, Norm, Positions, RankSpec};
 use seqserve::train::loss::{LossConfig, LossKind, Sampling};
 use seqserve::train::optim::Schedule;
-use seqserve::train::{checkpoint, train, Recipe, Targets, TrainConfig};
+use seqserve::train::{checkpoint, train, Batches, Init, Recipe, Targets, TrainConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         max_len: 20,
         embedding_norm: false,
         norm: Norm::Pre,
+        activation: Default::default(),
+        positions: Default::default(),
+        head: Default::default(),
         recipe: Recipe {
             batch_size: 64,
             learning_rate: 3e-3,
@@ -58,6 +61,8 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
             patience: 10,
             smoothing: 0.0,
             seed: 1,
+            init: Default::default(),
+            batches: Default::default(),
         },
         k: 10,
         device: Device::Cpu,
@@ -162,6 +167,46 @@ fn sampled_loss_with_post_norm_learns_the_pattern() {
     assert_eq!(loaded.manifest.architecture.norm, Norm::Post);
     let recipe = &loaded.manifest.training.unwrap().recipe.unwrap();
     assert_eq!(recipe["loss"]["kind"], "sampled");
+}
+
+/// Two data-parallel threads (each with half of every batch) and the references' options (normal
+/// initialisation, no head, right-aligned positions, random batches): the pattern is learnt, the
+/// options are recorded, and a second run gives bit-identical weights.
+#[test]
+fn two_training_threads_learn_with_the_reference_options_and_reproduce_exactly() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let run = |out: &str| {
+        let mut cfg = config(&data, &dir.path().join(out));
+        cfg.threads = 2;
+        cfg.embedding_norm = true;
+        cfg.head = Head::None;
+        cfg.positions = Positions::FromNewest;
+        cfg.recipe.init = Init::Normal;
+        cfg.recipe.batches = Batches::Random;
+        cfg.recipe.loss.kind = LossKind::Sampled;
+        cfg.recipe.targets = Targets::Prefixes;
+        cfg.recipe.batch_size = 128;
+        cfg.recipe.max_epochs = 6;
+        train(&cfg).unwrap()
+    };
+    let (a, b) = (run("a"), run("b"));
+    let m = a.model.manifest.metrics.clone().unwrap();
+    assert!(m.test["hr@10"] > 0.6, "test hr@10 {}", m.test["hr@10"]);
+    let loaded = Model::load(&dir.path().join("a"), Device::Cpu).unwrap();
+    let arch = &loaded.manifest.architecture;
+    assert_eq!((arch.head, arch.positions), (Head::None, Positions::FromNewest));
+    assert!(!loaded.vs.variables().contains_key("item_bias"));
+    let t = loaded.manifest.training.unwrap();
+    assert_eq!(t.threads, 2);
+    let recipe = t.recipe.unwrap();
+    assert_eq!((recipe["init"].as_str(), recipe["batches"].as_str()), (Some("normal"), Some("random")));
+    let (va, vb) = (a.model.vs.variables(), b.model.vs.variables());
+    for (name, t) in &va {
+        let diff = (t - &vb[name]).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{name} differs by {diff} between two identical runs");
+    }
 }
 
 /// A run paused after 2 epochs and resumed from its checkpoint ends with exactly the weights and
@@ -375,3 +420,4 @@ fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("learning-rate"));
     assert!(!dir.path().join("bad").exists());
 }
+

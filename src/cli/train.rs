@@ -1,10 +1,10 @@
 use anyhow::Result;
 use clap::Args;
 use seqserve::data::{LogFormat, Split};
-use seqserve::model::Norm;
+use seqserve::model::{Activation, Head, Norm, Positions};
 use seqserve::train::loss::{LossConfig, LossKind, Sampling};
 use seqserve::train::optim::Schedule;
-use seqserve::train::{train, Recipe, Targets, TrainConfig, TrainOutcome};
+use seqserve::train::{train, Batches, Init, Recipe, Targets, TrainConfig, TrainOutcome};
 use std::path::PathBuf;
 
 /// The defaults are the recipe of the shipped Beauty models (chosen on Beauty's validation split,
@@ -61,6 +61,24 @@ pub struct TrainArgs {
     /// pre: LayerNorm before attention/FFN and once at the end; post: after each residual sum.
     #[arg(long, value_enum, default_value = "pre")]
     norm: Norm,
+    /// The feed-forward non-linearity.
+    #[arg(long, value_enum, default_value = "gelu")]
+    activation: Activation,
+    /// from-oldest: position = items before it; from-newest: items after it (SASRec's right
+    /// alignment: the most recent item is always position 0).
+    #[arg(long, value_enum, default_value = "from-oldest")]
+    positions: Positions,
+    /// linear: z = FC(concat(y, context)), scores z · Eᵀ + b; none: scores y · Eᵀ (no head, no item
+    /// bias; models without context only).
+    #[arg(long, value_enum, default_value = "linear")]
+    head: Head,
+    /// torch: tch's default initialisation; normal: N(0, 0.02) weights and zero biases (the
+    /// references').
+    #[arg(long, value_enum, default_value = "torch")]
+    init: Init,
+    /// bucketed: batches of similar lengths (less padding); random: uniformly random batches.
+    #[arg(long, value_enum, default_value = "bucketed")]
+    batches: Batches,
     /// Sequences (users) per batch; every position of each is a training target.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
@@ -203,6 +221,9 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
         max_len: a.max_len,
         embedding_norm: a.embedding_norm,
         norm: a.norm,
+        activation: a.activation,
+        positions: a.positions,
+        head: a.head,
         recipe: Recipe {
             batch_size: a.batch_size,
             learning_rate: a.lr,
@@ -221,6 +242,8 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
             patience: a.patience,
             smoothing: a.smoothing,
             seed: a.seed,
+            init: a.init,
+            batches: a.batches,
         },
         k: a.k,
         device,

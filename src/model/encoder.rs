@@ -1,20 +1,24 @@
 //! The SASRec-style encoder: item (+ behaviour) and position embeddings (optionally LayerNorm +
-//! dropout over their sum), n causal self-attention blocks (pre- or post-LayerNorm), then concat(sequence representation, context) → fully connected → z, and
-//! scores z · Eᵀ + b over the whole catalogue (item embeddings tied between input and output).
+//! dropout over their sum), n causal self-attention blocks (pre- or post-LayerNorm), then
+//! concat(sequence representation, context) → fully connected → z, and scores z · Eᵀ + b over the
+//! whole catalogue (item embeddings tied between input and output); or, with `head: none`, the
+//! references' y · Eᵀ with no head and no item bias.
 //!
 //! Layout conventions (the PyTorch reference in tests/python mirrors them exactly):
 //! * histories are LEFT-padded with item 0, so the most recent item is always the last column;
-//! * positions count from the oldest item of the (truncated) history: position = number of real items
-//!   before it. A training prefix thus gets exactly the positions that the same history gets at
-//!   inference, whatever the batch is padded to (positions counted back from the end would give every
-//!   prefix target of a training sequence positions it can never have at inference);
+//! * positions count from the oldest item of the (truncated) history by default: position = number
+//!   of real items before it. A training prefix thus gets exactly the positions that the same
+//!   history gets at inference, whatever the batch is padded to. `positions: from_newest` counts
+//!   real items after it instead (SASRec's right alignment: the most recent item is always 0);
 //! * padding columns are zero vectors; a query attends to earlier non-padding keys and to itself (a
 //!   padding query then sees only itself: no empty softmax rows, no NaN). An empty history is thus one
 //!   padding column whose output is a learned constant: the cold-start representation, trained on the
 //!   "predict the first item" target;
 //! * the context vector is the categorical features (embedding or one-hot, manifest order) followed by
 //!   the standardised numeric features (manifest order).
-use super::manifest::{CategoricalEncoding, ContextFeature, Manifest, Norm};
+use super::manifest::{
+    Activation, CategoricalEncoding, ContextFeature, Head, Manifest, Norm, Positions,
+};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -48,6 +52,7 @@ struct Block {
 
 pub struct Encoder {
     item_emb: Tensor,
+    /// A variable with the linear head; zeros (not a variable, not saved) with `head: none`.
     item_bias: Tensor,
     pos_emb: Tensor,
     behaviour_emb: Option<Tensor>,
@@ -58,7 +63,9 @@ pub struct Encoder {
     norm: Norm,
     /// Pre-LN only: post-LN blocks end normalised already.
     final_ln: Option<nn::LayerNorm>,
-    head: nn::Linear,
+    head: Option<nn::Linear>,
+    activation: Activation,
+    positions: Positions,
     d: i64,
     heads: i64,
     dropout: f64,
@@ -84,7 +91,10 @@ impl Encoder {
         };
         let rows = if init_items { n + 1 } else { 0 };
         let item_emb = p.var("item_emb", &[rows, d], init);
-        let item_bias = p.zeros("item_bias", &[rows]);
+        let item_bias = match a.head {
+            Head::Linear => p.zeros("item_bias", &[rows]),
+            Head::None => Tensor::zeros([n + 1], (tch::Kind::Float, p.device())),
+        };
         let pos_emb = p.var("pos_emb", &[a.max_len as i64, d], init);
         let behaviour_emb = (!m.behaviours.is_empty())
             .then(|| p.var("behaviour_emb", &[m.behaviours.len() as i64 + 1, d], init));
@@ -109,7 +119,11 @@ impl Encoder {
                 ContextFeature::Numeric { .. } => None,
             })
             .collect();
-        let ln = |p: nn::Path| nn::layer_norm(p, vec![d], Default::default());
+        let ln_cfg = nn::LayerNormConfig {
+            eps: a.layer_norm_eps,
+            ..Default::default()
+        };
+        let ln = |p: nn::Path| nn::layer_norm(p, vec![d], ln_cfg);
         let lin = |p: nn::Path, i: i64, o: i64| nn::linear(p, i, o, Default::default());
         let blocks = (0..a.n_layers)
             .map(|i| {
@@ -136,7 +150,9 @@ impl Encoder {
             emb_ln: a.embedding_norm.then(|| ln(p / "emb_ln")),
             norm: a.norm,
             final_ln: (a.norm == Norm::Pre).then(|| ln(p / "final_ln")),
-            head: lin(p / "head", d + m.context_width() as i64, d),
+            head: (a.head == Head::Linear).then(|| lin(p / "head", d + m.context_width() as i64, d)),
+            activation: a.activation,
+            positions: a.positions,
             d,
             heads: a.n_heads as i64,
             dropout: a.dropout,
@@ -161,8 +177,15 @@ impl Encoder {
         let (bsz, w) = b.items.size2().expect("items is (B, W)");
         let dev = b.items.device();
         let nonpad = b.items.ne(0);
-        // Position of each real item = real items before it (padding columns are zeroed below).
-        let pos = (nonpad.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        // Position of each real item = real items before it, or after it (padding columns are
+        // zeroed below).
+        let before = nonpad.cumsum(1, Kind::Int64);
+        let pos = match self.positions {
+            Positions::FromOldest => (before - 1).clamp_min(0),
+            Positions::FromNewest => {
+                (nonpad.sum_dim_intlist(1, true, Kind::Int64) - before).clamp_min(0)
+            }
+        };
         let mut x = Tensor::embedding(&self.item_emb, &b.items, 0, false, false)
             + Tensor::embedding(&self.pos_emb, &pos, -1, false, false);
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
@@ -173,7 +196,7 @@ impl Encoder {
             x = ln.forward(&x);
         }
         // Padding columns stay zero vectors (after the LayerNorm, which would give them its bias).
-        let mut x = (x * keep).dropout(self.dropout, train);
+        let mut x = self.drop(&(x * keep), train);
 
         let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
         let eye = Tensor::eye(w, (Kind::Bool, dev));
@@ -183,7 +206,6 @@ impl Encoder {
             .logical_or(&eye.unsqueeze(0))
             .unsqueeze(1);
         let dh = self.d / self.heads;
-        let attn_dropout = if train { self.dropout } else { 0.0 };
         let n_blocks = self.blocks.len();
         let post = self.norm == Norm::Post;
         for (i, blk) in self.blocks.iter().enumerate() {
@@ -213,24 +235,18 @@ impl Encoder {
             let q = split(blk.q.forward(&hq), wq);
             let k = split(blk.k.forward(&h), w);
             let v = split(blk.v.forward(&h), w);
-            let a = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&mq),
-                attn_dropout,
-                false,
-                None,
-                false,
-            )
+            let a = self.attend(&q, &k, &v, &mq, train)
             .transpose(1, 2)
             .contiguous()
             .view([bsz, wq, self.d]);
-            let xr = xq + blk.o.forward(&a).dropout(self.dropout, train);
+            let xr = xq + self.drop(&blk.o.forward(&a), train);
             let ffn = |t: &Tensor| {
-                blk.fc2
-                    .forward(&blk.fc1.forward(t).gelu("none"))
-                    .dropout(self.dropout, train)
+                let h = blk.fc1.forward(t);
+                let h = match self.activation {
+                    Activation::Gelu => h.gelu("none"),
+                    Activation::Relu => h.relu(),
+                };
+                self.drop(&blk.fc2.forward(&h), train)
             };
             x = if post {
                 let xr = blk.ln1.forward(&xr);
@@ -243,6 +259,48 @@ impl Encoder {
             Some(ln) => ln.forward(&x),
             None => x,
         }
+    }
+
+    /// Seeds the training dropout masks: from now on they come from this generator, which is
+    /// several times faster than libtorch's CPU Bernoulli sampler (on this machine's AMD CPU it
+    /// takes a serial path; it was a third of the training forward pass). Same distribution:
+    /// each unit kept with probability 1 - dropout, scaled by 1 / (1 - dropout).
+    ///
+    /// The generator belongs to the calling thread, so that several threads can train on parts of
+    /// one batch at once, each with its own reproducible stream.
+    pub fn seed_dropout(seed: u64) {
+        DROPOUT_RNG.with(|r| *r.borrow_mut() = Some(DropoutRng::new(seed)));
+    }
+
+    /// Dropout (training only): this thread's seeded generator on the CPU, libtorch's otherwise.
+    fn drop(&self, x: &Tensor, train: bool) -> Tensor {
+        if !train || self.dropout <= 0.0 {
+            return x.shallow_clone();
+        }
+        DROPOUT_RNG.with(|r| match r.borrow_mut().as_mut() {
+            Some(r) if x.device() == tch::Device::Cpu && x.kind() == Kind::Float => {
+                x * r.mask(&x.size(), self.dropout)
+            }
+            _ => x.dropout(self.dropout, train),
+        })
+    }
+
+    /// Multi-head attention of queries `q` (B, h, Wq, dh) over keys and values (B, h, W, dh)
+    /// where `mask` allows. Inference uses libtorch's fused kernel; training writes it out so
+    /// that the attention weights' dropout comes from [`Encoder::drop`]'s generator too (the
+    /// fused kernel draws from libtorch's global generator, shared by every thread).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        if !train || self.dropout <= 0.0 {
+            return Tensor::scaled_dot_product_attention(
+                q, k, v, Some(mask), 0.0, false, None, false,
+            );
+        }
+        let dh = q.size()[3] as f64;
+        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / dh.sqrt());
+        let weights = scores
+            .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+            .softmax(-1, Kind::Float);
+        self.drop(&weights, train).matmul(v)
     }
 
     /// The context vector (B, context_width); None when the model has no context features.
@@ -265,18 +323,30 @@ impl Encoder {
         (!parts.is_empty()).then(|| Tensor::cat(&parts, 1))
     }
 
-    /// z = FC(concat(h, c)) for rows of sequence representations `h` (M, d) and context `c` (M, cw).
+    /// z = FC(concat(h, c)) for rows of sequence representations `h` (M, d) and context `c` (M, cw);
+    /// z = h without a head (such a model has no context).
     pub fn project(&self, h: &Tensor, c: Option<&Tensor>) -> Tensor {
-        match c {
-            Some(c) => self.head.forward(&Tensor::cat(&[h, c], 1)),
-            None => self.head.forward(h),
+        match (&self.head, c) {
+            (Some(head), Some(c)) => head.forward(&Tensor::cat(&[h, c], 1)),
+            (Some(head), None) => head.forward(h),
+            (None, _) => h.shallow_clone(),
         }
+    }
+
+    /// Whether scores carry a per-item bias (the linear head) or are y · Eᵀ alone.
+    pub fn has_item_bias(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Scores (M, n_items) over the whole catalogue: column j is item index j + 1.
     pub fn logits(&self, z: &Tensor) -> Tensor {
         let e = self.item_emb.narrow(0, 1, self.n_items);
-        z.matmul(&e.tr()) + self.item_bias.narrow(0, 1, self.n_items)
+        let scores = z.matmul(&e.tr());
+        if self.has_item_bias() {
+            scores + self.item_bias.narrow(0, 1, self.n_items)
+        } else {
+            scores
+        }
     }
 
     /// Embedding rows and biases of item columns `cols` (column j is item index j + 1), for a loss
@@ -304,5 +374,44 @@ impl Encoder {
             self.item_emb.narrow(0, 1, self.n_items),
             self.item_bias.narrow(0, 1, self.n_items),
         )
+    }
+}
+
+thread_local! {
+    /// This thread's dropout generator (see [`Encoder::seed_dropout`]).
+    static DROPOUT_RNG: std::cell::RefCell<Option<DropoutRng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A small, fast generator for dropout masks (wyrand: one multiply per 64 random bits, four
+/// 16-bit draws each). Statistical quality is ample for dropout; speed is the point.
+pub struct DropoutRng(u64);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> DropoutRng {
+        DropoutRng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = (self.0 as u128).wrapping_mul((self.0 ^ 0xe703_7ed1_a0b4_28db) as u128);
+        ((t >> 64) ^ t) as u64
+    }
+
+    /// A float mask of `shape`: 1 / (1 - p) with probability 1 - p, else 0 (p to 1/65536).
+    pub fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let threshold = (p * 65536.0).round() as u64;
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mut out = vec![0f32; n as usize];
+        for chunk in out.chunks_mut(4) {
+            let mut r = self.next();
+            for v in chunk {
+                if (r & 0xffff) >= threshold {
+                    *v = keep;
+                }
+                r >>= 16;
+            }
+        }
+        Tensor::from_slice(&out).view(shape)
     }
 }

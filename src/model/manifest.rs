@@ -47,6 +47,92 @@ pub struct Architecture {
     /// `post` (LayerNorm after each residual sum, as BSARec). Absent in older models: `pre`.
     #[serde(default)]
     pub norm: Norm,
+    /// LayerNorm epsilon: 1e-5 (PyTorch's default) for models trained here; an imported model keeps
+    /// its own (RecBole's SASRec uses 1e-12).
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// The feed-forward block's non-linearity (`gelu`, the exact erf form, unless imported).
+    #[serde(default)]
+    pub activation: Activation,
+    /// How position embeddings are indexed (absent in older models: `from_oldest`).
+    #[serde(default)]
+    pub positions: Positions,
+    /// How the sequence representation becomes scores (absent in older models: `linear`).
+    #[serde(default)]
+    pub head: Head,
+}
+
+pub fn default_layer_norm_eps() -> f64 {
+    1e-5
+}
+
+/// The feed-forward non-linearity.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU in its exact (erf) form, as PyTorch's default and RecBole's `gelu`.
+    #[default]
+    Gelu,
+    Relu,
+}
+
+/// Which position embedding each history item gets.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// Position = real items before it (the oldest item is 0): a training prefix gets the
+    /// positions the same history gets at inference. RecBole's SASRec reads its output the same
+    /// way (left-aligned, gathered at the last real item).
+    #[default]
+    FromOldest,
+    /// Position = real items after it (the most recent item is always 0): SASRec's and BSARec's
+    /// right-aligned positions, so "the last position" is always the same embedding.
+    FromNewest,
+}
+
+/// What turns the sequence representation y into the query vector z.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// z = FC(concat(y, context)), scores = z · Eᵀ + b (a per-item bias): how context gets in.
+    #[default]
+    Linear,
+    /// z = y, scores = y · Eᵀ with no head and no item bias (SASRec, BSARec, RecBole). Models
+    /// without context features only.
+    None,
 }
 
 #[derive(
@@ -203,6 +289,18 @@ impl Manifest {
         }
         if !(0.0..1.0).contains(&a.dropout) {
             return Err("architecture.dropout must be in [0, 1)".into());
+        }
+        if !(a.layer_norm_eps.is_finite() && a.layer_norm_eps > 0.0 && a.layer_norm_eps < 1.0) {
+            return Err(format!(
+                "architecture.layer_norm_eps must be in (0, 1), got {}",
+                a.layer_norm_eps
+            ));
+        }
+        if a.head == Head::None && !self.context.is_empty() {
+            return Err(
+                "architecture.head \"none\" scores y · Eᵀ directly: a model with context features needs the linear head"
+                    .into(),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for b in &self.behaviours {

@@ -20,7 +20,8 @@ pub use input::{
     ObjectOnly, MAX_INTEGER_ITEM_ID, MAX_ITEM_ID_CHARS,
 };
 pub use manifest::{
-    Architecture, CategoricalEncoding, ContextFeature, Manifest, Norm, FORMAT_VERSION,
+    Activation, Architecture, CategoricalEncoding, ContextFeature, Head, Manifest, Norm, Positions,
+    FORMAT_VERSION,
 };
 
 use crate::error::{InputError, ModelError};

@@ -51,8 +51,22 @@ impl Loss {
         Loss { cfg, q }
     }
 
-    /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M).
-    pub fn compute(&self, enc: &Encoder, z: &Tensor, y: &Tensor) -> Tensor {
+    /// The negatives one batch shares (sampled loss only), drawn from libtorch's generator. Drawn
+    /// once per batch, before the batch is split between threads, so a run does not depend on
+    /// which thread draws first.
+    pub fn draw_negatives(&self) -> Option<Tensor> {
+        (self.cfg.kind == LossKind::Sampled).then(|| self.q.multinomial(self.cfg.negatives as i64, true))
+    }
+
+    /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss
+    /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None).
+    pub fn compute(
+        &self,
+        enc: &Encoder,
+        z: &Tensor,
+        y: &Tensor,
+        negatives: Option<&Tensor>,
+    ) -> Tensor {
         let ls = self.cfg.label_smoothing;
         match self.cfg.kind {
             LossKind::Full => {
@@ -61,7 +75,10 @@ impl Loss {
             }
             LossKind::Sampled => {
                 let n = self.cfg.negatives as i64;
-                let neg = self.q.multinomial(n, true);
+                let neg = match negatives {
+                    Some(t) => t.shallow_clone(),
+                    None => self.q.multinomial(n, true),
+                };
                 let (e_neg, b_neg) = enc.item_rows(&neg);
                 let (e_pos, b_pos) = enc.item_rows(y);
                 let pos = (z * e_pos).sum_dim_intlist(-1, true, Kind::Float) + b_pos.unsqueeze(1);

@@ -22,6 +22,20 @@ pub fn random_model_with(
     embedding_norm: bool,
     norm: Norm,
 ) -> Model {
+    random_model_arch(n_items, layers, seed, |a| {
+        a.embedding_norm = embedding_norm;
+        a.norm = norm;
+    })
+}
+
+/// `random_model` with its architecture changed by `edit`; a model whose head is `none` gets no
+/// context features (it cannot have any).
+pub fn random_model_arch(
+    n_items: usize,
+    layers: usize,
+    seed: i64,
+    edit: impl FnOnce(&mut Architecture),
+) -> Model {
     tch::manual_seed(seed);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -35,8 +49,12 @@ pub fn random_model_with(
             ffn_dim: 24,
             dropout: 0.1,
             max_len: 8,
-            embedding_norm,
-            norm,
+            embedding_norm: false,
+            norm: Norm::Pre,
+            layer_norm_eps: 1e-5,
+            activation: Default::default(),
+            positions: Default::default(),
+            head: Default::default(),
         },
         behaviours: vec!["pv".into(), "cart".into(), "fav".into(), "buy".into()],
         context: vec![
@@ -61,6 +79,11 @@ pub fn random_model_with(
         training: None,
         metrics: None,
     };
+    let mut manifest = manifest;
+    edit(&mut manifest.architecture);
+    if manifest.architecture.head == seqserve::model::Head::None {
+        manifest.context.clear();
+    }
     let catalogue = Catalogue::new((1..=n_items).map(|i| format!("i{i}")).collect()).unwrap();
     let model = Model::new(manifest, catalogue, Device::Cpu).unwrap();
     tch::no_grad(|| {

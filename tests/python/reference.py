@@ -22,13 +22,18 @@ def forward(m, w, q):
     items = torch.tensor([q["items"] or [0]], dtype=torch.long)  # empty history = one padding column
     W = items.shape[1]
     nonpad = items != 0
-    pos = (torch.cumsum(nonpad.long(), 1) - 1).clamp(min=0)  # real items before each column
+    eps = arch.get("layer_norm_eps", 1e-5)
+    before = torch.cumsum(nonpad.long(), 1)
+    if arch.get("positions", "from_oldest") == "from_oldest":
+        pos = (before - 1).clamp(min=0)  # real items before each column
+    else:
+        pos = (nonpad.long().sum(1, keepdim=True) - before).clamp(min=0)  # real items after it
     x = w["item_emb"][items] + w["pos_emb"][pos]
     if m.get("behaviours"):
         beh = torch.tensor([q["behaviours"] or [0]], dtype=torch.long)
         x = x + w["behaviour_emb"][beh]
     if arch.get("embedding_norm", False):
-        x = F.layer_norm(x, (d,), w["emb_ln.weight"], w["emb_ln.bias"], 1e-5)
+        x = F.layer_norm(x, (d,), w["emb_ln.weight"], w["emb_ln.bias"], eps)
     x = x * nonpad[..., None].float()
     post = arch.get("norm", "pre") == "post"
     causal = torch.tril(torch.ones(W, W, dtype=torch.bool))
@@ -40,7 +45,9 @@ def forward(m, w, q):
         return t @ w[name + ".weight"].T + w[name + ".bias"]
 
     def ln(name, t):
-        return F.layer_norm(t, (d,), w[name + ".weight"], w[name + ".bias"], 1e-5)
+        return F.layer_norm(t, (d,), w[name + ".weight"], w[name + ".bias"], eps)
+
+    act = {"gelu": F.gelu, "relu": F.relu}[arch.get("activation", "gelu")]
 
     for i in range(arch["n_layers"]):
         p = f"blocks.{i}."
@@ -51,7 +58,7 @@ def forward(m, w, q):
         att = (q_ @ k_.transpose(-1, -2)) / math.sqrt(dh)
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         a = (att @ v_).transpose(1, 2).reshape(1, W, d)
-        ffn = lambda t: lin(p + "ffn.fc2", F.gelu(lin(p + "ffn.fc1", t)))
+        ffn = lambda t: lin(p + "ffn.fc2", act(lin(p + "ffn.fc1", t)))
         if post:
             x = ln(p + "ln1", x + lin(p + "attn.o", a))
             x = ln(p + "ln2", x + ffn(x))
@@ -69,6 +76,9 @@ def forward(m, w, q):
             parts.append(F.one_hot(idx, len(f["values"]) + 1).float())
     if len(q["num"]):
         parts.append(torch.tensor([q["num"]], dtype=torch.float32))
+    if arch.get("head", "linear") == "none":
+        assert not parts, "a model without a head has no context"
+        return (y @ w["item_emb"][1:].T)[0]
     u = torch.cat([y] + parts, 1)
     z = u @ w["head.weight"].T + w["head.bias"]
     return (z @ w["item_emb"][1:].T + w["item_bias"][1:])[0]

@@ -713,7 +713,7 @@ async fn log_volume(bin: &str, items: Arc<Vec<String>>) {
 
 fn main() {
     // This process opens over a thousand sockets itself.
-    seqserve::serve::listener::raise_fd_limit();
+    seqserve::serve::http::listener::raise_fd_limit();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -11,7 +11,7 @@ mod common;
 
 use common::{closed_loop, percentile, Lcg};
 use seqserve::model::{Model, Query, RankSpec};
-use seqserve::serve::Config;
+use seqserve::serve::config::Config;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

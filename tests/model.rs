@@ -108,7 +108,9 @@ fn every_encoder_option_matches_the_pytorch_reference() {
     let variants: [(&str, Edit); 6] = [
         ("layer_norm_eps 1e-12", |a| a.layer_norm_eps = 1e-12),
         ("relu", |a| a.activation = Activation::Relu),
-        ("positions from_newest", |a| a.positions = Positions::FromNewest),
+        ("positions from_newest", |a| {
+            a.positions = Positions::FromNewest
+        }),
         ("head none", |a| a.head = Head::None),
         ("recbole", |a| {
             a.norm = Norm::Post;

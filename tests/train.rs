@@ -196,16 +196,25 @@ fn two_training_threads_learn_with_the_reference_options_and_reproduce_exactly()
     assert!(m.test["hr@10"] > 0.6, "test hr@10 {}", m.test["hr@10"]);
     let loaded = Model::load(&dir.path().join("a"), Device::Cpu).unwrap();
     let arch = &loaded.manifest.architecture;
-    assert_eq!((arch.head, arch.positions), (Head::None, Positions::FromNewest));
+    assert_eq!(
+        (arch.head, arch.positions),
+        (Head::None, Positions::FromNewest)
+    );
     assert!(!loaded.vs.variables().contains_key("item_bias"));
     let t = loaded.manifest.training.unwrap();
     assert_eq!(t.threads, 2);
     let recipe = t.recipe.unwrap();
-    assert_eq!((recipe["init"].as_str(), recipe["batches"].as_str()), (Some("normal"), Some("random")));
+    assert_eq!(
+        (recipe["init"].as_str(), recipe["batches"].as_str()),
+        (Some("normal"), Some("random"))
+    );
     let (va, vb) = (a.model.vs.variables(), b.model.vs.variables());
     for (name, t) in &va {
         let diff = (t - &vb[name]).abs().max().double_value(&[]);
-        assert_eq!(diff, 0.0, "{name} differs by {diff} between two identical runs");
+        assert_eq!(
+            diff, 0.0,
+            "{name} differs by {diff} between two identical runs"
+        );
     }
 }
 
@@ -420,4 +429,3 @@ fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("learning-rate"));
     assert!(!dir.path().join("bad").exists());
 }
-

@@ -151,18 +151,13 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         );
     }
     let comparisons = report::compare(&names, &results).map_err(anyhow::Error::msg)?;
-    let rep = Report {
-        holdout: a.holdout.display().to_string(),
-        cases: cases.len(),
-        ks: a.k.clone(),
-        mask_seen: opts.mask_seen,
-        ranking: "full catalogue".into(),
-        retrieval: seqserve::model::retrieval::Retrieval::Exact.name().into(),
-        tie_policy: report::TIE_POLICY.into(),
-        f1_definition: report::F1_DEFINITION.into(),
-        models: reports,
+    let rep = Report::new(
+        &a.holdout.display().to_string(),
+        cases.len(),
+        &opts,
+        reports,
         comparisons,
-    };
+    );
     print!("{}", report::render(&rep));
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&rep)? + "\n")

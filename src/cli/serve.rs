@@ -85,7 +85,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .thread_name("seqserve-http")
         .build()?;
-    let r = rt.block_on(seqserve::serve::run(cfg, shutdown_signal(), |_| {}));
+    let r = rt.block_on(seqserve::serve::run(
+        cfg,
+        seqserve::serve::lifecycle::shutdown_signal(),
+        |_| {},
+    ));
     // run() has drained within the drain timeout; blocking tasks still winding down (a cancelled
     // evaluation finishing its batch) must not hold the exit, as dropping the runtime would.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -104,22 +108,4 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Human => b.try_init(),
     };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

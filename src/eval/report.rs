@@ -59,6 +59,31 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
 }
 
+impl Report {
+    /// The one report header: what was ranked and how (full catalogue, exact retrieval, the tie
+    /// policy, the F1 definition), for the CLI and the admin route alike.
+    pub fn new(
+        holdout: &str,
+        cases: usize,
+        opts: &crate::eval::EvalOptions,
+        models: Vec<ModelReport>,
+        comparisons: Vec<Comparison>,
+    ) -> Report {
+        Report {
+            holdout: holdout.to_string(),
+            cases,
+            ks: opts.ks.clone(),
+            mask_seen: opts.mask_seen,
+            ranking: "full catalogue".into(),
+            retrieval: crate::model::retrieval::Retrieval::Exact.name().into(),
+            tie_policy: TIE_POLICY.into(),
+            f1_definition: F1_DEFINITION.into(),
+            models,
+            comparisons,
+        }
+    }
+}
+
 /// Per-case values of one metric at one K.
 pub fn column(r: &EvalResult, metric: &str, k_index: usize) -> Vec<f64> {
     r.per_case

@@ -150,7 +150,8 @@ impl Encoder {
             emb_ln: a.embedding_norm.then(|| ln(p / "emb_ln")),
             norm: a.norm,
             final_ln: (a.norm == Norm::Pre).then(|| ln(p / "final_ln")),
-            head: (a.head == Head::Linear).then(|| lin(p / "head", d + m.context_width() as i64, d)),
+            head: (a.head == Head::Linear)
+                .then(|| lin(p / "head", d + m.context_width() as i64, d)),
             activation: a.activation,
             positions: a.positions,
             d,
@@ -235,10 +236,11 @@ impl Encoder {
             let q = split(blk.q.forward(&hq), wq);
             let k = split(blk.k.forward(&h), w);
             let v = split(blk.v.forward(&h), w);
-            let a = self.attend(&q, &k, &v, &mq, train)
-            .transpose(1, 2)
-            .contiguous()
-            .view([bsz, wq, self.d]);
+            let a = self
+                .attend(&q, &k, &v, &mq, train)
+                .transpose(1, 2)
+                .contiguous()
+                .view([bsz, wq, self.d]);
             let xr = xq + self.drop(&blk.o.forward(&a), train);
             let ffn = |t: &Tensor| {
                 let h = blk.fc1.forward(t);
@@ -292,7 +294,14 @@ impl Encoder {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, train: bool) -> Tensor {
         if !train || self.dropout <= 0.0 {
             return Tensor::scaled_dot_product_attention(
-                q, k, v, Some(mask), 0.0, false, None, false,
+                q,
+                k,
+                v,
+                Some(mask),
+                0.0,
+                false,
+                None,
+                false,
             );
         }
         let dh = q.size()[3] as f64;

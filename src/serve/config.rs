@@ -3,6 +3,12 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Longest per-request timeout (server.request_timeout_ms has the same bound).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Longest accepted `user` key, in characters.
+pub const MAX_USER_KEY: usize = 256;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -349,7 +355,7 @@ impl Config {
                 "server.request_timeout_ms",
                 s.request_timeout_ms,
                 1,
-                super::api::MAX_TIMEOUT_MS,
+                MAX_TIMEOUT_MS,
             ),
             ("server.drain_timeout_secs", s.drain_timeout_secs, 1, 3600),
             ("server.drain_announce_ms", s.drain_announce_ms, 0, 60_000),
@@ -510,7 +516,7 @@ impl Config {
         }
         for (name, spec) in &self.splits {
             crate::model::repository::check_name("split", name)
-                .and_then(|_| super::split::Split::parse(spec).map(|_| ()))
+                .and_then(|_| crate::serve::registry::ab_split::AbSplit::parse(spec).map(|_| ()))
                 .map_err(|e| format!("configuration: splits.{name}: {e}"))?;
         }
         if !self.model.default.is_empty() {

@@ -1,69 +1,43 @@
-//! The online service: HTTP router → batching queue → model worker thread (the split of
-//! huggingface/text-embeddings-inference).
-mod admin;
-pub mod api;
-mod body;
+//! The online service, laid out along a request's path (TEI's split: HTTP router → batching
+//! queue → model backend):
+//!
+//! - `http/`: connections, the route table, middleware, handlers, bodies, the error → status map
+//!   and the OpenAPI document;
+//! - `infer/`: the facade handlers call, each version's batching queue, and its model worker
+//!   (which owns a `Ranker`, the model);
+//! - `registry/`: which version answers (names → versions → workers, A/B splits), loading and
+//!   polling;
+//! - `evaluation/`: evaluations run by the admin routes (the bounded job table, cases, the run);
+//! - `lifecycle`, `telemetry`, `config`: readiness and drain, metrics and log limits, settings.
+//!
+//! This file wires them together and runs the server from start to drain; it holds no logic of
+//! its own parts.
 pub mod config;
-mod error;
-pub mod listener;
-mod log_limit;
-pub mod metrics;
-mod models;
-pub mod openapi;
-pub mod queue;
+pub mod evaluation;
+pub mod http;
+pub mod infer;
+pub mod lifecycle;
 pub mod registry;
-mod routes;
-pub mod split;
-
-pub use config::Config;
+pub mod telemetry;
 
 use crate::model::repository::Repository;
 use anyhow::{Context, Result};
-use error::ApiError;
-use metrics::Metrics;
-use queue::BatchingConfig;
-use registry::{LoadSettings, Registry};
+use config::Config;
+use evaluation::Evaluations;
+use http::body::ParsePool;
+use http::listener;
+use http::state::AppState;
+use infer::queue::BatchingConfig;
+use infer::Infer;
+use lifecycle::Lifecycle;
+use registry::ab_split::AbSplit;
+use registry::loader::{LoadSettings, ModelOpener};
+use registry::Registry;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-pub struct AppState {
-    pub cfg: Config,
-    pub metrics: Arc<Metrics>,
-    /// Every loaded model version; routes ask it which one answers.
-    pub registry: Registry,
-    /// The models configured at start are loaded and warmed up.
-    started: AtomicBool,
-    shutting_down: AtomicBool,
-    pub evaluations: admin::Jobs,
-    /// Requests being handled other than health and metrics: what shutdown waits for.
-    in_flight: AtomicUsize,
-    parse_pool: body::ParsePool,
-    refusal_log: log_limit::LogLimit,
-}
-
-impl AppState {
-    fn is_ready(&self) -> bool {
-        self.started.load(Ordering::SeqCst)
-            && !self.shutting_down.load(Ordering::SeqCst)
-            && self.registry.can_serve_default()
-    }
-
-    /// Whether new work may start: 503 while starting or shutting down.
-    fn check_serving(&self) -> Result<&Registry, ApiError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            // In-flight requests finish; new ones are told to go elsewhere.
-            self.metrics.refuse("not_ready");
-            return Err(ApiError::not_ready("shutting down"));
-        }
-        if !self.started.load(Ordering::SeqCst) {
-            self.metrics.refuse("not_ready");
-            return Err(ApiError::not_ready("model loading or warming up"));
-        }
-        Ok(&self.registry)
-    }
-}
+use telemetry::log_limit::LogLimit;
+use telemetry::Metrics;
 
 /// Intra-op threads per model worker: the configured count, or (auto) the serving budget shared
 /// between the models loaded at start, at least 1 each: two busy workers with the whole budget
@@ -87,7 +61,7 @@ fn load_initial(st: &AppState) -> Result<()> {
             let m = crate::model::Manifest::read(&cfg.model.path.join(crate::model::MANIFEST_FILE))
                 .with_context(|| format!("cannot load the model {}", cfg.model.path.display()))?;
             reg.load_dir(&m.name, &m.version, cfg.model.path.clone(), true, false)
-                .map_err(|e| anyhow::anyhow!("{}", ApiError::from(e).message))
+                .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("cannot load the model {}", cfg.model.path.display()))?;
         }
         Some(repo) => {
@@ -118,9 +92,9 @@ fn load_initial(st: &AppState) -> Result<()> {
         }
     }
     for (name, spec) in &cfg.splits {
-        let split = split::Split::parse(spec).map_err(anyhow::Error::msg)?;
+        let split = AbSplit::parse(spec).map_err(anyhow::Error::msg)?;
         reg.set_split(name, split)
-            .map_err(|e| anyhow::anyhow!("splits.{name}: {}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("splits.{name}: {e}"))?;
     }
     let snap = reg.snapshot();
     let default = if !cfg.model.default.is_empty() {
@@ -137,7 +111,7 @@ fn load_initial(st: &AppState) -> Result<()> {
         );
     };
     reg.set_default_model(&default)
-        .map_err(|e| anyhow::anyhow!("model.default: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("model.default: {e}"))?;
     Ok(())
 }
 
@@ -187,7 +161,6 @@ pub async fn run(
     };
     let n_models = repository.as_ref().map_or(1, |r| r.models().len());
     let settings = LoadSettings {
-        device: crate::device::parse_device(&cfg.model.device)?,
         threads: worker_threads(cfg.model.intra_op_threads, n_models),
         batching: BatchingConfig {
             max_batch_size: cfg.batching.max_batch_size,
@@ -196,21 +169,27 @@ pub async fn run(
             max_delay: Duration::from_micros(cfg.batching.max_delay_us),
             max_queue_size: cfg.batching.max_queue_size,
         },
+    };
+    let opener = ModelOpener {
+        device: crate::device::parse_device(&cfg.model.device)?,
         retrieval: cfg.retrieval.clone(),
     };
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         metrics: metrics.clone(),
-        registry: Registry::new(repository, settings, metrics.clone()),
-        started: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        evaluations: admin::Jobs::default(),
-        in_flight: AtomicUsize::new(0),
-        parse_pool: body::ParsePool::new(
+        registry: Registry::new(repository, settings, Box::new(opener), metrics.clone()),
+        infer: Infer::new(metrics.clone()),
+        evaluations: Arc::new(Evaluations::new(
+            cfg.admin.clone(),
+            metrics.clone(),
+            cfg.batching.max_batch_size,
+        )),
+        lifecycle: Lifecycle::default(),
+        parse_pool: ParsePool::new(
             crate::device::or_cpu_quota(cfg.server.parse_threads),
             cfg.server.max_parse_waiting,
         ),
-        refusal_log: log_limit::LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
+        refusal_log: LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 
     // Load in the background so /health/live answers at once and /health/ready says 503 meanwhile.
@@ -220,14 +199,14 @@ pub async fn run(
             load_state.cfg.model.intra_op_threads,
         ));
         load_initial(&load_state)?;
-        load_state.started.store(true, Ordering::SeqCst);
+        load_state.lifecycle.set_started();
         tracing::info!(default = %load_state.registry.default_model(), "models warmed up: ready");
         Ok(())
     });
 
     tracing::info!(%local, max_connections = limits.max_connections, "listening");
     on_listening(local);
-    let (public, admin) = routes::routers(state.clone());
+    let (public, admin) = http::router::routers(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(listener::serve(listener, public, limits, stop_rx.clone()));
@@ -261,10 +240,10 @@ pub async fn run(
         }
     };
     let deadline = signalled_at + Duration::from_secs(cfg.server.drain_timeout_secs);
-    state.shutting_down.store(true, Ordering::SeqCst);
+    state.lifecycle.begin_shutdown();
     state.evaluations.cancel_all();
     tracing::info!(
-        in_flight = state.in_flight.load(Ordering::SeqCst),
+        in_flight = state.lifecycle.in_flight(),
         "shutdown requested: readiness 503, draining"
     );
 
@@ -273,7 +252,7 @@ pub async fn run(
     let announce_until =
         (signalled_at + Duration::from_millis(cfg.server.drain_announce_ms)).min(deadline);
     tokio::time::sleep_until(announce_until).await;
-    while state.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    while state.lifecycle.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // 2. Close the listeners and the connections.
@@ -320,7 +299,7 @@ fn start_polling(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if st.shutting_down.load(Ordering::SeqCst) {
+            if st.lifecycle.is_shutting_down() {
                 break;
             }
             let st2 = st.clone();

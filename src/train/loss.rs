@@ -55,7 +55,8 @@ impl Loss {
     /// once per batch, before the batch is split between threads, so a run does not depend on
     /// which thread draws first.
     pub fn draw_negatives(&self) -> Option<Tensor> {
-        (self.cfg.kind == LossKind::Sampled).then(|| self.q.multinomial(self.cfg.negatives as i64, true))
+        (self.cfg.kind == LossKind::Sampled)
+            .then(|| self.q.multinomial(self.cfg.negatives as i64, true))
     }
 
     /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss

@@ -283,7 +283,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         crate::model::Encoder::seed_dropout(epoch_seed);
         // One worker: libtorch's own threads, as many as the run has (results depend on the
         // count, so it is set here rather than left to whoever called before).
-        tch::set_num_threads(if workers > 1 { 1 } else { cfg.threads.max(1) as i32 });
+        tch::set_num_threads(if workers > 1 {
+            1
+        } else {
+            cfg.threads.max(1) as i32
+        });
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epoch_seed);
         let batches = make_batches(&samples, r.batch_size, r.batches, &mut rng);
         let bar = crate::progress::Progress::new(batches.len() as u64, &format!("epoch {epoch}"));
@@ -655,7 +659,10 @@ fn parallel_step(
         part.iter()
             .map(|&i| {
                 let s = samples[i];
-                data[s.seq].1[s.first..s.end].iter().filter(|&&t| t > 0).count()
+                data[s.seq].1[s.first..s.end]
+                    .iter()
+                    .filter(|&&t| t > 0)
+                    .count()
             })
             .sum()
     };

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 description of the HTTP API, served at `GET /openapi.json`.
 //!
-//! Operations come from the `#[utoipa::path]` attribute on each handler (routes.rs, models.rs,
-//! admin.rs) and bodies from the request and response types themselves (`ToSchema`), so the
+//! Operations come from the `#[utoipa::path]` attribute on each handler (`http/handlers/`) and
+//! bodies from the request and response types themselves (`ToSchema`), so the
 //! document moves with the code. Three things are added here, where the derive cannot see them:
 //! - schemas of the types with hand-written deserializers (item ids, history entries, context
 //!   values), written to accept exactly what those deserializers accept;
@@ -11,7 +11,8 @@
 //!   and the default model's behaviours and context features. A request the document allows is
 //!   then one the server accepts, which `scripts/check-openapi.sh` holds it to (schemathesis).
 use super::error::ErrorBody;
-use super::AppState;
+use super::handlers::{evaluate, health, models, recommend};
+use super::state::AppState;
 use crate::model::{ContextFeature, ContextValue, HistoryEntry, ItemId};
 use serde_json::{json, Value};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
@@ -28,29 +29,29 @@ Admin operations (bearer token) and /metrics are served on admin.port when it is
 Limits and the default model's behaviours and context features in this document are this server's own.",
     ),
     paths(
-        super::routes::recommend,
-        super::routes::recommend_batch,
-        super::models::list,
-        super::models::one,
-        super::models::v2_metadata,
-        super::models::v2_ready,
-        super::models::v2_version,
-        super::models::v2_version_ready,
-        super::models::load,
-        super::models::unload,
-        super::models::set_default_version,
-        super::models::set_default_model,
-        super::models::set_split,
-        super::models::remove_split,
-        super::admin::start,
-        super::admin::status,
-        super::admin::cancel,
-        super::admin::delete,
-        super::routes::metrics,
-        super::routes::live,
-        super::routes::ready,
-        super::routes::v2_live,
-        super::routes::v2_ready,
+        recommend::recommend,
+        recommend::recommend_batch,
+        models::list,
+        models::one,
+        models::v2_metadata,
+        models::v2_ready,
+        models::v2_version,
+        models::v2_version_ready,
+        models::load,
+        models::unload,
+        models::set_default_version,
+        models::set_default_model,
+        models::set_split,
+        models::remove_split,
+        evaluate::start,
+        evaluate::status,
+        evaluate::cancel,
+        evaluate::delete,
+        health::metrics,
+        health::live,
+        health::ready,
+        health::v2_live,
+        health::v2_ready,
         openapi_json,
     ),
     components(schemas(ErrorBody)),
@@ -69,7 +70,7 @@ struct ApiDoc;
     get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object))
 )]
-pub(super) async fn openapi_json(
+pub async fn openapi_json(
     axum::extract::State(st): axum::extract::State<std::sync::Arc<AppState>>,
 ) -> axum::Json<Value> {
     axum::Json(document(&st))
@@ -100,8 +101,8 @@ fn set(doc: &mut Value, pointer: &str, value: Value) -> Result<(), String> {
 
 fn refine(
     doc: &mut Value,
-    l: &super::config::LimitsSection,
-    a: &super::config::AdminSection,
+    l: &crate::serve::config::LimitsSection,
+    a: &crate::serve::config::AdminSection,
     manifest: Option<&crate::model::Manifest>,
 ) -> Result<(), String> {
     let given =
@@ -125,7 +126,7 @@ fn refine(
         ),
         (
             "RecommendRequest/properties/timeout_ms/maximum",
-            json!(super::api::MAX_TIMEOUT_MS),
+            json!(crate::serve::config::MAX_TIMEOUT_MS),
         ),
         ("BatchRequest/properties/requests/minItems", json!(1)),
         (
@@ -144,7 +145,7 @@ fn refine(
         ("EvaluateRequest/properties/models/uniqueItems", json!(true)),
         (
             "EvaluateRequest/properties/holdout/pattern",
-            json!(super::admin::HOLDOUT_NAME_PATTERN),
+            json!(crate::serve::evaluation::cases::HOLDOUT_NAME_PATTERN),
         ),
         // Rules across fields, which the derive cannot state: exactly one of holdout and cases;
         // not both model and models; version only with model (null counts as absent, as serde
@@ -477,7 +478,7 @@ mod tests {
     #[test]
     fn every_refined_schema_exists_in_the_generated_document() {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
-        let cfg = super::super::Config::default();
+        let cfg = crate::serve::config::Config::default();
         let manifest =
             crate::model::Manifest::read(std::path::Path::new("models/ml1m-ctx/model.json"))
                 .unwrap();

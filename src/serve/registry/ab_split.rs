@@ -20,16 +20,19 @@ pub struct Arm {
     pub weight: u32,
 }
 
+// Named `Split` in the OpenAPI document (the API's word); `AbSplit` here, beside the data split
+// of `crate::data`. (A plain comment: a doc comment would become the schema's description.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Split {
+#[schema(as = Split)]
+pub struct AbSplit {
     /// 1 to 16 arms, at least one with a positive weight. Arms naming the same version add up
     /// (a rule JSON Schema could not state, so the OpenAPI document and this check agree).
     #[schema(min_items = 1, max_items = 16)]
     pub arms: Vec<Arm>,
 }
 
-impl Split {
+impl AbSplit {
     /// Shape only; whether the arms are loaded is the registry's check.
     pub fn check(&self) -> Result<(), String> {
         if self.arms.is_empty() || self.arms.len() > MAX_ARMS {
@@ -56,7 +59,7 @@ impl Split {
     }
 
     /// `model[:version]=weight,...` (the configuration file's form), e.g. `beauty-1l=50,beauty-2l=50`.
-    pub fn parse(spec: &str) -> Result<Split, String> {
+    pub fn parse(spec: &str) -> Result<AbSplit, String> {
         let mut arms = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (target, weight) = part
@@ -73,7 +76,7 @@ impl Split {
                 weight,
             });
         }
-        let s = Split { arms };
+        let s = AbSplit { arms };
         s.check()?;
         Ok(s)
     }
@@ -121,8 +124,8 @@ fn unit_interval(split: &str, key: &str) -> f64 {
 mod tests {
     use super::*;
 
-    fn split(w: &[(&str, u32)]) -> Split {
-        Split {
+    fn split(w: &[(&str, u32)]) -> AbSplit {
+        AbSplit {
             arms: w
                 .iter()
                 .map(|(m, weight)| Arm {
@@ -138,7 +141,7 @@ mod tests {
     fn assignment_is_sticky_balanced_and_moves_few_users_when_weights_change() {
         let s = split(&[("a", 50), ("b", 50)]);
         let users: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
-        let arm = |s: &Split, u: &str| s.pick("beauty", Some(u)).model.clone();
+        let arm = |s: &AbSplit, u: &str| s.pick("beauty", Some(u)).model.clone();
         let first: Vec<String> = users.iter().map(|u| arm(&s, u)).collect();
         // Sticky: the same user, the same arm, every time.
         for (u, a) in users.iter().zip(&first) {
@@ -178,10 +181,26 @@ mod tests {
         assert!(split(&[("a", 1), ("a", 2)]).check().is_ok());
         assert!(split(&[("../a", 1)]).check().is_err());
         assert!(split(&[("a", 1), ("b", 3)]).check().is_ok());
-        let p = Split::parse("a=1, b:2=3").unwrap();
+        let p = AbSplit::parse("a=1, b:2=3").unwrap();
         assert_eq!(p.arms[1].version.as_deref(), Some("2"));
         assert_eq!(p.arms[1].weight, 3);
-        assert!(Split::parse("a").is_err());
-        assert!(Split::parse("a=x").is_err());
+        assert!(AbSplit::parse("a").is_err());
+        assert!(AbSplit::parse("a=x").is_err());
+    }
+
+    #[test]
+    fn assignment_is_deterministic_and_within_one_percent_of_the_weights_over_100k_users() {
+        let s = split(&[("a", 20), ("b", 30), ("c", 50)]);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..100_000 {
+            let u = format!("u{i}");
+            let arm = s.pick("exp", Some(&u)).model.clone();
+            assert_eq!(s.pick("exp", Some(&u)).model, arm, "user {u} moved");
+            *counts.entry(arm).or_insert(0usize) += 1;
+        }
+        for (arm, want) in [("a", 0.2), ("b", 0.3), ("c", 0.5)] {
+            let share = counts[arm] as f64 / 100_000.0;
+            assert!((share - want).abs() < 0.01, "{arm}: {share} for {want}");
+        }
     }
 }

@@ -1,7 +1,11 @@
+//! Telemetry: the Prometheus metrics (here) and the rate limiter of refusal logs (`log_limit`).
+//!
 //! Prometheus metrics: base units, `_total` counters, histograms, bounded labels only
 //! (route, status, reason, model, version, device, metric, k; never user or item ids).
 //! Per-model series carry `model` and `version` labels for loaded versions only: a version's
 //! series are removed when it is unloaded (its worker exits), so the label set stays bounded.
+pub mod log_limit;
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,

@@ -8,21 +8,21 @@
 //! the old version's `Arc<Served>` and finishes there. An unloaded version leaves the table at
 //! once; its worker drains what was queued, exits when the last request holding it has its
 //! answer, and drops the model (its memory) and its metric series.
-use super::error::ApiError;
-use super::metrics::Metrics;
-use super::queue::{self, BatchingConfig, QueueHandle};
-use super::split::Split;
-use crate::model::repository::{compare_versions, Repository};
-use crate::model::retrieval::Retrieval;
-use crate::model::{Catalogue, Manifest, Model};
-use axum::http::StatusCode;
+pub mod ab_split;
+pub mod loader;
+
+use crate::model::repository::Repository;
+use crate::model::{Catalogue, Manifest};
+use crate::serve::infer::queue::QueueHandle;
+use crate::serve::telemetry::Metrics;
+use ab_split::AbSplit;
+use loader::{LoadSettings, Opener};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
-use tch::Device;
+use std::time::SystemTime;
 
 /// A loaded, warmed-up model version: what handlers need (plain data) and the queue to its worker.
 pub struct Served {
@@ -38,14 +38,6 @@ pub struct Served {
     pub threads: usize,
     pub loaded_at_unix: u64,
     pub load_seconds: f64,
-}
-
-/// How the registry loads versions (fixed at start).
-pub struct LoadSettings {
-    pub device: Device,
-    pub threads: usize,
-    pub batching: BatchingConfig,
-    pub retrieval: super::config::RetrievalSection,
 }
 
 struct ModelEntry {
@@ -64,7 +56,7 @@ impl ModelEntry {
 struct Table {
     models: BTreeMap<String, ModelEntry>,
     default_model: String,
-    splits: BTreeMap<String, Split>,
+    splits: BTreeMap<String, AbSplit>,
 }
 
 /// A version being loaded, or one that failed (kept so /models can say why).
@@ -93,6 +85,8 @@ pub struct Registry {
     table: RwLock<Table>,
     pub repository: Option<Repository>,
     settings: LoadSettings,
+    /// Turns a version directory into a ranker (the model; a fake in unit tests).
+    opener: Box<dyn Opener>,
     metrics: Arc<Metrics>,
     events: Mutex<Vec<LoadEvent>>,
     retired: Mutex<Vec<Retired>>,
@@ -102,14 +96,6 @@ pub struct Registry {
     load_lock: Mutex<()>,
 }
 
-/// What a load did: the version, whether this call loaded it (else it was already loaded, and
-/// only the default switch applied), and whether it is its model's default afterwards.
-pub struct LoadOutcome {
-    pub served: Arc<Served>,
-    pub newly_loaded: bool,
-    pub is_default: bool,
-}
-
 /// Where a request was routed.
 pub struct Route {
     pub served: Arc<Served>,
@@ -117,30 +103,23 @@ pub struct Route {
     pub split: Option<String>,
 }
 
-#[derive(Debug)]
-pub enum LoadError {
-    /// No such model or version on disk, or a bad name (404 / 422).
+/// Why the registry refused a routing or a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// No such model, version or split is loaded.
     NotFound(String),
-    /// The files are there but do not make a usable model (bad files, non-finite weights...).
-    Failed(String),
-    /// Admin loading needs a repository.
-    NoRepository,
+    /// A change that traffic still depends on (a default version, a split's arm).
+    Conflict(String),
+    /// A malformed change (a split of the wrong shape).
+    Invalid(String),
 }
 
-impl From<LoadError> for ApiError {
-    fn from(e: LoadError) -> ApiError {
-        match e {
-            LoadError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m),
-            LoadError::Failed(m) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "load_failed",
-                format!("{m}; the versions already loaded keep serving"),
-            ),
-            LoadError::NoRepository => ApiError::new(
-                StatusCode::CONFLICT,
-                "no_repository",
-                "this server serves model.path alone: set model.repository to load versions at run time",
-            ),
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::NotFound(m) | RegistryError::Conflict(m) | RegistryError::Invalid(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -152,24 +131,26 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn conflict(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "conflict", msg)
+fn conflict(msg: impl Into<String>) -> RegistryError {
+    RegistryError::Conflict(msg.into())
 }
 
-fn not_found(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "model_not_found", msg)
+fn not_found(msg: impl Into<String>) -> RegistryError {
+    RegistryError::NotFound(msg.into())
 }
 
 impl Registry {
     pub fn new(
         repository: Option<Repository>,
         settings: LoadSettings,
+        opener: Box<dyn Opener>,
         metrics: Arc<Metrics>,
     ) -> Registry {
         Registry {
             table: RwLock::new(Table::default()),
             repository,
             settings,
+            opener,
             metrics,
             events: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
@@ -193,7 +174,7 @@ impl Registry {
         model: Option<&str>,
         version: Option<&str>,
         key: Option<&str>,
-    ) -> Result<Route, ApiError> {
+    ) -> Result<Route, RegistryError> {
         let t = self.read();
         let name = model.unwrap_or(&t.default_model);
         let (name, version, split) = match (version, t.splits.get(name)) {
@@ -228,7 +209,7 @@ impl Registry {
     }
 
     /// A loaded version without splits (evaluation names exactly what it evaluates).
-    pub fn exact(&self, model: &str, version: Option<&str>) -> Result<Arc<Served>, ApiError> {
+    pub fn exact(&self, model: &str, version: Option<&str>) -> Result<Arc<Served>, RegistryError> {
         let t = self.read();
         if version.is_none() && !t.models.contains_key(model) && t.splits.contains_key(model) {
             // Not found: no model has this name (a split does, and this asks for a model).
@@ -250,7 +231,7 @@ impl Registry {
     }
 
     /// Sets the model (or split) answering requests that name none.
-    pub fn set_default_model(&self, name: &str) -> Result<(), ApiError> {
+    pub fn set_default_model(&self, name: &str) -> Result<(), RegistryError> {
         let mut t = self.write();
         if !t.models.contains_key(name) && !t.splits.contains_key(name) {
             return Err(not_found(format!("no model or split {name:?} is loaded")));
@@ -260,7 +241,7 @@ impl Registry {
     }
 
     /// Makes a loaded version its model's default (atomically: the next request routes to it).
-    pub fn set_default_version(&self, name: &str, version: &str) -> Result<(), ApiError> {
+    pub fn set_default_version(&self, name: &str, version: &str) -> Result<(), RegistryError> {
         let mut t = self.write();
         let entry = t
             .models
@@ -279,7 +260,7 @@ impl Registry {
 
     /// Arms must name loaded models (404 otherwise, checked first: a missing model is the
     /// answer to give even when the split has other faults), then have a valid shape (422).
-    pub fn set_split(&self, name: &str, split: Split) -> Result<(), ApiError> {
+    pub fn set_split(&self, name: &str, split: AbSplit) -> Result<(), RegistryError> {
         let mut t = self.write();
         for (i, a) in split.arms.iter().enumerate() {
             let Some(e) = t.models.get(&a.model) else {
@@ -297,12 +278,12 @@ impl Registry {
                 }
             }
         }
-        split.check().map_err(ApiError::validation)?;
+        split.check().map_err(RegistryError::Invalid)?;
         t.splits.insert(name.to_string(), split);
         Ok(())
     }
 
-    pub fn remove_split(&self, name: &str) -> Result<(), ApiError> {
+    pub fn remove_split(&self, name: &str) -> Result<(), RegistryError> {
         let mut t = self.write();
         if t.default_model == name && !t.models.contains_key(name) {
             return Err(conflict(format!(
@@ -315,163 +296,10 @@ impl Registry {
             .ok_or_else(|| not_found(format!("no split {name:?}")))
     }
 
-    /// Loads `name` at `version` (the repository's newest when `None`) beside what serves, warms it
-    /// up, then adds it; `make_default` switches the model's traffic to it in the same step, and
-    /// `retire_previous` then unloads the version that was the default. Blocking (minutes for a
-    /// large model): call from a blocking thread. Already loaded: only the default switch applies.
-    pub fn load(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        make_default: bool,
-        retire_previous: bool,
-    ) -> Result<LoadOutcome, LoadError> {
-        let repo = self.repository.as_ref().ok_or(LoadError::NoRepository)?;
-        let (version, dir) = repo.locate(name, version).map_err(LoadError::NotFound)?;
-        self.load_dir(name, &version, dir, make_default, retire_previous)
-    }
-
-    /// [`Registry::load`] for a known directory (also how `model.path` is served).
-    pub fn load_dir(
-        &self,
-        name: &str,
-        version: &str,
-        dir: PathBuf,
-        make_default: bool,
-        retire_previous: bool,
-    ) -> Result<LoadOutcome, LoadError> {
-        let _one_at_a_time = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = self
-            .read()
-            .models
-            .get(name)
-            .and_then(|e| e.get(version).cloned());
-        let newly_loaded = existing.is_none();
-        let served = match existing {
-            Some(s) => s,
-            None => {
-                self.event(name, version, "loading", None);
-                match self.start_version(name, version, dir) {
-                    Ok(s) => {
-                        self.clear_event(name, version);
-                        self.metrics.model_loads.with_label_values(&["ok"]).inc();
-                        s
-                    }
-                    Err(e) => {
-                        self.event(name, version, "failed", Some(e.clone()));
-                        self.metrics
-                            .model_loads
-                            .with_label_values(&["failed"])
-                            .inc();
-                        tracing::error!(model = name, version, error = %e, "model version failed to load; what was serving keeps serving");
-                        return Err(LoadError::Failed(e));
-                    }
-                }
-            }
-        };
-        let (previous, is_default) = {
-            let mut t = self.write();
-            let first_model = t.models.is_empty();
-            let entry = t
-                .models
-                .entry(name.to_string())
-                .or_insert_with(|| ModelEntry {
-                    versions: Vec::new(),
-                    default_version: version.to_string(),
-                });
-            if entry.get(version).is_none() {
-                entry.versions.push(served.clone());
-                entry
-                    .versions
-                    .sort_by(|a, b| compare_versions(&a.version, &b.version));
-            }
-            let previous = entry.default_version.clone();
-            if make_default {
-                entry.default_version = version.to_string();
-            }
-            let is_default = entry.default_version == version;
-            if first_model && t.default_model.is_empty() {
-                t.default_model = name.to_string();
-            }
-            (previous, is_default)
-        };
-        self.publish_info();
-        tracing::info!(
-            model = name, version, default = make_default, device = %served.device,
-            threads = served.threads, items = served.catalogue.len(), secs = served.load_seconds,
-            "model version ready"
-        );
-        if retire_previous && make_default && previous != version {
-            if let Err(e) = self.unload(name, &previous) {
-                tracing::warn!(model = name, version = %previous, error = %e.message, "previous version left loaded");
-            }
-        }
-        Ok(LoadOutcome {
-            served,
-            newly_loaded,
-            is_default,
-        })
-    }
-
-    fn start_version(
-        &self,
-        name: &str,
-        version: &str,
-        dir: PathBuf,
-    ) -> Result<Arc<Served>, String> {
-        let t0 = Instant::now();
-        let s = &self.settings;
-        let mut model = Model::load(&dir, s.device).map_err(|e| e.to_string())?;
-        if s.retrieval.mode == Retrieval::Ann {
-            let path = s.retrieval.index_file(&dir);
-            model
-                .attach_index(s.retrieval.params(), &path, crate::device::or_cpu_quota(0))
-                .map_err(|e| format!("approximate index: {e}"))?;
-        }
-        let retrieval = model.retriever(s.retrieval.mode).kind().name();
-        let manifest = Arc::new(model.manifest.clone());
-        let catalogue = model.catalogue.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let (queue, worker) = queue::start(
-            model,
-            s.batching.clone(),
-            self.metrics.clone(),
-            self.metrics.for_version(name, version),
-            s.threads,
-            move || {
-                let _ = ready_tx.send(());
-            },
-        )
-        .map_err(|e| format!("cannot start the model worker: {e}"))?;
-        if ready_rx.recv().is_err() {
-            // The worker died in warm-up (it panicked): its error is in the log.
-            let _ = worker.join();
-            self.metrics.release_version(name, version);
-            return Err("warm-up forward pass failed (see the log)".into());
-        }
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(worker);
-        Ok(Arc::new(Served {
-            name: name.to_string(),
-            version: version.to_string(),
-            path: dir,
-            manifest,
-            catalogue,
-            queue,
-            device: crate::device::device_name(s.device),
-            retrieval,
-            threads: s.threads,
-            loaded_at_unix: unix_now(),
-            load_seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        }))
-    }
-
     /// Takes a version out of service. Refused (409) for a version traffic still needs: the
     /// model's default while other versions are loaded, the last version of the default model,
     /// or an arm of a split.
-    pub fn unload(&self, name: &str, version: &str) -> Result<(), ApiError> {
+    pub fn unload(&self, name: &str, version: &str) -> Result<(), RegistryError> {
         let mut t = self.write();
         let default_model = t.default_model.clone();
         let is_default = t
@@ -612,39 +440,6 @@ impl Registry {
         }
     }
 
-    /// One repository scan: loads what is newer than each model's default version (and models not
-    /// loaded yet), making it the default and retiring the previous one. A version that failed is
-    /// tried again only once its files change.
-    pub fn poll(&self) {
-        let Some(repo) = &self.repository else {
-            return;
-        };
-        for name in repo.models() {
-            let Some(latest) = repo.latest(&name) else {
-                continue;
-            };
-            let current = self
-                .read()
-                .models
-                .get(&name)
-                .map(|e| e.default_version.clone());
-            if let Some(cur) = &current {
-                if compare_versions(&latest, cur) != std::cmp::Ordering::Greater {
-                    continue;
-                }
-            }
-            let stamp = repo.stamp(&name, &latest);
-            let failed_before = self.events().iter().any(|e| {
-                e.model == name && e.version == latest && e.state == "failed" && e.stamp == stamp
-            });
-            if failed_before {
-                continue;
-            }
-            tracing::info!(model = %name, version = %latest, "polling found a new version: loading it");
-            let _ = self.load(&name, Some(&latest), true, current.is_some());
-        }
-    }
-
     /// Shutdown: every worker (serving or draining) finishes its queue and stops. Returns their
     /// threads to join.
     pub fn stop_all(&self) -> Vec<std::thread::JoinHandle<()>> {
@@ -661,5 +456,5 @@ pub struct Snapshot {
     pub default_model: String,
     /// (name, default version, loaded versions oldest first)
     pub models: Vec<(String, String, Vec<Arc<Served>>)>,
-    pub splits: BTreeMap<String, Split>,
+    pub splits: BTreeMap<String, AbSplit>,
 }

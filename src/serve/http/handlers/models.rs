@@ -1,49 +1,25 @@
-//! Model routes. Public discovery: `GET /models`, `GET /models/{name}` and the KServe v2 model
+//! Model routes (the route table is in `http::router`). Public discovery: `GET /models`, `GET /models/{name}` and the KServe v2 model
 //! routes (`/v2/models/{name}`, `…/ready`, `…/versions/{v}`, `…/versions/{v}/ready`). Admin
 //! management (bearer token; TorchServe's management API is the model): load a version beside what
 //! serves, switch a model's default version, unload, set the default model, and A/B splits.
-use super::admin::authorize;
-use super::error::{ApiError, ErrorBody};
-use super::registry::{LoadEvent, Served, Snapshot};
-use super::split::Split;
-use super::AppState;
+use crate::serve::http::body;
+use crate::serve::http::error::{ApiError, ErrorBody};
+use crate::serve::http::middleware::Serving;
+use crate::serve::http::state::AppState;
+use crate::serve::registry::ab_split::{AbSplit, Arm};
+use crate::serve::registry::{LoadEvent, Served, Snapshot};
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
-pub fn public_routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/models", get(list))
-        .route("/models/{name}", get(one))
-        .route("/v2/models/{name}", get(v2_metadata))
-        .route("/v2/models/{name}/ready", get(v2_ready))
-        .route("/v2/models/{name}/versions/{version}", get(v2_version))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(v2_version_ready),
-        )
-}
-
-pub fn admin_routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/models/{name}/versions/{version}",
-            post(load).delete(unload),
-        )
-        .route("/models/{name}/default", put(set_default_version))
-        .route("/default", put(set_default_model))
-        .route("/splits/{name}", put(set_split).delete(remove_split))
-}
-
 /// The training record without its per-epoch log (which can be long): how and on what.
 #[derive(Serialize, ToSchema)]
-pub(super) struct TrainingSummary {
+pub struct TrainingSummary {
     data: Vec<String>,
     log_sha256: Option<String>,
     split: String,
@@ -58,14 +34,14 @@ pub(super) struct TrainingSummary {
 
 /// The name and version the version's own manifest gives (a repository may file it otherwise).
 #[derive(Serialize, ToSchema)]
-pub(super) struct ManifestName {
+pub struct ManifestName {
     name: String,
     version: String,
 }
 
 /// One loaded version: where it runs, what it reads, how it was trained and what it scored.
 #[derive(Serialize, ToSchema)]
-pub(super) struct VersionInfo {
+pub struct VersionInfo {
     name: String,
     version: String,
     /// Whether requests without a version go here.
@@ -132,7 +108,7 @@ fn describe_version(s: &Served, is_default: bool) -> VersionInfo {
 
 /// One model: its versions loaded, on disk, draining, and what happened to its loads.
 #[derive(Serialize, ToSchema)]
-pub(super) struct ModelInfo {
+pub struct ModelInfo {
     name: String,
     default_version: String,
     versions: Vec<VersionInfo>,
@@ -179,16 +155,12 @@ fn describe_model(
     }
 }
 
-fn ready_or_503(st: &AppState) -> Result<(), ApiError> {
-    st.check_serving().map(|_| ())
-}
-
 /// Every model served, the default model and the A/B splits.
 #[derive(Serialize, ToSchema)]
-pub(super) struct ModelList {
+pub struct ModelList {
     default_model: String,
     models: Vec<ModelInfo>,
-    splits: BTreeMap<String, Split>,
+    splits: BTreeMap<String, AbSplit>,
     /// Failures of models that have no version loaded at all.
     load_events_of_unloaded_models: Vec<LoadEvent>,
 }
@@ -196,8 +168,10 @@ pub(super) struct ModelList {
 /// Lists every model served, with its versions, the default model and the splits.
 #[utoipa::path(get, path = "/models", operation_id = "list_models", tag = "models",
     responses((status = 200, description = "Models, versions, splits", body = ModelList)))]
-pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
-    ready_or_503(&st)?;
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    _: Serving,
+) -> Result<Json<ModelList>, ApiError> {
     let Snapshot {
         default_model,
         models,
@@ -224,15 +198,15 @@ pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<ModelLi
 
 /// A split named like a model: its arms.
 #[derive(Serialize, ToSchema)]
-pub(super) struct SplitInfo {
+pub struct SplitInfo {
     name: String,
-    split: Split,
+    split: AbSplit,
 }
 
 /// A model, or a split of that name.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub(super) enum ModelOrSplit {
+pub enum ModelOrSplit {
     Model(ModelInfo),
     Split(SplitInfo),
 }
@@ -244,11 +218,11 @@ pub(super) enum ModelOrSplit {
         (status = 200, description = "The model, or the split", body = ModelOrSplit),
         (status = 404, description = "No model or split of that name", body = ErrorBody),
     ))]
-pub(super) async fn one(
+pub async fn one(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
+    _: Serving,
 ) -> Result<Json<ModelOrSplit>, ApiError> {
-    ready_or_503(&st)?;
     let snap = st.registry.snapshot();
     if let Some((n, d, v)) = snap.models.iter().find(|(n, _, _)| *n == name) {
         return Ok(Json(ModelOrSplit::Model(describe_model(&st, n, d, v))));
@@ -259,8 +233,7 @@ pub(super) async fn one(
             split: s.clone(),
         })));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
+    Err(ApiError::not_found(
         "model_not_found",
         format!("no model or split {name:?} is loaded"),
     ))
@@ -268,7 +241,7 @@ pub(super) async fn one(
 
 /// A KServe v2 tensor description.
 #[derive(Serialize, ToSchema)]
-pub(super) struct V2Tensor {
+pub struct V2Tensor {
     name: &'static str,
     datatype: &'static str,
     shape: Vec<i64>,
@@ -276,7 +249,7 @@ pub(super) struct V2Tensor {
 
 /// KServe v2 model metadata.
 #[derive(Serialize, ToSchema)]
-pub(super) struct V2Metadata {
+pub struct V2Metadata {
     name: String,
     versions: Vec<String>,
     platform: &'static str,
@@ -306,11 +279,11 @@ fn v2_body(s: &Served, versions: Vec<String>) -> V2Metadata {
         (status = 200, description = "Model metadata", body = V2Metadata),
         (status = 404, description = "No such model", body = ErrorBody),
     ))]
-pub(super) async fn v2_metadata(
+pub async fn v2_metadata(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
+    _: Serving,
 ) -> Result<Json<V2Metadata>, ApiError> {
-    st.check_serving()?;
     let s = st.registry.exact(&name, None)?;
     let versions = st
         .registry
@@ -331,18 +304,18 @@ pub(super) async fn v2_metadata(
         (status = 200, description = "Version metadata", body = V2Metadata),
         (status = 404, description = "No such model or version", body = ErrorBody),
     ))]
-pub(super) async fn v2_version(
+pub async fn v2_version(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
+    _: Serving,
 ) -> Result<Json<V2Metadata>, ApiError> {
-    st.check_serving()?;
     let s = st.registry.exact(&name, Some(&version))?;
     Ok(Json(v2_body(&s, vec![version])))
 }
 
 /// KServe v2 readiness of a model or version.
 #[derive(Serialize, ToSchema)]
-pub(super) struct V2Ready {
+pub struct V2Ready {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
@@ -354,7 +327,7 @@ pub(super) struct V2Ready {
 /// 200 `{"name", "ready": true}` when the model (version) can answer now; 404 for an unknown one;
 /// 503 while the server is starting or shutting down.
 fn v2_ready_answer(st: &AppState, name: &str, version: Option<&str>) -> Response {
-    if let Err(e) = st.check_serving() {
+    if let Err(e) = st.serving() {
         let body = V2Ready {
             name: name.to_string(),
             version: None,
@@ -371,7 +344,7 @@ fn v2_ready_answer(st: &AppState, name: &str, version: Option<&str>) -> Response
             error: None,
         })
         .into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -383,10 +356,7 @@ fn v2_ready_answer(st: &AppState, name: &str, version: Option<&str>) -> Response
         (status = 404, description = "No such model", body = ErrorBody),
         (status = 503, description = "The server is starting or shutting down", body = V2Ready),
     ))]
-pub(super) async fn v2_ready(
-    State(st): State<Arc<AppState>>,
-    UrlPath(name): UrlPath<String>,
-) -> Response {
+pub async fn v2_ready(State(st): State<Arc<AppState>>, UrlPath(name): UrlPath<String>) -> Response {
     v2_ready_answer(&st, &name, None)
 }
 
@@ -399,7 +369,7 @@ pub(super) async fn v2_ready(
         (status = 404, description = "No such model or version", body = ErrorBody),
         (status = 503, description = "The server is starting or shutting down", body = V2Ready),
     ))]
-pub(super) async fn v2_version_ready(
+pub async fn v2_version_ready(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> Response {
@@ -433,13 +403,13 @@ async fn required_body<T: serde::de::DeserializeOwned + Send + 'static>(
     st: &AppState,
     req: Request,
 ) -> Result<T, ApiError> {
-    let bytes = super::body::read_json_body(st, req).await?;
-    super::body::parse_then(st, bytes, Ok).await
+    let bytes = body::read_json_body(st, req).await?;
+    body::parse(st, bytes).await
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct LoadOptions {
+pub struct LoadOptions {
     /// Make it the model's default version once it is warm (the swap).
     #[serde(default)]
     default: bool,
@@ -462,13 +432,12 @@ pub(super) struct LoadOptions {
         (status = 409, description = "No model.repository is configured", body = ErrorBody),
         (status = 422, description = "The version failed to load (the reason), or bad options", body = ErrorBody),
     ))]
-pub(super) async fn load(
+pub async fn load(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
+    _: Serving,
     req: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&st, req.headers())?;
-    st.check_serving()?;
     let opts: LoadOptions = optional_body(&st, req).await?;
     if opts.retire_previous && !opts.default {
         return Err(ApiError::validation(
@@ -486,13 +455,7 @@ pub(super) async fn load(
         )
     })
     .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "load task failed",
-        )
-    })??;
+    .map_err(|_| ApiError::internal("load task failed"))??;
     let status = if outcome.newly_loaded {
         StatusCode::CREATED
     } else {
@@ -507,7 +470,7 @@ pub(super) async fn load(
 
 /// What an admin change did.
 #[derive(Serialize, ToSchema)]
-pub(super) struct Unloading {
+pub struct Unloading {
     model: String,
     version: String,
     /// "unloading".
@@ -526,13 +489,11 @@ pub(super) struct Unloading {
         (status = 404, description = "No such model or version loaded", body = ErrorBody),
         (status = 409, description = "The default version while others are loaded, the default model's last version, or a split's arm", body = ErrorBody),
     ))]
-pub(super) async fn unload(
+pub async fn unload(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
-    headers: axum::http::HeaderMap,
+    _: Serving,
 ) -> Result<Json<Unloading>, ApiError> {
-    authorize(&st, &headers)?;
-    st.check_serving()?;
     st.registry.unload(&name, &version)?;
     Ok(Json(Unloading {
         model: name,
@@ -544,14 +505,14 @@ pub(super) async fn unload(
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct DefaultVersion {
+pub struct DefaultVersion {
     /// A loaded version of the model.
     version: String,
 }
 
 /// The model and its new default version.
 #[derive(Serialize, ToSchema)]
-pub(super) struct DefaultVersionSet {
+pub struct DefaultVersionSet {
     model: String,
     default_version: String,
 }
@@ -565,13 +526,12 @@ pub(super) struct DefaultVersionSet {
         (status = 200, description = "Switched", body = DefaultVersionSet),
         (status = 404, description = "No such model or version loaded", body = ErrorBody),
     ))]
-pub(super) async fn set_default_version(
+pub async fn set_default_version(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
+    _: Serving,
     req: Request,
 ) -> Result<Json<DefaultVersionSet>, ApiError> {
-    authorize(&st, req.headers())?;
-    st.check_serving()?;
     let b: DefaultVersion = required_body(&st, req).await?;
     st.registry.set_default_version(&name, &b.version)?;
     Ok(Json(DefaultVersionSet {
@@ -582,14 +542,14 @@ pub(super) async fn set_default_version(
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct DefaultModel {
+pub struct DefaultModel {
     /// A loaded model (or split) name.
     model: String,
 }
 
 /// The model that answers requests without a model.
 #[derive(Serialize, ToSchema)]
-pub(super) struct DefaultModelSet {
+pub struct DefaultModelSet {
     default_model: String,
 }
 
@@ -601,12 +561,11 @@ pub(super) struct DefaultModelSet {
         (status = 200, description = "Switched", body = DefaultModelSet),
         (status = 404, description = "No such model loaded", body = ErrorBody),
     ))]
-pub(super) async fn set_default_model(
+pub async fn set_default_model(
     State(st): State<Arc<AppState>>,
+    _: Serving,
     req: Request,
 ) -> Result<Json<DefaultModelSet>, ApiError> {
-    authorize(&st, req.headers())?;
-    st.check_serving()?;
     let b: DefaultModel = required_body(&st, req).await?;
     st.registry.set_default_model(&b.model)?;
     Ok(Json(DefaultModelSet {
@@ -616,9 +575,9 @@ pub(super) async fn set_default_model(
 
 /// A split as set.
 #[derive(Serialize, ToSchema)]
-pub(super) struct SplitSet {
+pub struct SplitSet {
     split: String,
-    arms: Vec<super::split::Arm>,
+    arms: Vec<Arm>,
 }
 
 /// Creates or replaces an A/B split: requests naming it are shared between its arms by weight,
@@ -626,21 +585,20 @@ pub(super) struct SplitSet {
 #[utoipa::path(put, path = "/splits/{name}", operation_id = "set_split", tag = "models",
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The split's name (1-64 of A-Z a-z 0-9 . _ -)")),
-    request_body = Split,
+    request_body = AbSplit,
     responses(
         (status = 200, description = "Set", body = SplitSet),
         (status = 404, description = "An arm names no loaded model or version", body = ErrorBody),
         (status = 409, description = "The name is a model's", body = ErrorBody),
     ))]
-pub(super) async fn set_split(
+pub async fn set_split(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
+    _: Serving,
     req: Request,
 ) -> Result<Json<SplitSet>, ApiError> {
-    authorize(&st, req.headers())?;
-    st.check_serving()?;
     crate::model::repository::check_name("split", &name).map_err(ApiError::validation)?;
-    let split: Split = required_body(&st, req).await?;
+    let split: AbSplit = required_body(&st, req).await?;
     st.registry.set_split(&name, split.clone())?;
     Ok(Json(SplitSet {
         split: name,
@@ -650,7 +608,7 @@ pub(super) async fn set_split(
 
 /// A removed split.
 #[derive(Serialize, ToSchema)]
-pub(super) struct SplitRemoved {
+pub struct SplitRemoved {
     split: String,
     /// "removed".
     status: &'static str,
@@ -664,13 +622,11 @@ pub(super) struct SplitRemoved {
         (status = 200, description = "Removed", body = SplitRemoved),
         (status = 404, description = "No such split", body = ErrorBody),
     ))]
-pub(super) async fn remove_split(
+pub async fn remove_split(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
-    headers: axum::http::HeaderMap,
+    _: Serving,
 ) -> Result<Json<SplitRemoved>, ApiError> {
-    authorize(&st, &headers)?;
-    st.check_serving()?;
     st.registry.remove_split(&name)?;
     Ok(Json(SplitRemoved {
         split: name,

@@ -3,11 +3,12 @@
 //! The body is read with a size limit (413) and a time limit (408). A small body is parsed and
 //! validated in place (microseconds). A large one (up to server.body_limit_bytes, e.g. a batch of
 //! 64 long histories) is parsed and validated on a small, bounded pool of blocking threads
-//! (server.parse_threads), with at most server.max_parse_waiting requests waiting for it (429
-//! beyond): two clients looping 1 MB bodies once froze every route, /health/live included.
+//! (server.parse_threads, [`offload`]), with at most server.max_parse_waiting requests waiting
+//! for it (429 beyond): two clients looping 1 MB bodies once froze every route, /health/live
+//! included.
 use super::error::ApiError;
 use super::listener::ConnHandle;
-use super::AppState;
+use super::state::AppState;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
@@ -154,7 +155,7 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
 }
 
 /// Parses JSON; errors carry the path of the offending field.
-fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v: crate::model::ObjectOnly<T> =
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -179,23 +180,26 @@ fn json_error(e: serde_json::Error, path: &str) -> ApiError {
     }
 }
 
-/// Parses `bytes` as `T` and runs `then` on it (validation: resolving ids against the catalogue),
-/// in place for small bodies and on the bounded parse pool for large ones.
-pub async fn parse_then<T, R>(
+/// Parses a body as `T` (off the async threads when it is large; see [`offload`]).
+pub async fn parse<T>(st: &AppState, bytes: Bytes) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    offload(st, bytes.len(), move || from_json(&bytes)).await
+}
+
+/// Runs `work` (parsing and validating a body of `size` bytes) in place when the body is small,
+/// else on the bounded parse pool: at most server.parse_threads at once, at most
+/// server.max_parse_waiting waiting (429 beyond).
+pub async fn offload<R>(
     st: &AppState,
-    bytes: Bytes,
-    then: impl FnOnce(T) -> Result<R, ApiError> + Send + 'static,
+    size: usize,
+    work: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
 ) -> Result<R, ApiError>
 where
-    T: DeserializeOwned,
     R: Send + 'static,
 {
-    let small = bytes.len() <= INLINE_PARSE_BYTES;
-    let work = move || -> Result<R, ApiError> {
-        let v: T = from_json(&bytes)?;
-        then(v)
-    };
-    if small {
+    if size <= INLINE_PARSE_BYTES {
         return work();
     }
     let pool = &st.parse_pool;
@@ -230,13 +234,7 @@ where
         r
     })
     .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "parse failed",
-        )
-    })?
+    .map_err(|_| ApiError::internal("parse failed"))?
 }
 
 /// axum's rule for JSON bodies: `application/json` or `application/*+json`, parameters ignored.

@@ -1,0 +1,294 @@
+//! POST /recommend and /recommend/batch, in the order a request goes: read the body, parse it,
+//! ask the registry which version answers, validate the request against that version, rank it
+//! (infer → the version's queue → its model worker), answer.
+use crate::model::{history_events, ItemId, Prepared, RankSpec};
+use crate::serve::config::{LimitsSection, MAX_TIMEOUT_MS, MAX_USER_KEY};
+use crate::serve::http::body;
+use crate::serve::http::error::{ApiError, ErrorBody};
+use crate::serve::http::middleware::{ms_header, Serving};
+use crate::serve::http::state::AppState;
+use crate::serve::http::types::{
+    BatchRequest, BatchResponse, RecommendRequest, RecommendResponse, ScoredItem, Timing,
+};
+use crate::serve::infer::queue::JobOutput;
+use crate::serve::infer::Request as Work;
+use crate::serve::registry::{Route, Served};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ranks the catalogue for one history (and context): the top `k` items, best first.
+#[utoipa::path(post, path = "/recommend", operation_id = "recommend", tag = "inference",
+    request_body = RecommendRequest,
+    responses(
+        (status = 200, description = "Ranked items", body = RecommendResponse),
+        (status = 404, description = "No such model, version or split", body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after Retry-After seconds", body = ErrorBody),
+        (status = 504, description = "The request could not start before its deadline (timeout_ms)", body = ErrorBody),
+    ))]
+pub async fn recommend(
+    State(st): State<Arc<AppState>>,
+    _: Serving,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let bytes = body::read_json_body(&st, req).await?;
+    let st2 = st.clone();
+    // Parsing and validating a large body runs off the async threads (see body::offload).
+    let v = body::offload(&st, bytes.len(), move || {
+        let req: RecommendRequest = body::from_json(&bytes)?;
+        // Again: reading the body may have taken until shutdown began.
+        st2.serving()?;
+        prepare(&st2, req)
+    })
+    .await
+    .inspect_err(|e| count_invalid(&st, e))?;
+    count_unknown(&st, &v);
+    let out = st
+        .infer
+        .run(vec![work(&st, &v, received)])
+        .await?
+        .pop()
+        .expect("one job, one output");
+    let (q, inf) = (out.queue_time, out.inference_time);
+    let mut resp = Json(response(v, out, received)).into_response();
+    let h = resp.headers_mut();
+    h.insert("x-queue-time", ms_header(q.as_secs_f64() * 1000.0));
+    h.insert("x-inference-time", ms_header(inf.as_secs_f64() * 1000.0));
+    Ok(resp)
+}
+
+/// Ranks several requests in one call (each validated against its own model version); they
+/// share the batching queue with single requests.
+#[utoipa::path(post, path = "/recommend/batch", operation_id = "recommend_batch", tag = "inference",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per request, in order", body = BatchResponse),
+        (status = 404, description = "A request names no loaded model, version or split", body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after Retry-After seconds", body = ErrorBody),
+        (status = 504, description = "A request could not start before its deadline", body = ErrorBody),
+    ))]
+pub async fn recommend_batch(
+    State(st): State<Arc<AppState>>,
+    _: Serving,
+    req: Request,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let received = Instant::now();
+    let bytes = body::read_json_body(&st, req).await?;
+    let st2 = st.clone();
+    let validated = body::offload(&st, bytes.len(), move || {
+        let batch: BatchRequest = body::from_json(&bytes)?;
+        st2.serving()?;
+        prepare_batch(&st2, batch)
+    })
+    .await
+    .inspect_err(|e| count_invalid(&st, e))?;
+    for v in &validated {
+        count_unknown(&st, v);
+    }
+    let outs = st
+        .infer
+        .run(validated.iter().map(|v| work(&st, v, received)).collect())
+        .await?;
+    Ok(Json(BatchResponse {
+        results: validated
+            .into_iter()
+            .zip(outs)
+            .map(|(v, o)| response(v, o, received))
+            .collect(),
+    }))
+}
+
+/// A validated request: the version that answers, the prepared query, what to rank, and what to
+/// tell the caller.
+pub struct Validated {
+    pub served: Arc<Served>,
+    pub split: Option<String>,
+    pub prepared: Prepared,
+    pub spec: RankSpec,
+    pub unknown_candidates: Vec<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Routes one request (model, version, split) and validates it against the version that
+/// answers.
+fn prepare(st: &AppState, req: RecommendRequest) -> Result<Validated, ApiError> {
+    // Characters, as the OpenAPI document's maxLength counts them.
+    if req
+        .user
+        .as_ref()
+        .is_some_and(|u| u.chars().count() > MAX_USER_KEY)
+    {
+        return Err(ApiError::validation(format!(
+            "user must be at most {MAX_USER_KEY} characters"
+        )));
+    }
+    let route = st.registry.route(
+        req.model.as_deref(),
+        req.version.as_deref(),
+        req.user.as_deref(),
+    )?;
+    validate(req, route, &st.cfg.limits)
+}
+
+/// Each request of a batch on its own, its errors prefixed with its index.
+fn prepare_batch(st: &AppState, batch: BatchRequest) -> Result<Vec<Validated>, ApiError> {
+    let max = st.cfg.limits.max_batch_requests;
+    if batch.requests.is_empty() || batch.requests.len() > max {
+        return Err(ApiError::validation(format!(
+            "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
+            batch.requests.len()
+        )));
+    }
+    batch
+        .requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            prepare(st, r.0).map_err(|mut e| {
+                e.message = format!("requests[{i}]: {}", e.message);
+                e
+            })
+        })
+        .collect()
+}
+
+fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
+    id.into_checked(field).map_err(ApiError::validation)
+}
+
+/// Checks a request against the limits and resolves it against the version `route` names.
+fn validate(
+    req: RecommendRequest,
+    route: Route,
+    limits: &LimitsSection,
+) -> Result<Validated, ApiError> {
+    let served = route.served.clone();
+    let (manifest, catalogue) = (&*served.manifest, &*served.catalogue);
+    let k = req.k.unwrap_or(10);
+    if k == 0 || k > limits.max_k {
+        return Err(crate::error::InputError::BadK {
+            got: k,
+            max: limits.max_k,
+        }
+        .into());
+    }
+    if req.history.len() > limits.max_history {
+        return Err(ApiError::validation(format!(
+            "history has {} items; the limit is {} (limits.max_history)",
+            req.history.len(),
+            limits.max_history
+        )));
+    }
+    if let Some(c) = &req.candidates {
+        if c.is_empty() || c.len() > limits.max_candidates {
+            return Err(ApiError::validation(format!(
+                "candidates must hold 1 to {} items (limits.max_candidates), got {}",
+                limits.max_candidates,
+                c.len()
+            )));
+        }
+    }
+    if req.exclude.len() > limits.max_exclude {
+        return Err(ApiError::validation(format!(
+            "exclude has {} items; the limit is {} (limits.max_exclude)",
+            req.exclude.len(),
+            limits.max_exclude
+        )));
+    }
+    if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+        return Err(ApiError::validation(format!(
+            "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
+        )));
+    }
+    let history = history_events(req.history, "history").map_err(ApiError::validation)?;
+    let prepared = crate::model::prepare(manifest, catalogue, &history, &req.context)?;
+    let mut exclude = if req.exclude_seen {
+        prepared.seen.clone()
+    } else {
+        Vec::new()
+    };
+    for id in req.exclude {
+        if let Some(i) = catalogue.index_of(&check_id(id, "exclude")?) {
+            exclude.push(i);
+        }
+    }
+    let mut unknown_candidates = Vec::new();
+    let candidates = match req.candidates {
+        None => None,
+        Some(c) => {
+            let mut idx = Vec::with_capacity(c.len());
+            for id in c {
+                let s = check_id(id, "candidates")?;
+                match catalogue.index_of(&s) {
+                    Some(i) => idx.push(i),
+                    None => unknown_candidates.push(s),
+                }
+            }
+            Some(idx)
+        }
+    };
+    Ok(Validated {
+        served: served.clone(),
+        split: route.split,
+        prepared,
+        spec: RankSpec {
+            k,
+            exclude,
+            candidates,
+        },
+        unknown_candidates,
+        timeout_ms: req.timeout_ms,
+    })
+}
+
+/// The queue job of a validated request, due at its deadline.
+fn work(st: &AppState, v: &Validated, received: Instant) -> Work {
+    let timeout = Duration::from_millis(v.timeout_ms.unwrap_or(st.cfg.server.request_timeout_ms));
+    Work {
+        queue: v.served.queue.clone(),
+        query: v.prepared.query.clone(),
+        spec: v.spec.clone(),
+        deadline: received + timeout,
+    }
+}
+
+fn response(v: Validated, out: JobOutput, received: Instant) -> RecommendResponse {
+    let served = &v.served;
+    RecommendResponse {
+        model: served.name.clone(),
+        version: served.version.clone(),
+        split: v.split,
+        retrieval: served.retrieval.to_string(),
+        items: out
+            .ranked
+            .into_iter()
+            .map(|(i, score)| ScoredItem {
+                item: served.catalogue.id_of(i).to_string(),
+                score,
+            })
+            .collect(),
+        unknown_items: v.prepared.unknown_items,
+        unknown_candidates: v.unknown_candidates,
+        timing: Timing {
+            queue_ms: out.queue_time.as_secs_f64() * 1000.0,
+            inference_ms: out.inference_time.as_secs_f64() * 1000.0,
+            total_ms: received.elapsed().as_secs_f64() * 1000.0,
+            batch_size: out.batch_size,
+        },
+    }
+}
+
+fn count_invalid(st: &AppState, e: &ApiError) {
+    if e.is_invalid_request() {
+        st.metrics.refuse("invalid");
+    }
+}
+
+fn count_unknown(st: &AppState, v: &Validated) {
+    st.metrics
+        .unknown_items
+        .inc_by(v.prepared.unknown_items.len() as u64);
+}

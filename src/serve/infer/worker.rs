@@ -1,0 +1,359 @@
+//! The model worker: one OS thread per loaded version owns its [`Ranker`], warms it up, takes
+//! work from its queue's [`Intake`], drops jobs whose client has gone or whose deadline has
+//! passed (without using the model), and ranks the rest as one batch.
+use super::queue::{
+    BackgroundJob, BatchingConfig, Intake, Job, JobError, JobOutput, QueueHandle, Work,
+};
+use super::ranker::Ranker;
+use crate::model::retrieval::Retrieval;
+use crate::model::{Query, RankSpec};
+use crate::serve::telemetry::{Metrics, VersionMetrics};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Starts one model version's worker thread with `threads` intra-op threads. `on_ready` runs on
+/// the worker after the warm-up forward passes.
+pub fn start(
+    ranker: Box<dyn Ranker>,
+    cfg: BatchingConfig,
+    metrics: Arc<Metrics>,
+    version_metrics: VersionMetrics,
+    threads: usize,
+    on_ready: impl FnOnce() + Send + 'static,
+) -> std::io::Result<(QueueHandle, std::thread::JoinHandle<()>)> {
+    let (handle, intake) = super::queue::channel(&cfg, version_metrics.queue_depth.clone());
+    let exited = handle.exited();
+    let thread = std::thread::Builder::new()
+        .name(format!("seqserve-model-{}", version_metrics.labels[0]))
+        .spawn(move || {
+            ranker.init_thread(threads);
+            warm_up(&*ranker, cfg.max_batch_size);
+            on_ready();
+            let [name, version] = version_metrics.labels.clone();
+            Worker {
+                ranker,
+                retrieval: cfg.retrieval,
+                intake,
+                metrics: metrics.clone(),
+                vm: version_metrics,
+            }
+            .run();
+            // The model is dropped with the worker above: its memory is free now.
+            metrics.release_version(&name, &version);
+            exited.store(true, Ordering::SeqCst);
+            tracing::info!(model = %name, version = %version, "model version unloaded: worker stopped, memory freed");
+        })?;
+    Ok((handle, thread))
+}
+
+/// A real forward pass at batch 1 and at full batch size, so the first requests do not pay for
+/// libtorch's lazy initialisation.
+fn warm_up(ranker: &dyn Ranker, max_batch: usize) {
+    let q = crate::model::prepare(
+        ranker.manifest(),
+        &ranker.catalogue(),
+        &[],
+        &Default::default(),
+    )
+    .expect("empty history is always valid")
+    .query;
+    let spec = RankSpec {
+        k: 10,
+        ..Default::default()
+    };
+    for b in [1, max_batch] {
+        let qs: Vec<&Query> = std::iter::repeat_n(&q, b).collect();
+        let specs = vec![spec.clone(); b];
+        let _ = ranker.rank(Retrieval::Exact, &qs, &specs);
+    }
+}
+
+struct Worker {
+    ranker: Box<dyn Ranker>,
+    retrieval: Retrieval,
+    intake: Intake,
+    metrics: Arc<Metrics>,
+    vm: VersionMetrics,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(work) = self.intake.next() {
+            match work {
+                Work::Batch(jobs) => self.run_batch(jobs),
+                Work::Background(job) => self.run_background(job),
+            }
+        }
+        tracing::debug!("model worker: queue closed and drained");
+    }
+
+    fn run_batch(&self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let mut runnable = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.reply.is_closed() {
+                // The client went away: skip the compute. When its handler already answered 504 it
+                // abandoned the job first and counted it; count only a job nobody has counted.
+                if job.claim.abandon() {
+                    job.fate.refuse_once(&self.metrics, "client_gone");
+                }
+            } else if now > job.deadline {
+                if job.claim.abandon() {
+                    job.fate.refuse_once(&self.metrics, "deadline");
+                    let _ = job.reply.send(Err(JobError::DeadlineExceeded));
+                }
+            } else if job.claim.start() {
+                runnable.push(job);
+            }
+        }
+        if runnable.is_empty() {
+            return;
+        }
+        let queries: Vec<&Query> = runnable.iter().map(|j| &j.query).collect();
+        let specs: Vec<RankSpec> = runnable.iter().map(|j| j.spec.clone()).collect();
+        let t0 = Instant::now();
+        let ranked = self.ranker.rank(self.retrieval, &queries, &specs);
+        let inference_time = t0.elapsed();
+        let n = runnable.len();
+        self.vm.batch_size.observe(n as f64);
+        self.vm
+            .inference_duration
+            .observe(inference_time.as_secs_f64());
+        self.vm.recommendations.inc_by(n as u64);
+        for (job, ranked) in runnable.into_iter().zip(ranked) {
+            let queue_time = t0.saturating_duration_since(job.enqueued);
+            self.vm.queue_duration.observe(queue_time.as_secs_f64());
+            let _ = job.reply.send(Ok(JobOutput {
+                ranked,
+                queue_time,
+                inference_time,
+                batch_size: n,
+            }));
+        }
+    }
+
+    /// Evaluations: always exact (a report never mixes retrievers).
+    fn run_background(&self, job: BackgroundJob) {
+        if job.reply.is_closed() {
+            return;
+        }
+        let queries: Vec<&Query> = job.queries.iter().collect();
+        let ranked = self.ranker.rank(Retrieval::Exact, &queries, &job.specs);
+        let _ = job.reply.send(ranked);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{Architecture, Catalogue, Manifest};
+    use crate::serve::infer::queue::tests::{config, job};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A ranker that ranks nothing: it records each batch (the first history item of each query)
+    /// and takes `delay` per batch.
+    pub struct Fake {
+        pub manifest: Manifest,
+        pub catalogue: Arc<Catalogue>,
+        pub delay: Duration,
+        pub batches: Arc<Mutex<Vec<Vec<i64>>>>,
+    }
+
+    pub fn manifest(name: &str) -> Manifest {
+        Manifest {
+            format_version: crate::model::FORMAT_VERSION,
+            name: name.into(),
+            version: "1".into(),
+            architecture: Architecture {
+                n_items: 3,
+                d_model: 4,
+                n_layers: 1,
+                n_heads: 1,
+                ffn_dim: 4,
+                dropout: 0.0,
+                max_len: 4,
+                embedding_norm: false,
+                norm: Default::default(),
+                layer_norm_eps: 1e-5,
+                activation: Default::default(),
+                positions: Default::default(),
+                head: Default::default(),
+            },
+            behaviours: vec![],
+            context: vec![],
+            training: None,
+            metrics: None,
+        }
+    }
+
+    impl Fake {
+        pub fn new(delay: Duration) -> Fake {
+            Fake {
+                manifest: manifest("fake"),
+                catalogue: Arc::new(
+                    Catalogue::new(vec!["a".into(), "b".into(), "c".into()]).unwrap(),
+                ),
+                delay,
+                batches: Arc::default(),
+            }
+        }
+    }
+
+    impl Ranker for Fake {
+        fn manifest(&self) -> &Manifest {
+            &self.manifest
+        }
+        fn catalogue(&self) -> Arc<Catalogue> {
+            self.catalogue.clone()
+        }
+        fn device_name(&self) -> String {
+            "fake".into()
+        }
+        fn retrieval_name(&self, _: Retrieval) -> &'static str {
+            "exact"
+        }
+        fn rank(&self, _: Retrieval, queries: &[&Query], _: &[RankSpec]) -> Vec<Vec<(usize, f32)>> {
+            std::thread::sleep(self.delay);
+            self.batches.lock().unwrap().push(
+                queries
+                    .iter()
+                    .map(|q| q.items.first().copied().unwrap_or(0))
+                    .collect(),
+            );
+            queries
+                .iter()
+                .map(|q| vec![(q.items.first().copied().unwrap_or(0) as usize, 1.0)])
+                .collect()
+        }
+    }
+
+    fn started(
+        fake: Fake,
+        max_batch: usize,
+        delay_ms: u64,
+    ) -> (QueueHandle, std::thread::JoinHandle<()>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let vm = metrics.for_version("fake", "1");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (q, t) = start(
+            Box::new(fake),
+            config(max_batch, delay_ms, 64),
+            metrics.clone(),
+            vm,
+            1,
+            move || tx.send(()).unwrap(),
+        )
+        .unwrap();
+        rx.recv().unwrap();
+        (q, t, metrics)
+    }
+
+    fn refused(metrics: &Metrics, reason: &str) -> u64 {
+        metrics.rejected.with_label_values(&[reason]).get()
+    }
+
+    #[test]
+    fn jobs_are_answered_in_batches_and_the_worker_exits_when_its_handles_go() {
+        let fake = Fake::new(Duration::from_millis(20));
+        let batches = fake.batches.clone();
+        let (q, thread, _m) = started(fake, 4, 5);
+        batches.lock().unwrap().clear(); // the warm-up's batches
+        let rxs: Vec<_> = (1..=6)
+            .map(|i| {
+                let (j, rx) = job(i, Duration::from_secs(5));
+                q.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(out.ranked[0].0, i + 1, "each job gets its own answer");
+            assert!(out.batch_size <= 4);
+        }
+        let b = batches.lock().unwrap().clone();
+        assert_eq!(
+            b.concat(),
+            vec![1, 2, 3, 4, 5, 6],
+            "every job once, in order"
+        );
+        assert!(b.iter().all(|x| x.len() <= 4));
+        let exited = q.exited();
+        drop(q);
+        thread.join().unwrap();
+        assert!(exited.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_job_whose_deadline_passes_in_the_queue_is_refused_without_the_model() {
+        // The first batch takes 200 ms; a job due in 50 ms waits behind it and expires.
+        let fake = Fake::new(Duration::from_millis(200));
+        let batches = fake.batches.clone();
+        let (q, _t, metrics) = started(fake, 1, 0);
+        batches.lock().unwrap().clear();
+        let (slow, slow_rx) = job(1, Duration::from_secs(5));
+        q.submit(slow).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let (late, late_rx) = job(2, Duration::from_millis(50));
+        q.submit(late).unwrap();
+        assert!(slow_rx.blocking_recv().unwrap().is_ok());
+        assert_eq!(
+            late_rx.blocking_recv().unwrap().unwrap_err(),
+            JobError::DeadlineExceeded
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            batches.lock().unwrap().concat(),
+            vec![1],
+            "the expired job never ran"
+        );
+        assert_eq!(refused(&metrics, "deadline"), 1);
+    }
+
+    #[test]
+    fn a_job_whose_client_has_gone_is_skipped_and_counted_once() {
+        let fake = Fake::new(Duration::from_millis(150));
+        let batches = fake.batches.clone();
+        let (q, _t, metrics) = started(fake, 1, 0);
+        batches.lock().unwrap().clear();
+        let (busy, busy_rx) = job(1, Duration::from_secs(5));
+        q.submit(busy).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let (gone, gone_rx) = job(2, Duration::from_secs(5));
+        q.submit(gone).unwrap();
+        drop(gone_rx); // the client disconnects while its job waits
+        let (next, next_rx) = job(3, Duration::from_secs(5));
+        q.submit(next).unwrap();
+        assert!(busy_rx.blocking_recv().unwrap().is_ok());
+        assert!(next_rx.blocking_recv().unwrap().is_ok());
+        assert_eq!(batches.lock().unwrap().concat(), vec![1, 3]);
+        assert_eq!(refused(&metrics, "client_gone"), 1);
+    }
+
+    #[test]
+    fn a_job_abandoned_by_its_handler_is_neither_run_nor_counted_twice() {
+        let fake = Fake::new(Duration::from_millis(100));
+        let batches = fake.batches.clone();
+        let (q, _t, metrics) = started(fake, 1, 0);
+        batches.lock().unwrap().clear();
+        let (busy, busy_rx) = job(1, Duration::from_secs(5));
+        q.submit(busy).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let (j, rx) = job(2, Duration::from_secs(5));
+        let claim = j.claim.clone();
+        let fate = j.fate.clone();
+        q.submit(j).unwrap();
+        // The handler gives up at its own deadline first: it abandons and counts the refusal.
+        assert!(claim.abandon());
+        fate.refuse_once(&metrics, "deadline");
+        drop(rx);
+        assert!(busy_rx.blocking_recv().unwrap().is_ok());
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(batches.lock().unwrap().concat(), vec![1]);
+        assert_eq!(
+            refused(&metrics, "deadline") + refused(&metrics, "client_gone"),
+            1
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 pub fn read_events(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataError> {
-    let reader = super::open(path)?;
+    let reader = super::log::open(path)?;
     let mut sink = LineSink::new(path, opts);
     // (timestamp, line) keeps the sort stable for events in the same second: file order breaks ties.
     let mut by_user: HashMap<String, Vec<(i64, usize, Event)>> = HashMap::new();

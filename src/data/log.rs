@@ -91,3 +91,15 @@ impl<'a> LineSink<'a> {
         }
     }
 }
+
+/// Opens a log file for buffered reading, naming it in the error.
+pub(crate) fn open(
+    path: &Path,
+) -> Result<std::io::BufReader<std::fs::File>, crate::error::DataError> {
+    std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .map_err(|source| crate::error::DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}

@@ -65,12 +65,3 @@ pub fn read_inputs(
     let users = users.map(|p| read_movielens_users(p, opts)).transpose()?;
     Ok((data, users))
 }
-
-pub(crate) fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, DataError> {
-    std::fs::File::open(path)
-        .map(std::io::BufReader::new)
-        .map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}

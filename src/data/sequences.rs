@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 pub fn read_sequences(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataError> {
-    let reader = super::open(path)?;
+    let reader = super::log::open(path)?;
     let mut sink = LineSink::new(path, opts);
     let mut users = Vec::new();
     let mut seen_users = HashSet::new();

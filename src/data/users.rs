@@ -15,7 +15,7 @@ pub struct UserTable {
 /// MovieLens `users.dat`: `UserID::Gender::Age::Occupation::Zip`. Zip is not used as a feature
 /// (3,400 distinct values for 6,040 users would only memorise users).
 pub fn read_movielens_users(path: &Path, opts: &ReadOptions) -> Result<UserTable, DataError> {
-    let reader = super::open(path)?;
+    let reader = super::log::open(path)?;
     let mut sink = LineSink::new(path, opts);
     let mut rows = HashMap::new();
     for (i, line) in reader.split(b'\n').enumerate() {

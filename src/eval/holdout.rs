@@ -7,10 +7,10 @@
 use super::runner::EvalCase;
 use crate::data::{Dataset, Split, UserTable};
 use crate::error::{DataError, LineError};
+use crate::model::user_context;
 use crate::model::{
     history_events, prepare, Catalogue, ContextValue, HistoryEntry, ItemId, Manifest,
 };
-use crate::train::examples::user_context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};

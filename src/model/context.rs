@@ -125,3 +125,20 @@ pub fn encode_context(
     }
     Ok(out)
 }
+
+/// A user's context features from a user table (MovieLens users.dat), as a request would send
+/// them; empty for a user the table lacks (or without a table). Training and evaluation both
+/// read context this way.
+pub fn user_context(
+    users: Option<&crate::data::UserTable>,
+    user: &str,
+) -> BTreeMap<String, ContextValue> {
+    users
+        .and_then(|t| t.rows.get(user))
+        .map(|row| {
+            row.iter()
+                .map(|(k, v)| (k.clone(), ContextValue::Text(v.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -13,7 +13,7 @@ mod weights;
 
 pub use batch::{prepare, to_tensors, HistoryEvent, Prepared, Query};
 pub use catalogue::Catalogue;
-pub use context::{encode_context, ContextValue, EncodedContext};
+pub use context::{encode_context, user_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
 pub use input::{
     history_events, integer, integers, optional_integer, unique_context, HistoryEntry, ItemId,

@@ -2,7 +2,7 @@
 use crate::data::{split::UserSplit, Dataset, Event, Split, UserTable};
 use crate::error::DataError;
 use crate::eval::EvalCase;
-use crate::model::{Catalogue, ContextValue, HistoryEvent, Model};
+use crate::model::{user_context, Catalogue, ContextValue, HistoryEvent, Model};
 use std::collections::BTreeMap;
 
 /// One training sequence: inputs (left part) and next-item targets, aligned.
@@ -14,17 +14,6 @@ pub struct TrainSequence {
     pub behaviours: Vec<i64>,
     pub targets: Vec<i64>,
     pub context: BTreeMap<String, ContextValue>,
-}
-
-pub fn user_context(users: Option<&UserTable>, user: &str) -> BTreeMap<String, ContextValue> {
-    users
-        .and_then(|t| t.rows.get(user))
-        .map(|row| {
-            row.iter()
-                .map(|(k, v)| (k.clone(), ContextValue::Text(v.clone())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub fn splits<'a>(data: &'a Dataset, split: &Split) -> Result<Vec<UserSplit<'a>>, DataError> {

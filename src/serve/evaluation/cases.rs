@@ -1,8 +1,8 @@
 //! Where an evaluation's cases come from: a holdout file inside admin.holdout_dir (the name is
 //! sandboxed, the file streamed with size and case limits) or cases sent inline; either way
 //! resolved against each evaluated version's catalogue.
+use super::error::EvalError;
 use super::jobs::EvalJob;
-use super::EvalError;
 use crate::eval::holdout::{read_cases, HoldoutCase, Provenance, Resolved};
 use crate::serve::config::AdminSection;
 use crate::serve::registry::Served;

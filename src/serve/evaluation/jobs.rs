@@ -1,7 +1,7 @@
 //! The bounded table of evaluations: running ones (inline and jobs) and finished jobs until they
 //! expire. At most admin.max_running_evaluations run at once; finished jobs are forgotten after
 //! admin.evaluation_ttl_secs, or beyond admin.max_finished_evaluations (oldest first).
-use super::EvalError;
+use super::error::EvalError;
 use crate::serve::config::AdminSection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

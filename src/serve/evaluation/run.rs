@@ -1,8 +1,8 @@
 //! Running one evaluation on a blocking thread: each batch goes through its model's worker on the
 //! low-priority queue (live requests always go first), then the report, the paired comparisons
 //! and the published gauges.
+use super::error::EvalError;
 use super::jobs::EvalJob;
-use super::EvalError;
 use crate::eval::holdout::{Provenance, Resolved};
 use crate::eval::leakage::{self, LeakageCheck};
 use crate::eval::metrics::METRIC_NAMES;

@@ -3,7 +3,7 @@
 //! The body is read with a size limit (413) and a time limit (408). A small body is parsed and
 //! validated in place (microseconds). A large one (up to server.body_limit_bytes, e.g. a batch of
 //! 64 long histories) is parsed and validated on a small, bounded pool of blocking threads
-//! (server.parse_threads, [`offload`]), with at most server.max_parse_waiting requests waiting
+//! (server.parse_threads, `parse_pool`), with at most server.max_parse_waiting requests waiting
 //! for it (429 beyond): two clients looping 1 MB bodies once froze every route, /health/live
 //! included.
 use super::error::ApiError;
@@ -14,30 +14,7 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
-
-/// Bodies up to this size are parsed on the async thread: cheaper than a thread hand-off.
-const INLINE_PARSE_BYTES: usize = 16 << 10;
-
-/// The blocking-parse pool's admission control.
-pub struct ParsePool {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
-}
-
-impl ParsePool {
-    pub fn new(threads: usize, max_waiting: usize) -> ParsePool {
-        ParsePool {
-            permits: Arc::new(Semaphore::new(threads.max(1))),
-            waiting: AtomicUsize::new(0),
-            max_waiting,
-        }
-    }
-}
 
 /// Reads the body of a JSON request: 415 unless the content type is JSON (and not compressed),
 /// 501 for a transfer coding other than chunked, 413 above the body limit (at once when the
@@ -180,61 +157,14 @@ fn json_error(e: serde_json::Error, path: &str) -> ApiError {
     }
 }
 
-/// Parses a body as `T` (off the async threads when it is large; see [`offload`]).
+/// Parses a body as `T` (off the async threads when it is large; see [`ParsePool::run`]).
 pub async fn parse<T>(st: &AppState, bytes: Bytes) -> Result<T, ApiError>
 where
     T: DeserializeOwned + Send + 'static,
 {
-    offload(st, bytes.len(), move || from_json(&bytes)).await
-}
-
-/// Runs `work` (parsing and validating a body of `size` bytes) in place when the body is small,
-/// else on the bounded parse pool: at most server.parse_threads at once, at most
-/// server.max_parse_waiting waiting (429 beyond).
-pub async fn offload<R>(
-    st: &AppState,
-    size: usize,
-    work: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
-) -> Result<R, ApiError>
-where
-    R: Send + 'static,
-{
-    if size <= INLINE_PARSE_BYTES {
-        return work();
-    }
-    let pool = &st.parse_pool;
-    let permit = match pool.permits.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => {
-            if pool.waiting.fetch_add(1, Ordering::SeqCst) >= pool.max_waiting {
-                pool.waiting.fetch_sub(1, Ordering::SeqCst);
-                st.metrics.refuse("parse_busy");
-                return Err(ApiError::overloaded());
-            }
-            // Decrements on every exit, including a client that goes away while waiting.
-            struct Waiting<'a>(&'a AtomicUsize);
-            impl Drop for Waiting<'_> {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            let _waiting = Waiting(&pool.waiting);
-            pool.permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("parse pool never closed")
-        }
-    };
-    // The permit moves with the work: a client that disconnects frees its slot only when the
-    // thread is really done, so at most server.parse_threads parse at once.
-    tokio::task::spawn_blocking(move || {
-        let r = work();
-        drop(permit);
-        r
-    })
-    .await
-    .map_err(|_| ApiError::internal("parse failed"))?
+    st.parse_pool
+        .run(&st.metrics, bytes.len(), move || from_json(&bytes))
+        .await
 }
 
 /// axum's rule for JSON bodies: `application/json` or `application/*+json`, parameters ignored.

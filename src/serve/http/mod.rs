@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod listener;
 pub mod middleware;
 pub mod openapi;
+pub mod parse_pool;
 pub mod router;
 pub mod state;
 pub mod types;

@@ -1,6 +1,6 @@
 //! What every handler shares: the configuration, and a handle on each part of the server.
-use super::body::ParsePool;
 use super::error::ApiError;
+use super::parse_pool::ParsePool;
 use crate::serve::config::Config;
 use crate::serve::evaluation::Evaluations;
 use crate::serve::infer::Infer;

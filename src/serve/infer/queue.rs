@@ -211,7 +211,7 @@ impl Intake {
     /// The next work: a live batch first, a background job when no live request waits (or when
     /// it has waited `background_max_wait`). None once the queue is closed (every handle dropped)
     /// or stopped with no live work left.
-    pub fn next(&mut self) -> Option<Work> {
+    pub fn next_work(&mut self) -> Option<Work> {
         loop {
             if self.pending.is_none() {
                 self.pending = self.background.try_recv().ok();
@@ -342,12 +342,12 @@ pub(crate) mod tests {
             rxs.push(rx);
         }
         assert_eq!(q.depth(), 10);
-        assert_eq!(ids(intake.next().unwrap()), vec![0, 1, 2, 3]);
-        assert_eq!(ids(intake.next().unwrap()), vec![4, 5, 6, 7]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![0, 1, 2, 3]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![4, 5, 6, 7]);
         assert_eq!(q.depth(), 2);
         // Two left: the batch closes at max_delay (1 s after the first was queued), not at size.
         let t = Instant::now();
-        assert_eq!(ids(intake.next().unwrap()), vec![8, 9]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![8, 9]);
         assert!(t.elapsed() < Duration::from_millis(1500));
     }
 
@@ -368,13 +368,13 @@ pub(crate) mod tests {
             (rx2, rx3)
         });
         let t = Instant::now();
-        assert_eq!(ids(intake.next().unwrap()), vec![1, 2]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![1, 2]);
         let waited = t.elapsed();
         assert!(
             waited >= Duration::from_millis(20) && waited < Duration::from_millis(140),
             "closed after {waited:?}"
         );
-        assert_eq!(ids(intake.next().unwrap()), vec![3]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![3]);
         let _ = feeder.join();
     }
 
@@ -416,9 +416,9 @@ pub(crate) mod tests {
         let (j, _r) = job(1, Duration::from_secs(5));
         q.submit(j).unwrap();
         // Live first...
-        assert_eq!(ids(intake.next().unwrap()), vec![1]);
+        assert_eq!(ids(intake.next_work().unwrap()), vec![1]);
         // ...then the background job, as no live work waits.
-        assert!(matches!(intake.next(), Some(Work::Background(_))));
+        assert!(matches!(intake.next_work(), Some(Work::Background(_))));
         // A background job that has waited its limit goes before live work.
         let (tx, _rx) = oneshot::channel();
         q.submit_background(BackgroundJob {
@@ -430,8 +430,8 @@ pub(crate) mod tests {
         .unwrap();
         let (j, _r) = job(2, Duration::from_secs(5));
         q.submit(j).unwrap();
-        assert!(matches!(intake.next(), Some(Work::Background(_))));
-        assert_eq!(ids(intake.next().unwrap()), vec![2]);
+        assert!(matches!(intake.next_work(), Some(Work::Background(_))));
+        assert_eq!(ids(intake.next_work().unwrap()), vec![2]);
     }
 
     #[test]
@@ -441,10 +441,10 @@ pub(crate) mod tests {
         q.submit(j).unwrap();
         q.stop();
         assert_eq!(
-            ids(intake.next().unwrap()),
+            ids(intake.next_work().unwrap()),
             vec![1],
             "queued work still runs"
         );
-        assert!(intake.next().is_none());
+        assert!(intake.next_work().is_none());
     }
 }

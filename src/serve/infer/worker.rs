@@ -79,7 +79,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        while let Some(work) = self.intake.next() {
+        while let Some(work) = self.intake.next_work() {
             match work {
                 Work::Batch(jobs) => self.run_batch(jobs),
                 Work::Background(job) => self.run_background(job),

@@ -2,51 +2,10 @@
 //! (load, warm up, then one write under the table's lock); polling the repository for new ones.
 use super::{unix_now, ModelEntry, Registry, Served};
 use crate::model::repository::compare_versions;
-use crate::model::retrieval::Retrieval;
-use crate::model::Model;
-use crate::serve::config::RetrievalSection;
-use crate::serve::infer::queue::BatchingConfig;
-use crate::serve::infer::ranker::Ranker;
 use crate::serve::infer::worker;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::Device;
-
-/// How the registry runs the versions it loads (fixed at start).
-pub struct LoadSettings {
-    /// Intra-op threads of each version's worker.
-    pub threads: usize,
-    pub batching: BatchingConfig,
-}
-
-/// Turns a version directory into a ranker.
-pub trait Opener: Send + Sync {
-    fn open(&self, dir: &Path) -> Result<Box<dyn Ranker>, String>;
-}
-
-/// Loads a model directory onto a device, with approximate retrieval attached when configured.
-pub struct ModelOpener {
-    pub device: Device,
-    pub retrieval: RetrievalSection,
-}
-
-impl Opener for ModelOpener {
-    fn open(&self, dir: &Path) -> Result<Box<dyn Ranker>, String> {
-        let mut model = Model::load(dir, self.device).map_err(|e| e.to_string())?;
-        if self.retrieval.mode == Retrieval::Ann {
-            let path = self.retrieval.index_file(dir);
-            model
-                .attach_index(
-                    self.retrieval.params(),
-                    &path,
-                    crate::device::or_cpu_quota(0),
-                )
-                .map_err(|e| format!("approximate index: {e}"))?;
-        }
-        Ok(Box::new(model))
-    }
-}
 
 /// What a load did: the version, whether this call loaded it (else it was already loaded, and
 /// only the default switch applied), and whether it is its model's default afterwards.

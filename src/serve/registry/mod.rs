@@ -10,13 +10,14 @@
 //! answer, and drops the model (its memory) and its metric series.
 pub mod ab_split;
 pub mod loader;
+pub mod opener;
 
 use crate::model::repository::Repository;
 use crate::model::{Catalogue, Manifest};
 use crate::serve::infer::queue::QueueHandle;
 use crate::serve::telemetry::Metrics;
 use ab_split::AbSplit;
-use loader::{LoadSettings, Opener};
+use opener::{LoadSettings, Opener};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -457,4 +458,207 @@ pub struct Snapshot {
     /// (name, default version, loaded versions oldest first)
     pub models: Vec<(String, String, Vec<Arc<Served>>)>,
     pub splits: BTreeMap<String, AbSplit>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loader::LoadError;
+    use super::opener::Opener;
+    use super::*;
+    use crate::serve::infer::queue::tests::config;
+    use crate::serve::infer::ranker::Ranker;
+    use crate::serve::infer::worker::tests::Fake;
+    use crate::serve::infer::{Infer, Request};
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// Opens a fake ranker taking `delay` per batch; directories named `bad` fail to open.
+    struct FakeOpener(Duration);
+
+    impl Opener for FakeOpener {
+        fn open(&self, dir: &Path) -> Result<Box<dyn Ranker>, String> {
+            if dir.ends_with("bad") {
+                return Err("not a model".into());
+            }
+            Ok(Box::new(Fake::new(self.0)))
+        }
+    }
+
+    fn registry(delay_ms: u64) -> Arc<Registry> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = LoadSettings {
+            threads: 1,
+            batching: config(4, 1, 256),
+        };
+        Arc::new(Registry::new(
+            None,
+            settings,
+            Box::new(FakeOpener(Duration::from_millis(delay_ms))),
+            metrics,
+        ))
+    }
+
+    fn work(served: &Served, id: i64) -> Request {
+        Request {
+            queue: served.queue.clone(),
+            query: crate::model::Query {
+                items: vec![id],
+                ..Default::default()
+            },
+            spec: crate::model::RankSpec {
+                k: 1,
+                ..Default::default()
+            },
+            deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_swap_and_an_unload_under_load_answer_every_request() {
+        let reg = registry(2);
+        reg.load_dir("m", "1", "v1".into(), true, false).unwrap();
+        reg.set_default_model("m").unwrap();
+        let infer = Arc::new(Infer::new(Arc::new(Metrics::new())));
+        // 8 clients, each routing and ranking 40 requests in a row, while the version swaps.
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (reg, infer) = (reg.clone(), infer.clone());
+                tokio::spawn(async move {
+                    let mut versions = Vec::new();
+                    for i in 0..40 {
+                        let route = reg.route(None, None, None).unwrap();
+                        let out = infer.run(vec![work(&route.served, c * 100 + i)]).await;
+                        assert_eq!(out.unwrap()[0].ranked[0].0 as i64, c * 100 + i);
+                        versions.push(route.served.version.clone());
+                    }
+                    versions
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reg2 = reg.clone();
+        let old_exited = reg.exact("m", Some("1")).unwrap().queue.exited();
+        let outcome =
+            tokio::task::spawn_blocking(move || reg2.load_dir("m", "2", "v2".into(), true, true))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(outcome.newly_loaded && outcome.is_default);
+        let mut seen = std::collections::BTreeSet::new();
+        for c in clients {
+            seen.extend(c.await.unwrap());
+        }
+        assert!(
+            seen.contains("2"),
+            "traffic moved to the new version: {seen:?}"
+        );
+        // The retired version left routing at once and its worker exits once drained.
+        assert!(reg.exact("m", Some("1")).is_err());
+        let t = Instant::now();
+        while !old_exited.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            old_exited.load(Ordering::SeqCst),
+            "the retired worker stopped"
+        );
+        assert!(reg.draining().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unloaded_version_finishes_what_was_queued_on_it() {
+        let reg = registry(30);
+        reg.load_dir("m", "1", "v1".into(), true, false).unwrap();
+        reg.load_dir("m", "2", "v2".into(), false, false).unwrap();
+        reg.set_default_model("m").unwrap();
+        let v2 = reg.exact("m", Some("2")).unwrap();
+        let infer = Infer::new(Arc::new(Metrics::new()));
+        let queued = infer.run((0..12).map(|i| work(&v2, i)).collect());
+        let unload = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            reg.unload("m", "2")
+        };
+        let (answers, unloaded) = tokio::join!(queued, unload);
+        unloaded.unwrap();
+        assert_eq!(answers.unwrap().len(), 12, "every queued request answered");
+        assert_eq!(
+            reg.route(Some("m"), Some("2"), None)
+                .err()
+                .map(|e| matches!(e, RegistryError::NotFound(_))),
+            Some(true)
+        );
+        let exited = v2.queue.exited();
+        drop(v2);
+        let t = Instant::now();
+        while !exited.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(exited.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn routing_and_unloading_follow_the_rules() {
+        let reg = registry(0);
+        reg.load_dir("a", "1", "a1".into(), true, false).unwrap();
+        reg.load_dir("a", "2", "a2".into(), false, false).unwrap();
+        reg.load_dir("b", "1", "b1".into(), true, false).unwrap();
+        reg.set_default_model("a").unwrap();
+        assert_eq!(reg.route(None, None, None).unwrap().served.version, "1");
+        assert_eq!(
+            reg.route(Some("a"), Some("2"), None)
+                .unwrap()
+                .served
+                .version,
+            "2"
+        );
+        assert!(matches!(
+            reg.route(Some("c"), None, None),
+            Err(RegistryError::NotFound(_))
+        ));
+        // A split routes by user; naming a version bypasses it.
+        let split = AbSplit::parse("a:2=1,b=1").unwrap();
+        reg.set_split("ab", split).unwrap();
+        let picked: std::collections::BTreeSet<String> = (0..200)
+            .map(|u| {
+                reg.route(Some("ab"), None, Some(&u.to_string()))
+                    .unwrap()
+                    .served
+                    .name
+                    .clone()
+            })
+            .collect();
+        assert_eq!(picked.len(), 2);
+        assert!(matches!(
+            reg.exact("ab", None),
+            Err(RegistryError::NotFound(_))
+        ));
+        // A split's arm, the default version while others are loaded, the default model's last
+        // version: all refused.
+        assert!(matches!(
+            reg.unload("a", "2"),
+            Err(RegistryError::Conflict(_))
+        ));
+        reg.remove_split("ab").unwrap();
+        assert!(matches!(
+            reg.unload("a", "1"),
+            Err(RegistryError::Conflict(_))
+        ));
+        reg.unload("a", "2").unwrap();
+        assert!(matches!(
+            reg.unload("a", "1"),
+            Err(RegistryError::Conflict(_))
+        ));
+        reg.unload("b", "1").unwrap();
+        // A version that fails to open changes nothing and is reported.
+        let e = reg
+            .load_dir("a", "3", "bad".into(), true, false)
+            .err()
+            .unwrap();
+        assert!(matches!(e, LoadError::Failed(_)));
+        assert_eq!(reg.route(None, None, None).unwrap().served.version, "1");
+        assert!(reg
+            .events()
+            .iter()
+            .any(|e| e.version == "3" && e.state == "failed"));
+    }
 }

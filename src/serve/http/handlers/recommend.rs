@@ -36,15 +36,17 @@ pub async fn recommend(
     let received = Instant::now();
     let bytes = body::read_json_body(&st, req).await?;
     let st2 = st.clone();
-    // Parsing and validating a large body runs off the async threads (see body::offload).
-    let v = body::offload(&st, bytes.len(), move || {
-        let req: RecommendRequest = body::from_json(&bytes)?;
-        // Again: reading the body may have taken until shutdown began.
-        st2.serving()?;
-        prepare(&st2, req)
-    })
-    .await
-    .inspect_err(|e| count_invalid(&st, e))?;
+    // Parsing and validating a large body runs off the async threads (see ParsePool::run).
+    let v = st
+        .parse_pool
+        .run(&st.metrics, bytes.len(), move || {
+            let req: RecommendRequest = body::from_json(&bytes)?;
+            // Again: reading the body may have taken until shutdown began.
+            st2.serving()?;
+            prepare(&st2, req)
+        })
+        .await
+        .inspect_err(|e| count_invalid(&st, e))?;
     count_unknown(&st, &v);
     let out = st
         .infer
@@ -78,13 +80,15 @@ pub async fn recommend_batch(
     let received = Instant::now();
     let bytes = body::read_json_body(&st, req).await?;
     let st2 = st.clone();
-    let validated = body::offload(&st, bytes.len(), move || {
-        let batch: BatchRequest = body::from_json(&bytes)?;
-        st2.serving()?;
-        prepare_batch(&st2, batch)
-    })
-    .await
-    .inspect_err(|e| count_invalid(&st, e))?;
+    let validated = st
+        .parse_pool
+        .run(&st.metrics, bytes.len(), move || {
+            let batch: BatchRequest = body::from_json(&bytes)?;
+            st2.serving()?;
+            prepare_batch(&st2, batch)
+        })
+        .await
+        .inspect_err(|e| count_invalid(&st, e))?;
     for v in &validated {
         count_unknown(&st, v);
     }

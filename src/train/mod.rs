@@ -303,32 +303,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             );
             let negatives = loss_fn.draw_negatives();
             opt.zero_grad();
-            let l = if workers > 1 {
-                let step_seed = epoch_seed
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(opt.step as u64);
-                parallel_step(
-                    &model,
-                    &loss_fn,
-                    &train_queries,
-                    &samples,
-                    batch,
-                    negatives.as_ref(),
-                    workers,
-                    step_seed,
-                )
-            } else {
-                let loss = train_step(
-                    &model,
-                    &loss_fn,
-                    &train_queries,
-                    &samples,
-                    batch,
-                    negatives.as_ref(),
-                );
-                loss.backward();
-                loss.double_value(&[])
-            };
+            // Seeds the threads' dropout streams of this step (one worker keeps the epoch's).
+            let step_seed = epoch_seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(opt.step as u64);
+            let l = batch_step(
+                &model,
+                &loss_fn,
+                &train_queries,
+                &samples,
+                batch,
+                negatives.as_ref(),
+                workers,
+                step_seed,
+            );
             opt.update(lr);
             if !l.is_finite() {
                 bail!("loss became {l} at epoch {epoch}: lower the learning rate");
@@ -639,13 +627,14 @@ fn make_batches(
     batches
 }
 
-/// Shares one batch between `workers` threads: each runs the forward and backward pass of its
-/// part (with one libtorch thread and its own dropout stream, seeded from `seed` and its index),
-/// its loss weighted by its share of the batch's targets, so that the gradients the threads
-/// accumulate are exactly the whole batch's mean-loss gradient. With two threads the sum is
-/// order-independent (a + b = b + a), so a run is reproducible. Returns the batch's mean loss.
+/// The forward and backward passes of one batch, its gradients accumulated into the parameters.
+/// With several `workers`, the batch is shared between threads: each runs its part (with one
+/// libtorch thread and its own dropout stream, seeded from `seed` and its index), its loss
+/// weighted by its share of the batch's targets, so that the gradients the threads accumulate are
+/// exactly the whole batch's mean-loss gradient. With two threads the sum is order-independent
+/// (a + b = b + a), so a run is reproducible. Returns the batch's mean loss.
 #[allow(clippy::too_many_arguments)]
-fn parallel_step(
+fn batch_step(
     model: &Model,
     loss: &Loss,
     data: &[(Query, Vec<i64>)],
@@ -666,6 +655,11 @@ fn parallel_step(
             })
             .sum()
     };
+    if workers <= 1 {
+        let loss = train_step(model, loss, data, samples, batch, negatives);
+        loss.backward();
+        return loss.double_value(&[]);
+    }
     let total = targets(batch).max(1) as f64;
     let size = batch.len().div_ceil(workers);
     let parts: Vec<&[usize]> = batch.chunks(size).collect();

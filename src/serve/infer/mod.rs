@@ -132,24 +132,20 @@ impl Infer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::queue::tests::config;
     use super::worker::tests::Fake;
     use super::*;
     use std::time::Duration;
 
-    fn request(q: &QueueHandle, id: i64, timeout: Duration) -> Request {
+    /// A request for history `[id]` (the fake ranker answers with `id`), due after `timeout`.
+    pub fn request(q: &QueueHandle, id: i64, timeout: Duration) -> Request {
+        let (job, _) = super::queue::tests::job(id, timeout);
         Request {
             queue: q.clone(),
-            query: Query {
-                items: vec![id],
-                ..Default::default()
-            },
-            spec: RankSpec {
-                k: 1,
-                ..Default::default()
-            },
-            deadline: Instant::now() + timeout,
+            query: job.query,
+            spec: job.spec,
+            deadline: job.deadline,
         }
     }
 

@@ -499,18 +499,7 @@ mod tests {
     }
 
     fn work(served: &Served, id: i64) -> Request {
-        Request {
-            queue: served.queue.clone(),
-            query: crate::model::Query {
-                items: vec![id],
-                ..Default::default()
-            },
-            spec: crate::model::RankSpec {
-                k: 1,
-                ..Default::default()
-            },
-            deadline: Instant::now() + Duration::from_secs(10),
-        }
+        crate::serve::infer::tests::request(&served.queue, id, Duration::from_secs(10))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,11 +65,11 @@ pub enum ModelError {
 pub enum InputError {
     #[error("history has {items} items but {behaviours} behaviours")]
     BehaviourLength { items: usize, behaviours: usize },
-    #[error("unknown behaviour {0:?}; this model knows {1:?}")]
+    #[error("unknown behaviour {}; this model knows {:?}", excerpt(.0), .1)]
     UnknownBehaviour(String, Vec<String>),
-    #[error("this model has no behaviour vocabulary; behaviour {0:?} cannot be used")]
+    #[error("this model has no behaviour vocabulary; behaviour {} cannot be used", excerpt(.0))]
     NoBehaviours(String),
-    #[error("unknown context feature {0:?}; this model's context features are {1:?}")]
+    #[error("unknown context feature {}; this model's context features are {:?}", excerpt(.0), .1)]
     UnknownFeature(String, Vec<String>),
     #[error("context feature {name:?}: {message}")]
     BadFeature { name: String, message: String },
@@ -77,4 +77,17 @@ pub enum InputError {
     BadK { got: usize, max: usize },
     #[error("{0}")]
     Other(String),
+}
+
+/// A caller's value as an error message quotes it: Debug-quoted, at most 64 characters, with how
+/// much was cut. Error bodies once echoed whole 100 KB context values and 5,000-character names.
+pub fn excerpt(value: &str) -> String {
+    const MAX: usize = 64;
+    let n = value.chars().count();
+    if n <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}… ({} more characters)", n - MAX)
+    }
 }

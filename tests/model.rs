@@ -374,3 +374,97 @@ fn atomic_save_refuses_an_existing_directory_unless_replacing_and_leaves_no_debr
         .collect();
     assert_eq!(names, ["m"], "no temporary or old directories left behind");
 }
+
+#[test]
+fn expected_shapes_are_exactly_the_variables_the_encoder_builds() {
+    type Edit = fn(&mut Architecture);
+    let variants: [Edit; 4] = [
+        |_| {},
+        |a| {
+            a.norm = Norm::Post;
+            a.embedding_norm = true;
+        },
+        |a| a.head = Head::None,
+        |a| {
+            a.n_layers = 3;
+            a.ffn_dim = 7;
+        },
+    ];
+    for edit in variants {
+        let model = random_model_arch(12, 2, 1, edit);
+        let built: BTreeMap<String, Vec<i64>> = model
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        assert_eq!(
+            seqserve::model::encoder::expected_shapes(&model.manifest),
+            built
+        );
+    }
+}
+
+/// A manifest that lies about its sizes (an attacker's, or a careless operator's) is refused
+/// before any tensor is built: at once, with the sizes named, whatever it claims.
+#[test]
+fn manifest_sizes_are_checked_against_the_weights_before_anything_is_allocated() {
+    let model = random_model(10, 1, 3);
+    for (key, value, needle) in [
+        (
+            "max_len",
+            serde_json::json!(1_000_000_000_000u64),
+            "max_len",
+        ),
+        ("ffn_dim", serde_json::json!(1_000_000_000u64), "ffn_dim"),
+        ("d_model", serde_json::json!(1u64 << 22), "d_model"),
+        ("n_layers", serde_json::json!(2000), "n_layers"),
+        // Within the sanity bounds: caught by the header comparison instead.
+        (
+            "max_len",
+            serde_json::json!(60_000),
+            "pos_emb: expected shape [60000, 16], found [8, 16]",
+        ),
+        (
+            "n_layers",
+            serde_json::json!(200),
+            "missing tensor blocks.1",
+        ),
+        (
+            "ffn_dim",
+            serde_json::json!(200_000),
+            "expected shape [200000, 16]",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        model.save(d.path()).unwrap();
+        let p = d.path().join(MANIFEST_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["architecture"][key] = value;
+        std::fs::write(&p, v.to_string()).unwrap();
+        let t = std::time::Instant::now();
+        let e = Model::load(d.path(), Device::Cpu)
+            .err()
+            .map(|e| e.to_string());
+        let e = e.unwrap_or_else(|| panic!("{key} accepted"));
+        assert!(e.contains(needle), "{key}: {e}");
+        // A refusal reads a header, it builds nothing: no time to speak of.
+        assert!(
+            t.elapsed().as_secs_f64() < 1.0,
+            "{key}: took {:?}",
+            t.elapsed()
+        );
+    }
+    // A truncated weights file: its tensors' data ranges run past its end.
+    let d = tempfile::tempdir().unwrap();
+    model.save(d.path()).unwrap();
+    let w = d.path().join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    let e = Model::load(d.path(), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("truncated or corrupt"), "{e}");
+}

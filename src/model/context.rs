@@ -99,7 +99,8 @@ pub fn encode_context(
                                 return Err(InputError::BadFeature {
                                     name: name.clone(),
                                     message: format!(
-                                        "unknown value {key:?}; known values: {values:?}"
+                                        "unknown value {}; known values: {values:?}",
+                                        crate::error::excerpt(&key)
                                     ),
                                 })
                             }
@@ -115,7 +116,10 @@ pub fn encode_context(
                     Some(other) => {
                         return Err(InputError::BadFeature {
                             name: name.clone(),
-                            message: format!("expected a finite number, got {other:?}"),
+                            message: format!(
+                                "expected a finite number, got {}",
+                                crate::error::excerpt(&format!("{other:?}"))
+                            ),
                         })
                     }
                 };

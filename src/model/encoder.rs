@@ -72,6 +72,69 @@ pub struct Encoder {
     n_items: i64,
 }
 
+/// Every variable the encoder of `m` has, with its shape, computed from the manifest alone (no
+/// tensor is built): what a weights file must hold, checked against its header before loading.
+/// A unit test holds it equal to the variables [`Encoder::build`] creates.
+pub fn expected_shapes(m: &Manifest) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let a = &m.architecture;
+    let (d, n, ffn) = (a.d_model as i64, a.n_items as i64, a.ffn_dim as i64);
+    let mut out = std::collections::BTreeMap::new();
+    let mut put = |name: String, shape: Vec<i64>| {
+        out.insert(name, shape);
+    };
+    let norm = |put: &mut dyn FnMut(String, Vec<i64>), name: &str| {
+        put(format!("{name}.weight"), vec![d]);
+        put(format!("{name}.bias"), vec![d]);
+    };
+    let linear = |put: &mut dyn FnMut(String, Vec<i64>), name: &str, i: i64, o: i64| {
+        put(format!("{name}.weight"), vec![o, i]);
+        put(format!("{name}.bias"), vec![o]);
+    };
+    put("item_emb".into(), vec![n + 1, d]);
+    if a.head == Head::Linear {
+        put("item_bias".into(), vec![n + 1]);
+        linear(&mut put, "head", d + m.context_width() as i64, d);
+    }
+    put("pos_emb".into(), vec![a.max_len as i64, d]);
+    if !m.behaviours.is_empty() {
+        put(
+            "behaviour_emb".into(),
+            vec![m.behaviours.len() as i64 + 1, d],
+        );
+    }
+    for f in &m.context {
+        if let ContextFeature::Categorical {
+            name,
+            values,
+            encoding: CategoricalEncoding::Embedding,
+            dim,
+        } = f
+        {
+            put(
+                format!("context.{name}"),
+                vec![values.len() as i64 + 1, *dim as i64],
+            );
+        }
+    }
+    for i in 0..a.n_layers {
+        let b = format!("blocks.{i}");
+        norm(&mut put, &format!("{b}.ln1"));
+        norm(&mut put, &format!("{b}.ln2"));
+        for x in ["q", "k", "v", "o"] {
+            linear(&mut put, &format!("{b}.attn.{x}"), d, d);
+        }
+        linear(&mut put, &format!("{b}.ffn.fc1"), d, ffn);
+        linear(&mut put, &format!("{b}.ffn.fc2"), ffn, d);
+    }
+    if a.embedding_norm {
+        norm(&mut put, "emb_ln");
+    }
+    if a.norm == Norm::Pre {
+        norm(&mut put, "final_ln");
+    }
+    out
+}
+
 impl Encoder {
     /// Creates the variables under `p` (randomly initialised; load weights afterwards to restore).
     pub fn new(p: &nn::Path, m: &Manifest) -> Encoder {

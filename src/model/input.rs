@@ -74,8 +74,15 @@ impl<'de> Visitor<'de> for ItemIdVisitor {
             ))),
         }
     }
-    // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it.
+    // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it. Zero is the
+    // exception: a float that reaches here as 0 may have been `1e-400`, which is no integer but
+    // underflows to 0 when parsed, so id 0 must be written `0`.
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ItemId, E> {
+        if v == 0.0 {
+            return Err(E::custom(
+                "item id 0 must be written as the integer 0 (a float that rounds to 0, such as 1e-400, is not an id)",
+            ));
+        }
         match integral(v) {
             Some(n) => self.visit_u64(n),
             None if v.fract() == 0.0 && v > 0.0 => Err(id_too_large(v)),

@@ -8,6 +8,14 @@ use std::path::Path;
 /// Bumped whenever the weight layout or the meaning of a field changes.
 pub const FORMAT_VERSION: u32 = 1;
 
+// Sanity bounds on a manifest's sizes, far above any model seqserve is meant for (the largest
+// tested catalogue is 10M items, d 64) and far below sizes whose tensors cannot be allocated.
+const MAX_ITEMS: usize = 200_000_000;
+const MAX_D_MODEL: usize = 16_384;
+const MAX_LAYERS: usize = 256;
+const MAX_FFN_DIM: usize = 262_144;
+const MAX_LEN: usize = 65_536;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -272,9 +280,36 @@ impl Manifest {
         })
     }
 
-    /// Internal consistency of the hyper-parameters and schema.
+    /// Internal consistency of the hyper-parameters and schema, within sanity bounds (a
+    /// manifest is read before its weights: an absurd size must be refused here, not turned
+    /// into a multi-terabyte allocation).
     pub fn validate(&self) -> Result<(), String> {
         let a = &self.architecture;
+        for (name, value, max) in [
+            ("n_items", a.n_items, MAX_ITEMS),
+            ("d_model", a.d_model, MAX_D_MODEL),
+            ("n_layers", a.n_layers, MAX_LAYERS),
+            ("n_heads", a.n_heads, MAX_D_MODEL),
+            ("ffn_dim", a.ffn_dim, MAX_FFN_DIM),
+            ("max_len", a.max_len, MAX_LEN),
+        ] {
+            if value > max {
+                return Err(format!(
+                    "architecture.{name} = {value} is beyond what seqserve loads (at most {max})"
+                ));
+            }
+        }
+        for f in &self.context {
+            if let ContextFeature::Categorical { values, dim, .. } = f {
+                if *dim > MAX_D_MODEL || values.len() > MAX_ITEMS {
+                    return Err(format!(
+                        "context feature {:?}: dim {dim} or {} values is beyond what seqserve loads",
+                        f.name(),
+                        values.len()
+                    ));
+                }
+            }
+        }
         if a.n_items == 0 {
             return Err("architecture.n_items must be positive".into());
         }

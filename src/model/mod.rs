@@ -138,6 +138,15 @@ impl Model {
                 ),
             });
         }
+        // The weights file's header against the manifest, before any tensor is built: a manifest
+        // whose sizes are not the file's (max_len = 10^12...) is refused here, not by an
+        // allocation of terabytes.
+        weights::check_header(&weights_path, &encoder::expected_shapes(&manifest)).map_err(
+            |message| ModelError::BadFile {
+                path: weights_path.clone(),
+                message,
+            },
+        )?;
         let mut model = Model::create(manifest, catalogue, device, false).map_err(|message| {
             ModelError::BadFile {
                 path: manifest_path,

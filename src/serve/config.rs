@@ -57,6 +57,12 @@ pub struct ServerSection {
     pub parse_threads: usize,
     /// Large requests waiting for a parse thread beyond this many are refused with 429.
     pub max_parse_waiting: usize,
+    /// Request bodies buffered at once, all connections together: a request whose body would go
+    /// beyond it is refused (503 with Retry-After) before it is read. Bounds the memory that
+    /// stalled uploads can hold.
+    pub max_buffered_body_bytes: usize,
+    /// Largest request head (request line and headers together); larger ones are refused (431).
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +86,9 @@ pub struct ModelSection {
     /// host's cores) minus one core for the HTTP threads, shared between the models loaded at
     /// start, at least 1 each (see device::serving_threads).
     pub intra_op_threads: usize,
+    /// A model version whose weights (as its manifest sizes them) exceed this is refused before
+    /// anything is loaded.
+    pub max_weights_bytes: u64,
 }
 
 /// How live requests are ranked (evaluations are always exact).
@@ -222,6 +231,8 @@ impl Default for ServerSection {
             max_connections: 4096,
             parse_threads: 0,
             max_parse_waiting: 256,
+            max_buffered_body_bytes: 256 << 20,
+            max_header_bytes: 16 << 10,
         }
     }
 }
@@ -235,6 +246,7 @@ impl Default for ModelSection {
             poll_interval_secs: 0,
             device: "auto".into(),
             intra_op_threads: 0,
+            max_weights_bytes: 16 << 30,
         }
     }
 }
@@ -338,7 +350,26 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
-        let ranges: [(&str, u64, u64, u64); 36] = [
+        let ranges: [(&str, u64, u64, u64); 39] = [
+            (
+                "server.max_buffered_body_bytes",
+                s.max_buffered_body_bytes as u64,
+                1 << 20,
+                64 << 30,
+            ),
+            // hyper reads a request head into one buffer of at least 8 KiB.
+            (
+                "server.max_header_bytes",
+                s.max_header_bytes as u64,
+                8 << 10,
+                1 << 20,
+            ),
+            (
+                "model.max_weights_bytes",
+                self.model.max_weights_bytes,
+                1 << 20,
+                4 << 40,
+            ),
             (
                 "model.poll_interval_secs",
                 self.model.poll_interval_secs,

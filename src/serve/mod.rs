@@ -152,6 +152,7 @@ pub async fn run(
         keep_alive: Duration::from_millis(cfg.server.keep_alive_timeout_ms),
         send: Duration::from_millis(cfg.server.send_timeout_ms),
         max_connections: listener::connection_cap(cfg.server.max_connections, fd_limit),
+        max_header_bytes: cfg.server.max_header_bytes,
     };
     let metrics = Arc::new(Metrics::new());
     let repository = if cfg.model.repository.as_os_str().is_empty() {
@@ -173,6 +174,7 @@ pub async fn run(
     let opener = ModelOpener {
         device: crate::device::parse_device(&cfg.model.device)?,
         retrieval: cfg.retrieval.clone(),
+        max_weights_bytes: cfg.model.max_weights_bytes,
     };
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -188,7 +190,9 @@ pub async fn run(
         parse_pool: ParsePool::new(
             crate::device::or_cpu_quota(cfg.server.parse_threads),
             cfg.server.max_parse_waiting,
+            Duration::from_millis(cfg.server.request_timeout_ms),
         ),
+        body_budget: http::body::BodyBudget::new(cfg.server.max_buffered_body_bytes),
         refusal_log: LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 
@@ -219,6 +223,14 @@ pub async fn run(
     tokio::spawn(async move {
         shutdown.await;
         let _ = signal_tx.send(Some(tokio::time::Instant::now()));
+    });
+    // Memory freed after a burst (bodies of an attack, an unloaded model) goes back to the system.
+    let trimmer = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(telemetry::release_free_memory).await;
+        }
     });
     let mut loader = loader;
     let mut loaded = false;
@@ -269,6 +281,7 @@ pub async fn run(
     if let Some(p) = poller {
         p.abort();
     }
+    trimmer.abort();
     let workers = state.registry.stop_all();
     drop(state);
     if !loaded {

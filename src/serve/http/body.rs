@@ -6,6 +6,10 @@
 //! (server.parse_threads, `parse_pool`), with at most server.max_parse_waiting requests waiting
 //! for it (429 beyond): two clients looping 1 MB bodies once froze every route, /health/live
 //! included.
+//!
+//! Bodies being buffered count against one server-wide budget (server.max_buffered_body_bytes,
+//! [`BodyBudget`]): a thousand uploads stalled just short of their end once held 1.7 GB. A body
+//! that would go beyond the budget is refused with 503 before more of it is read.
 use super::error::ApiError;
 use super::listener::ConnHandle;
 use super::state::AppState;
@@ -14,13 +18,96 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Reads the body of a JSON request: 415 unless the content type is JSON (and not compressed),
-/// 501 for a transfer coding other than chunked, 413 above the body limit (at once when the
-/// declared length says so: no `100 Continue` invites an upload that will be refused), 408 when it
-/// does not arrive within server.body_read_timeout_ms.
-pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiError> {
+/// Request-body bytes held at once, all connections together.
+pub struct BodyBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// Bytes of the budget held by one body, given back when it is dropped.
+pub struct Hold {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl BodyBudget {
+    pub fn new(max: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Whether `n` more bytes would fit now (a check, not a reservation).
+    fn fits(&self, n: usize) -> bool {
+        self.used.load(Ordering::SeqCst).saturating_add(n) <= self.max
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    fn hold(self: &Arc<Self>) -> Hold {
+        Hold {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Hold {
+    /// Takes `n` more bytes of the budget, or none when they do not fit.
+    fn grow(&mut self, n: usize) -> bool {
+        let b = &self.budget;
+        let mut cur = b.used.load(Ordering::SeqCst);
+        loop {
+            if cur.saturating_add(n) > b.max {
+                return false;
+            }
+            match b
+                .used
+                .compare_exchange(cur, cur + n, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    self.bytes += n;
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// A request body read into memory, holding its share of the budget until it is dropped (after
+/// parsing).
+pub struct Buffered {
+    pub bytes: Bytes,
+    _hold: Hold,
+}
+
+impl std::ops::Deref for Buffered {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads the body of a JSON request: 415 unless the content type is JSON in UTF-8 (and not
+/// compressed), 501 for a transfer coding other than chunked, 413 above the body limit (at once
+/// when the declared length says so: no `100 Continue` invites an upload that will be refused),
+/// 503 when the server-wide body budget is spent, 408 when it does not arrive within
+/// server.body_read_timeout_ms.
+pub async fn read_json_body(st: &AppState, req: Request) -> Result<Buffered, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let json = headers
@@ -40,7 +127,7 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
         (false, _, _) => Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "expected request with `Content-Type: application/json`",
+            "expected request with `Content-Type: application/json` (UTF-8)",
         )),
         (_, true, _) => Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -81,6 +168,32 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
         // Refused before a byte is read: no `100 Continue` invites an upload we would refuse.
         return Err(too_large());
     }
+    let budget_spent = || {
+        st.metrics.refuse("body_budget");
+        ApiError {
+            retry_after: Some(1),
+            close: true,
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "body_budget",
+                "the server is buffering as many request bodies as it may \
+                 (server.max_buffered_body_bytes); retry later",
+            )
+        }
+    };
+    // Refused before a byte is read when the declared length cannot fit now.
+    if declared.is_some_and(|n| n <= limit as u64 && !st.body_budget.fits(n as usize)) {
+        return Err(budget_spent());
+    }
+    // Or when it could not be parsed in time (see parse_pool): reading it would be wasted.
+    if declared.is_some_and(|n| n <= limit as u64 && !st.parse_pool.can_take(n as usize)) {
+        st.metrics.refuse("parse_busy");
+        return Err(ApiError {
+            close: true,
+            message: "the server cannot parse this request before its deadline; retry later".into(),
+            ..ApiError::overloaded()
+        });
+    }
     let timeout = Duration::from_millis(st.cfg.server.body_read_timeout_ms);
     // While the body trickles in, the connection counts as stalled (evictable at the cap).
     let conn = parts.extensions.get::<ConnHandle>();
@@ -88,16 +201,23 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
         c.body_reading(true);
     }
     let mut body = body;
-    // Grows with what really arrives: a declared length alone must not reserve memory (thousands
-    // of connections each declaring the limit and sending nothing).
-    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(64 << 10) as usize);
+    // The chunks as they arrive (no buffer sized by a declared length: thousands of connections
+    // each declaring the limit and sending nothing must not reserve memory), each counted
+    // against the budget before it is kept; joined once complete.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut hold = st.body_budget.hold();
     let mut seen = 0u64;
+    let mut over_budget = false;
     let read = tokio::time::timeout(timeout, async {
         while let Some(frame) = body.frame().await {
             if let Ok(chunk) = frame?.into_data() {
                 seen += chunk.len() as u64;
                 if seen <= limit as u64 {
-                    data.extend_from_slice(&chunk);
+                    if !hold.grow(chunk.len()) {
+                        over_budget = true;
+                        break;
+                    }
+                    chunks.push(chunk);
                 } else if seen > drain_cap {
                     break;
                 }
@@ -108,6 +228,9 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
     .await;
     if let Some(c) = conn {
         c.body_reading(false);
+    }
+    if over_budget {
+        return Err(budget_spent());
     }
     match read {
         Err(_) => {
@@ -127,7 +250,14 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Bytes, ApiErr
             "invalid_body",
             format!("cannot read the request body: {e}"),
         )),
-        Ok(Ok(())) => Ok(Bytes::from(data)),
+        Ok(Ok(())) => {
+            let bytes = match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks.pop().expect("one chunk"),
+                _ => Bytes::from(chunks.concat()),
+            };
+            Ok(Buffered { bytes, _hold: hold })
+        }
     }
 }
 
@@ -157,23 +287,70 @@ fn json_error(e: serde_json::Error, path: &str) -> ApiError {
     }
 }
 
-/// Parses a body as `T` (off the async threads when it is large; see [`ParsePool::run`]).
-pub async fn parse<T>(st: &AppState, bytes: Bytes) -> Result<T, ApiError>
+/// Parses a body as `T` (off the async threads when it is large; see `ParsePool::run`).
+pub async fn parse<T>(st: &AppState, body: Buffered) -> Result<T, ApiError>
 where
     T: DeserializeOwned + Send + 'static,
 {
     st.parse_pool
-        .run(&st.metrics, bytes.len(), move || from_json(&bytes))
+        .run(&st.metrics, body.len(), move || from_json(&body))
         .await
 }
 
-/// axum's rule for JSON bodies: `application/json` or `application/*+json`, parameters ignored.
+/// axum's rule for JSON bodies, `application/json` or `application/*+json`, and a charset, if
+/// one is named, of UTF-8 (JSON's only encoding, RFC 8259; a UTF-16 body must not be read as
+/// UTF-8).
 fn is_json_content_type(value: &str) -> bool {
-    let m = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    let mut parts = value.split(';');
+    let m = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"));
+    let utf8 = parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"').to_ascii_lowercase();
+            v == "utf-8" || v == "utf8"
+        }
+        _ => true,
+    });
+    json && utf8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_in_utf8_only() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+            "application/json; charset=\"UTF-8\"; foo=bar",
+        ] {
+            assert!(is_json_content_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/json; charset=utf-16",
+            "application/json;charset=latin1",
+            "application/jsonx",
+        ] {
+            assert!(!is_json_content_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let b = BodyBudget::new(100);
+        let mut a = b.hold();
+        let mut c = b.hold();
+        assert!(a.grow(60));
+        assert!(!c.grow(41), "over the budget");
+        assert!(c.grow(40));
+        assert!(!b.fits(1));
+        drop(a);
+        assert_eq!(b.used(), 40);
+        assert!(b.fits(60));
+        drop(c);
+        assert_eq!(b.used(), 0);
+    }
 }

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// Answer with `Connection: close`: the request's body was left unread.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
         }
     }
 
@@ -130,6 +133,10 @@ impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         match e {
             InferError::QueueFull => ApiError::overloaded(),
+            InferError::WontFinish => ApiError {
+                message: e.to_string(),
+                ..ApiError::overloaded()
+            },
             InferError::Stopped | InferError::WorkerGone => ApiError::not_ready(e.to_string()),
             InferError::Deadline => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -165,14 +172,27 @@ impl From<EvalError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The last guard against echoing a caller's input back in bulk: messages name what is
+        // wrong in a line, never kilobytes.
+        const MAX: usize = 1024;
+        let mut message = self.message;
+        let n = message.chars().count();
+        if n > MAX {
+            message = message.chars().take(MAX).collect::<String>()
+                + &format!("… (message cut: {} more characters)", n - MAX);
+        }
         let body = ErrorBody {
-            error: self.message,
+            error: message,
             code: self.code.to_string(),
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

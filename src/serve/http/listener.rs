@@ -31,6 +31,8 @@ pub struct ConnLimits {
     /// A write that makes no progress for this long (a client that never reads) fails.
     pub send: Duration,
     pub max_connections: usize,
+    /// The largest request head hyper buffers (431 beyond): server.max_header_bytes.
+    pub max_header_bytes: usize,
 }
 
 /// Raises the soft open-file limit to the hard limit (as Go's runtime does) and returns the soft
@@ -57,6 +59,9 @@ pub fn raise_fd_limit() -> u64 {
         lim.rlim_cur
     }
 }
+
+/// How long an idle connection may still bring a request once the listener stops.
+const IDLE_GRACE: Duration = Duration::from_millis(250);
 
 /// Connections allowed at once: the configured cap, kept 64 descriptors below the open-file limit
 /// (model files, holdouts, the listener, logs).
@@ -146,6 +151,9 @@ pub async fn serve(
             // Our TimedStream enforces the head timeout from the first byte, and the idle timeout
             // between requests; hyper's own timer would count idle time as header time.
             .header_read_timeout(None)
+            // Bounds the connection's read buffer: a request head longer than this is refused
+            // (431) instead of buffered (hyper's default is ~400 KB a connection).
+            .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(io, service);
         let (mut stop, open) = (stop.clone(), open.clone());
         tokio::spawn(async move {
@@ -155,7 +163,15 @@ pub async fn serve(
                 _ = evict.notified() => {}
                 _ = stopped(&mut stop) => {
                     let idle = activity.lock().expect("activity lock").in_flight == 0;
-                    if !idle {
+                    if idle {
+                        // A keep-alive client may be sending its next request right now: give it
+                        // a moment to arrive and be answered (503, `Connection: close`) rather
+                        // than a reset; a connection that stays silent is closed after it.
+                        if tokio::time::timeout(IDLE_GRACE, conn.as_mut()).await.is_err() {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    } else {
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
@@ -435,6 +451,7 @@ mod tests {
             keep_alive: Duration::from_secs(30),
             send: Duration::from_secs(10),
             max_connections: 10,
+            max_header_bytes: 16 << 10,
         };
         let mut a = Activity::new();
         let t0 = a.idle_since;

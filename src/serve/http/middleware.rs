@@ -25,6 +25,28 @@ impl FromRequestParts<Arc<AppState>> for Serving {
     }
 }
 
+/// Path parameters, as axum's `Path`, but a path it cannot read (`/models/%ff%fe`: not UTF-8)
+/// gets the JSON error body like every other client mistake, not axum's plain-text 400.
+pub struct UrlPath<T>(pub T);
+
+impl<T> FromRequestParts<Arc<AppState>> for UrlPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, st).await {
+            Ok(axum::extract::Path(v)) => Ok(UrlPath(v)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                format!("cannot read the path: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// The admin routes' bearer token, compared in constant time; refused when no token is
 /// configured (403) or the header is missing or wrong (401).
 pub async fn require_admin(
@@ -106,7 +128,19 @@ pub async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) 
     let start = Instant::now();
     let work = !matches!(route, "/health/live" | "/health/ready" | "/metrics");
     let in_flight = work.then(|| st.lifecycle.track());
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    let hostless =
+        req.version() == axum::http::Version::HTTP_11 && !req.headers().contains_key(header::HOST);
+    let mut resp = if hostless {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_host",
+            "an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2)",
+        )
+        .into_response()
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
     drop(in_flight);
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status();

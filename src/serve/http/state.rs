@@ -1,4 +1,5 @@
 //! What every handler shares: the configuration, and a handle on each part of the server.
+use super::body::BodyBudget;
 use super::error::ApiError;
 use super::parse_pool::ParsePool;
 use crate::serve::config::Config;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// Where large bodies are parsed and validated, off the async threads.
     pub parse_pool: ParsePool,
+    /// Request-body bytes buffered at once (server.max_buffered_body_bytes).
+    pub body_budget: Arc<BodyBudget>,
     pub refusal_log: LogLimit,
 }
 

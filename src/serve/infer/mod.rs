@@ -33,6 +33,9 @@ pub enum InferError {
     WorkerGone,
     /// It could not start before its deadline.
     Deadline,
+    /// The work already queued would keep it from finishing before its deadline: refused at
+    /// once rather than left to time out (retry later).
+    WontFinish,
 }
 
 impl std::fmt::Display for InferError {
@@ -42,6 +45,9 @@ impl std::fmt::Display for InferError {
             InferError::Stopped => "shutting down",
             InferError::WorkerGone => "the model worker stopped (shutting down)",
             InferError::Deadline => "the request could not start before its deadline",
+            InferError::WontFinish => {
+                "the work already queued would not let this request finish before its deadline; retry later"
+            }
         })
     }
 }
@@ -84,8 +90,14 @@ impl Infer {
         futures_util::future::try_join_all(tickets.into_iter().map(|t| self.wait(t, &fate))).await
     }
 
-    /// Queues one job (refused at once when the queue is full).
+    /// Queues one job: refused at once when the queue is full, or when what is queued ahead of
+    /// it would take past its deadline (under overload, admitted work then finishes instead of
+    /// most of it timing out in the queue).
     fn submit(&self, r: Request, fate: &Arc<RequestFate>) -> Result<Ticket, InferError> {
+        if Instant::now() + r.queue.expected_wait() > r.deadline {
+            fate.refuse_once(&self.metrics, "queue_full");
+            return Err(InferError::WontFinish);
+        }
         let (tx, rx) = oneshot::channel();
         let claim = Arc::new(JobClaim::default());
         let job = Job {
@@ -222,5 +234,30 @@ pub(crate) mod tests {
         assert_eq!(r.unwrap_err(), InferError::QueueFull);
         assert_eq!(metrics.rejected.with_label_values(&["queue_full"]).get(), 1);
         assert!(first.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_that_the_queue_would_make_late_is_refused_at_once() {
+        let (q, metrics) = worker(50, 64);
+        let infer = Arc::new(Infer::new(metrics.clone()));
+        // The worker learns its cost (~50 ms a batch of one: batches here are of 8 at most).
+        infer
+            .run(vec![request(&q, 0, Duration::from_secs(5))])
+            .await
+            .unwrap();
+        // Sixteen queued (about 2 batches of 8, ~100 ms) ahead of a request due in 20 ms.
+        let i2 = infer.clone();
+        let reqs: Vec<Request> = (1..=16)
+            .map(|i| request(&q, i, Duration::from_secs(5)))
+            .collect();
+        let ahead = tokio::spawn(async move { i2.run(reqs).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = Instant::now();
+        let r = infer
+            .run(vec![request(&q, 99, Duration::from_millis(20))])
+            .await;
+        assert_eq!(r.unwrap_err(), InferError::WontFinish);
+        assert!(t.elapsed() < Duration::from_millis(5), "refused at once");
+        assert!(ahead.await.unwrap().is_ok());
     }
 }

@@ -8,7 +8,7 @@
 use crate::model::retrieval::Retrieval;
 use crate::model::{Query, RankSpec};
 use crate::serve::telemetry::Metrics;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +113,9 @@ pub struct QueueHandle {
     live: SyncSender<Job>,
     background: SyncSender<BackgroundJob>,
     depth: Arc<AtomicUsize>,
+    /// The worker's running estimate of the time one job costs (nanoseconds): with the depth, how
+    /// long a new job would wait.
+    cost: Arc<AtomicU64>,
     depth_gauge: prometheus::IntGauge,
     stop: Arc<AtomicBool>,
     exited: Arc<AtomicBool>,
@@ -123,6 +126,7 @@ pub struct Intake {
     live: Receiver<Job>,
     background: Receiver<BackgroundJob>,
     depth: Arc<AtomicUsize>,
+    cost: Arc<AtomicU64>,
     depth_gauge: prometheus::IntGauge,
     stop: Arc<AtomicBool>,
     /// A background job taken out but not run yet (live work came first).
@@ -143,11 +147,13 @@ pub fn channel(cfg: &BatchingConfig, depth_gauge: prometheus::IntGauge) -> (Queu
     let (live_tx, live_rx) = mpsc::sync_channel(cfg.max_queue_size);
     let (bg_tx, bg_rx) = mpsc::sync_channel(2);
     let depth = Arc::new(AtomicUsize::new(0));
+    let cost = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handle = QueueHandle {
         live: live_tx,
         background: bg_tx,
         depth: depth.clone(),
+        cost: cost.clone(),
         depth_gauge: depth_gauge.clone(),
         stop: stop.clone(),
         exited: Arc::new(AtomicBool::new(false)),
@@ -156,6 +162,7 @@ pub fn channel(cfg: &BatchingConfig, depth_gauge: prometheus::IntGauge) -> (Queu
         live: live_rx,
         background: bg_rx,
         depth,
+        cost,
         depth_gauge,
         stop,
         pending: None,
@@ -193,6 +200,16 @@ impl QueueHandle {
 
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+
+    /// How long the jobs already queued will take the worker, by its recent cost per job (zero
+    /// until it has measured one).
+    pub fn expected_wait(&self) -> Duration {
+        Duration::from_nanos(
+            self.cost
+                .load(Ordering::Relaxed)
+                .saturating_mul(self.depth() as u64),
+        )
     }
 
     /// Asks the worker to stop once the live queue is empty (shutdown), whoever still holds a
@@ -242,6 +259,18 @@ impl Intake {
             self.took_one();
             return Some(Work::Batch(self.fill_batch(first)));
         }
+    }
+
+    /// Records what a batch of `jobs` cost (exponential moving average per job).
+    pub fn learn(&self, jobs: usize, took: Duration) {
+        let sample = took.as_nanos() as u64 / jobs.max(1) as u64;
+        let old = self.cost.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 4 + sample) / 5
+        };
+        self.cost.store(new, Ordering::Relaxed);
     }
 
     fn took_one(&self) {

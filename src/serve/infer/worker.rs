@@ -39,8 +39,10 @@ pub fn start(
                 vm: version_metrics,
             }
             .run();
-            // The model is dropped with the worker above: its memory is free now.
+            // The model is dropped with the worker above: its memory is free now, and handed back
+            // to the system (glibc keeps freed memory in its arenas otherwise).
             metrics.release_version(&name, &version);
+            crate::serve::telemetry::release_free_memory();
             exited.store(true, Ordering::SeqCst);
             tracing::info!(model = %name, version = %version, "model version unloaded: worker stopped, memory freed");
         })?;
@@ -116,6 +118,7 @@ impl Worker {
         let ranked = self.ranker.rank(self.retrieval, &queries, &specs);
         let inference_time = t0.elapsed();
         let n = runnable.len();
+        self.intake.learn(n, inference_time);
         self.vm.batch_size.observe(n as f64);
         self.vm
             .inference_duration

@@ -37,6 +37,22 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// The text a panic carried.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let full = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into());
+    // libtorch's messages carry a C++ backtrace: its first line says what failed.
+    full.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
 impl Registry {
     /// Loads `name` at `version` (the repository's newest when `None`) beside what serves, warms it
     /// up, then adds it; `make_default` switches the model's traffic to it in the same step, and
@@ -64,6 +80,7 @@ impl Registry {
         retire_previous: bool,
     ) -> Result<LoadOutcome, LoadError> {
         let _one_at_a_time = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.reap();
         let existing = self
             .read()
             .models
@@ -144,7 +161,13 @@ impl Registry {
     ) -> Result<Arc<Served>, String> {
         let t0 = Instant::now();
         let s = &self.settings;
-        let ranker = self.opener.open(&dir)?;
+        // Loading runs libtorch, which panics on a failed allocation: a panic is a failed load
+        // (reported, counted, retried only when the files change), never the process's end.
+        let ranker =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.opener.open(&dir)))
+                .unwrap_or_else(|p| {
+                    Err(format!("the model loader failed: {}", panic_message(&*p)))
+                })?;
         let retrieval = ranker.retrieval_name(s.batching.retrieval);
         let manifest = Arc::new(ranker.manifest().clone());
         let catalogue = ranker.catalogue();

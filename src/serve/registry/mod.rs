@@ -12,6 +12,7 @@ pub mod ab_split;
 pub mod loader;
 pub mod opener;
 
+use crate::error::excerpt;
 use crate::model::repository::Repository;
 use crate::model::{Catalogue, Manifest};
 use crate::serve::infer::queue::QueueHandle;
@@ -187,14 +188,17 @@ impl Registry {
         };
         let entry = t.models.get(name).ok_or_else(|| {
             not_found(format!(
-                "no model {name:?} is loaded (GET /models lists them: {})",
+                "no model {} is loaded (GET /models lists them: {})",
+                excerpt(name),
                 t.models.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })?;
         let v = version.unwrap_or(&entry.default_version);
         let served = entry.get(v).cloned().ok_or_else(|| {
             not_found(format!(
-                "model {name:?} has no loaded version {v:?} (loaded: {})",
+                "model {} has no loaded version {} (loaded: {})",
+                excerpt(name),
+                excerpt(v),
                 entry
                     .versions
                     .iter()
@@ -215,7 +219,8 @@ impl Registry {
         if version.is_none() && !t.models.contains_key(model) && t.splits.contains_key(model) {
             // Not found: no model has this name (a split does, and this asks for a model).
             return Err(not_found(format!(
-                "{model:?} is an A/B split, not a model: name a model (and version)"
+                "{} is an A/B split, not a model: name a model (and version)",
+                excerpt(model)
             )));
         }
         drop(t);
@@ -235,7 +240,10 @@ impl Registry {
     pub fn set_default_model(&self, name: &str) -> Result<(), RegistryError> {
         let mut t = self.write();
         if !t.models.contains_key(name) && !t.splits.contains_key(name) {
-            return Err(not_found(format!("no model or split {name:?} is loaded")));
+            return Err(not_found(format!(
+                "no model or split {} is loaded",
+                excerpt(name)
+            )));
         }
         t.default_model = name.to_string();
         Ok(())
@@ -247,10 +255,12 @@ impl Registry {
         let entry = t
             .models
             .get_mut(name)
-            .ok_or_else(|| not_found(format!("no model {name:?} is loaded")))?;
+            .ok_or_else(|| not_found(format!("no model {} is loaded", excerpt(name))))?;
         if entry.get(version).is_none() {
             return Err(not_found(format!(
-                "model {name:?} has no loaded version {version:?}; load it first"
+                "model {} has no loaded version {}; load it first",
+                excerpt(name),
+                excerpt(version)
             )));
         }
         entry.default_version = version.to_string();
@@ -294,7 +304,7 @@ impl Registry {
         t.splits
             .remove(name)
             .map(|_| ())
-            .ok_or_else(|| not_found(format!("no split {name:?}")))
+            .ok_or_else(|| not_found(format!("no split {}", excerpt(name))))
     }
 
     /// Takes a version out of service. Refused (409) for a version traffic still needs: the
@@ -322,13 +332,17 @@ impl Registry {
         let entry = t
             .models
             .get_mut(name)
-            .ok_or_else(|| not_found(format!("no model {name:?} is loaded")))?;
+            .ok_or_else(|| not_found(format!("no model {} is loaded", excerpt(name))))?;
         let pos = entry
             .versions
             .iter()
             .position(|s| s.version == version)
             .ok_or_else(|| {
-                not_found(format!("model {name:?} has no loaded version {version:?}"))
+                not_found(format!(
+                    "model {} has no loaded version {}",
+                    excerpt(name),
+                    excerpt(version)
+                ))
             })?;
         if entry.default_version == version && entry.versions.len() > 1 {
             return Err(conflict(format!(
@@ -362,6 +376,11 @@ impl Registry {
             version,
             "model version unloaded from routing; its worker finishes its queue"
         );
+        self.reap();
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| !x.exited.load(Ordering::SeqCst));
         // Requests already routed hold their own Arc: the worker exits when the last one is done.
         Ok(())
     }
@@ -418,8 +437,26 @@ impl Registry {
             .clone()
     }
 
+    /// Joins the threads of workers that have exited. A finished thread that is never joined
+    /// keeps its stack mapped (2 MiB and a guard page each): every load and unload once leaked
+    /// that much, until shutdown.
+    fn reap(&self) {
+        let finished: Vec<std::thread::JoinHandle<()>> = {
+            let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *w)
+                .into_iter()
+                .partition(|h| h.is_finished());
+            *w = running;
+            done
+        };
+        for h in finished {
+            let _ = h.join();
+        }
+    }
+
     /// Unloaded versions whose workers are still finishing (forgets the ones that exited).
     pub fn draining(&self) -> Vec<(String, String)> {
+        self.reap();
         let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         r.retain(|x| !x.exited.load(Ordering::SeqCst));
         r.iter()
@@ -479,6 +516,9 @@ mod tests {
         fn open(&self, dir: &Path) -> Result<Box<dyn Ranker>, String> {
             if dir.ends_with("bad") {
                 return Err("not a model".into());
+            }
+            if dir.ends_with("panics") {
+                panic!("can't allocate 256000000000000 bytes");
             }
             Ok(Box::new(Fake::new(self.0)))
         }

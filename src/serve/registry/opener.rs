@@ -24,10 +24,25 @@ pub trait Opener: Send + Sync {
 pub struct ModelOpener {
     pub device: Device,
     pub retrieval: RetrievalSection,
+    /// model.max_weights_bytes: the manifest's sizes are checked against it before loading.
+    pub max_weights_bytes: u64,
 }
 
 impl Opener for ModelOpener {
     fn open(&self, dir: &Path) -> Result<Box<dyn Ranker>, String> {
+        let manifest = crate::model::Manifest::read(&dir.join(crate::model::MANIFEST_FILE))
+            .map_err(|e| e.to_string())?;
+        let floats: u64 = crate::model::encoder::expected_shapes(&manifest)
+            .values()
+            .map(|s| s.iter().map(|&d| d as u64).product::<u64>())
+            .sum();
+        if floats.saturating_mul(4) > self.max_weights_bytes {
+            return Err(format!(
+                "its manifest sizes {} bytes of weights; model.max_weights_bytes is {}",
+                floats.saturating_mul(4),
+                self.max_weights_bytes
+            ));
+        }
         let mut model = Model::load(dir, self.device).map_err(|e| e.to_string())?;
         if self.retrieval.mode == Retrieval::Ann {
             let path = self.retrieval.index_file(dir);

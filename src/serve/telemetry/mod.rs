@@ -6,6 +6,18 @@
 //! series are removed when it is unloaded (its worker exits), so the label set stays bounded.
 pub mod log_limit;
 
+/// Returns the allocator's free memory to the system. glibc's malloc keeps what was freed in its
+/// per-thread arenas and returns it only from the top of the main heap: after a burst (a body
+/// attack, a model unloaded) RSS stayed near its peak. `malloc_trim(0)` releases free pages in
+/// every arena; it takes milliseconds and is called after an unload and periodically.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim takes the allocator's own locks and has no preconditions.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -64,6 +76,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "client_gone",
     "not_ready",
     "evaluations_full",
+    "body_budget",
 ];
 
 /// The libtorch this build links (tch 0.26 binds exactly this version).

@@ -4,11 +4,11 @@
 //! serves, switch a model's default version, unload, set the default model, and A/B splits.
 use crate::serve::http::body;
 use crate::serve::http::error::{ApiError, ErrorBody};
-use crate::serve::http::middleware::Serving;
+use crate::serve::http::middleware::{Serving, UrlPath};
 use crate::serve::http::state::AppState;
 use crate::serve::registry::ab_split::{AbSplit, Arm};
 use crate::serve::registry::{LoadEvent, Served, Snapshot};
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

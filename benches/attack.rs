@@ -16,6 +16,9 @@
 //!    to exit.
 //! 5. drain visibility: 256 closed-loop clients and a readiness poller, SIGTERM: what each saw.
 //! 6. log volume: max_queue_size = 1 under 64 clients (a 429 flood): log lines and bytes per second.
+//!
+//! Round 2 (`attack/round2.rs`): 7. manifests that lie about their sizes; 8. load/unload leaks;
+//! 9. stalled bodies and headers (memory, /health/live); 10. overload goodput; 11. small findings.
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -24,6 +27,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// Hardening round 2's probes: bad manifests, swap leaks, stalled bodies and headers, overload
+// goodput, small findings.
+#[path = "attack/round2.rs"]
+mod round2;
 
 const MODEL: &str = "models/beauty-2l";
 const TOKEN: &str = "attack-token";
@@ -38,6 +46,17 @@ struct Server {
 
 impl Server {
     fn start(bin: &str, envs: &[(&str, String)], nofile: Option<u64>) -> Server {
+        Server::start_with(bin, &["--model", MODEL], envs, nofile).expect("server ready")
+    }
+
+    /// A server on `serving` (`--model DIR`, or `--repository DIR ...`); Err with its last log
+    /// lines when it exits or never becomes ready.
+    fn start_with(
+        bin: &str,
+        serving: &[&str],
+        envs: &[(&str, String)],
+        nofile: Option<u64>,
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(bin);
         cmd.args([
             "serve",
@@ -49,9 +68,8 @@ impl Server {
             "json",
             "--device",
             "cpu",
-            "--model",
-            MODEL,
         ])
+        .args(serving)
         .env("SEQSERVE_LOG", "info")
         .env("SEQSERVE__ADMIN__TOKEN", TOKEN)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -74,7 +92,8 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let (lines, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (l2, b2) = (lines.clone(), bytes.clone());
+        let tail = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (l2, b2, t2) = (lines.clone(), bytes.clone(), tail.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 l2.fetch_add(1, Ordering::Relaxed);
@@ -84,12 +103,18 @@ impl Server {
                         let _ = tx.send(v["fields"]["local"].as_str().unwrap_or("").to_string());
                     }
                 }
+                let mut t = t2.lock().unwrap();
+                t.push(line.chars().take(300).collect());
+                let excess = t.len().saturating_sub(5);
+                t.drain(..excess);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server listening");
-        let s = Server {
+        let last_lines = |tail: &std::sync::Mutex<Vec<String>>| tail.lock().unwrap().join(" | ");
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            return Err(format!("never listened: {}", last_lines(&tail)));
+        };
+        let mut s = Server {
             child,
             base: format!("http://{addr}"),
             addr,
@@ -98,12 +123,38 @@ impl Server {
         };
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
-            if std::process::Command::new("true").status().is_ok() && s.ready_blocking() {
-                return s;
+            if let Ok(Some(status)) = s.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(format!("exited ({status}): {}", last_lines(&tail)));
+            }
+            if s.ready_blocking() {
+                return Ok(s);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("server never became ready");
+        Err("never became ready".into())
+    }
+
+    /// (RSS, peak RSS) in MB, from /proc.
+    fn rss_mb(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Lines of /proc/PID/maps: each thread stack left behind is two more.
+    fn maps(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))
+            .map(|m| m.lines().count())
+            .unwrap_or(0)
     }
 
     fn ready_blocking(&self) -> bool {
@@ -748,6 +799,21 @@ fn main() {
         }
         if want("log-flood") {
             log_volume(&bin, items.clone()).await;
+        }
+        if want("bad-manifest") {
+            round2::bad_manifests(&bin).await;
+        }
+        if want("swap-leak") {
+            round2::swap_leak(&bin).await;
+        }
+        if want("stalled") {
+            round2::stalled_uploads(&bin).await;
+        }
+        if want("overload") {
+            round2::overload(&bin, items.clone()).await;
+        }
+        if want("small") {
+            round2::small_findings(&bin).await;
         }
     });
 }

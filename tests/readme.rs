@@ -1,13 +1,13 @@
 //! The README's request examples are copy-paste runnable: every code block marked
 //! `<!-- tested: MODEL_DIR -->` is sent to a server on that shipped model and must answer 200
-//! with items.
+//! with items (POST /recommend, or the route a curl names, e.g. a KServe v2 infer).
 mod common;
 use common::server::{post, Server};
 use std::path::Path;
 
-/// (model dir, JSON body) of every marked example: a `json` block as it is, or the `-d '...'` body
-/// of each curl in an `sh` block.
-fn examples() -> Vec<(String, String)> {
+/// (model dir, path, JSON body) of every marked example: a `json` block as it is (for
+/// /recommend), or each curl of an `sh` block: its localhost:8080 path and its `-d '...'` body.
+fn examples() -> Vec<(String, String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let mut out = Vec::new();
@@ -19,10 +19,20 @@ fn examples() -> Vec<(String, String)> {
             .expect("a code block follows the marker");
         let (lang, body) = block.split_once('\n').unwrap();
         match lang.trim() {
-            "json" => out.push((model, body.to_string())),
+            "json" => out.push((model, "/recommend".to_string(), body.to_string())),
             "sh" => {
-                for d in body.split("-d '").skip(1) {
-                    out.push((model.clone(), d.split('\'').next().unwrap().to_string()));
+                for curl in body.split("curl ").skip(1) {
+                    let path = curl
+                        .split("localhost:8080")
+                        .nth(1)
+                        .and_then(|p| p.split_whitespace().next())
+                        .expect("a curl to localhost:8080");
+                    let d = curl.split("-d '").nth(1).expect("a curl with -d");
+                    out.push((
+                        model.clone(),
+                        path.to_string(),
+                        d.split('\'').next().unwrap().to_string(),
+                    ));
                 }
             }
             other => panic!("marked block of kind {other:?}"),
@@ -43,7 +53,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test]
 async fn readme_examples_answer_200_on_their_models() {
     let ex = examples();
-    let models: std::collections::BTreeSet<&str> = ex.iter().map(|(m, _)| m.as_str()).collect();
+    let models: std::collections::BTreeSet<&str> = ex.iter().map(|(m, _, _)| m.as_str()).collect();
     assert!(
         models.len() >= 2,
         "one example per shipped model kind: {models:?}"
@@ -55,12 +65,14 @@ async fn readme_examples_answer_200_on_their_models() {
             dir.path(),
         );
         let s = Server::start_with_model(dir, &[]);
-        for (_, body) in ex.iter().filter(|(m, _)| m == model) {
+        for (_, path, body) in ex.iter().filter(|(m, _, _)| m == model) {
             let json: serde_json::Value = serde_json::from_str(body)
                 .unwrap_or_else(|e| panic!("README example is not JSON ({e}): {body}"));
-            let (st, v, _) = post(&s.url("/recommend"), json).await;
-            assert_eq!(st, 200, "{model}: {body} -> {v}");
-            assert!(!v["items"].as_array().unwrap().is_empty(), "{v}");
+            let (st, v, _) = post(&s.url(path), json).await;
+            assert_eq!(st, 200, "{model}: {path} {body} -> {v}");
+            // /recommend's items, or a v2 answer's first output tensor.
+            let items = v.get("items").unwrap_or(&v["outputs"][0]["data"]);
+            assert!(!items.as_array().unwrap().is_empty(), "{v}");
         }
     }
 }

@@ -103,6 +103,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/models/") => "/models/{name}",
         p if p.starts_with("/splits/") => "/splits/{name}",
         p if p.starts_with("/v2/models/") && p.ends_with("/ready") => "/v2/models/ready",
+        p if p.starts_with("/v2/models/") && p.ends_with("/infer") => "/v2/models/infer",
         p if p.starts_with("/v2/models/") => "/v2/models",
         _ => "other",
     }

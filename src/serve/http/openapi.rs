@@ -11,7 +11,7 @@
 //!   and the default model's behaviours and context features. A request the document allows is
 //!   then one the server accepts, which `scripts/check-openapi.sh` holds it to (schemathesis).
 use super::error::ErrorBody;
-use super::handlers::{evaluate, health, models, recommend};
+use super::handlers::{evaluate, health, models, recommend, v2_infer};
 use super::state::AppState;
 use crate::model::{ContextFeature, ContextValue, HistoryEntry, ItemId};
 use serde_json::{json, Value};
@@ -31,6 +31,8 @@ Limits and the default model's behaviours and context features in this document 
     paths(
         recommend::recommend,
         recommend::recommend_batch,
+        v2_infer::infer,
+        v2_infer::infer_version,
         models::list,
         models::one,
         models::v2_metadata,
@@ -168,6 +170,31 @@ fn refine(
         // Split arms name models and versions as repository::check_name has them.
         ("Arm/properties/model/pattern", name.clone()),
         ("Arm/properties/version/pattern", name),
+        // The KServe v2 tensors: the names and datatypes the handler knows, shapes of at most two
+        // non-negative dimensions (what every input takes). That a shape's product is the
+        // number of elements in `data` is beyond JSON Schema (see scripts/schemathesis.toml).
+        ("V2InferParameters/properties/k/maximum", json!(l.max_k)),
+        ("V2InferRequest/properties/inputs/minItems", json!(1)),
+        (
+            "V2InferRequest/properties/inputs/maxItems",
+            json!(v2_infer::INPUTS.len()),
+        ),
+        ("V2InferRequest/properties/outputs/minItems", json!(1)),
+        (
+            "V2InferRequest/properties/outputs/maxItems",
+            json!(v2_infer::OUTPUTS.len()),
+        ),
+        ("V2InferInput/properties/name/enum", json!(v2_infer::INPUTS)),
+        (
+            "V2InferInput/properties/datatype/enum",
+            json!(v2_infer::DATATYPES),
+        ),
+        ("V2InferInput/properties/shape/maxItems", json!(2)),
+        ("V2InferInput/properties/shape/items/minimum", json!(0)),
+        (
+            "V2RequestedOutput/properties/name/enum",
+            json!(v2_infer::OUTPUTS),
+        ),
         (
             "LoadOptions/allOf",
             json!([{

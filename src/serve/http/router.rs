@@ -1,7 +1,7 @@
 //! The one route table: every route, public and admin, and the layers around them. Without
 //! admin.port one router serves all; with it, the admin router (management, evaluations,
 //! /metrics) gets its own listener. Health routes, /openapi.json and the fallbacks are on both.
-use super::handlers::{evaluate, health, models, recommend};
+use super::handlers::{evaluate, health, models, recommend, v2_infer};
 use super::middleware::{method_not_allowed, not_found, observe, on_panic, require_admin};
 use super::openapi;
 use super::state::AppState;
@@ -27,6 +27,11 @@ pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
         .route(
             "/v2/models/{name}/versions/{version}/ready",
             get(models::v2_version_ready),
+        )
+        .route("/v2/models/{name}/infer", post(v2_infer::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2_infer::infer_version),
         );
     // Behind the bearer token (a route layer: unknown routes and methods answer 404/405 first).
     let token = Router::new()

@@ -99,6 +99,7 @@ pub struct Registry {
 }
 
 /// Where a request was routed.
+#[derive(Clone)]
 pub struct Route {
     pub served: Arc<Served>,
     /// The split that chose the arm, when one did.

@@ -4,3 +4,4 @@ pub mod evaluate;
 pub mod health;
 pub mod models;
 pub mod recommend;
+pub mod v2_infer;

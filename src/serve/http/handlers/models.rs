@@ -257,18 +257,26 @@ pub struct V2Metadata {
     outputs: Vec<V2Tensor>,
 }
 
+/// The tensors POST /v2/models/{name}/infer reads and answers (`handlers::v2_infer`): -1 is a
+/// dimension of any size (batch, history length, k).
 fn v2_body(s: &Served, versions: Vec<String>) -> V2Metadata {
-    let t = |name, datatype| V2Tensor {
+    let t = |name, datatype, shape: &[i64]| V2Tensor {
         name,
         datatype,
-        shape: vec![-1],
+        shape: shape.to_vec(),
     };
     V2Metadata {
         name: s.name.clone(),
         versions,
         platform: "seqserve_libtorch",
-        inputs: vec![t("history", "BYTES"), t("context", "BYTES")],
-        outputs: vec![t("items", "BYTES"), t("scores", "FP32")],
+        inputs: vec![
+            t("history", "BYTES", &[-1, -1]),
+            t("context", "BYTES", &[-1]),
+        ],
+        outputs: vec![
+            t("items", "BYTES", &[-1, -1]),
+            t("scores", "FP32", &[-1, -1]),
+        ],
     }
 }
 

@@ -137,15 +137,25 @@ fn prepare(st: &AppState, req: RecommendRequest) -> Result<Validated, ApiError> 
     validate(req, route, &st.cfg.limits)
 }
 
-/// Each request of a batch on its own, its errors prefixed with its index.
-fn prepare_batch(st: &AppState, batch: BatchRequest) -> Result<Vec<Validated>, ApiError> {
-    let max = st.cfg.limits.max_batch_requests;
-    if batch.requests.is_empty() || batch.requests.len() > max {
+/// The one bound on how many requests one call may carry (a /recommend/batch body, a v2
+/// tensor's batch dimension); `field` names where the count came from.
+pub(crate) fn check_batch_len(
+    n: usize,
+    limits: &LimitsSection,
+    field: &str,
+) -> Result<(), ApiError> {
+    let max = limits.max_batch_requests;
+    if n == 0 || n > max {
         return Err(ApiError::validation(format!(
-            "requests must hold 1 to {max} requests (limits.max_batch_requests), got {}",
-            batch.requests.len()
+            "{field} must hold 1 to {max} requests (limits.max_batch_requests), got {n}"
         )));
     }
+    Ok(())
+}
+
+/// Each request of a batch on its own, its errors prefixed with its index.
+fn prepare_batch(st: &AppState, batch: BatchRequest) -> Result<Vec<Validated>, ApiError> {
+    check_batch_len(batch.requests.len(), &st.cfg.limits, "requests")?;
     batch
         .requests
         .into_iter()
@@ -163,8 +173,9 @@ fn check_id(id: ItemId, field: &str) -> Result<String, ApiError> {
     id.into_checked(field).map_err(ApiError::validation)
 }
 
-/// Checks a request against the limits and resolves it against the version `route` names.
-fn validate(
+/// Checks a request against the limits and resolves it against the version `route` names
+/// (every way in — /recommend, /recommend/batch, the KServe v2 tensors — ends here).
+pub(crate) fn validate(
     req: RecommendRequest,
     route: Route,
     limits: &LimitsSection,
@@ -249,7 +260,7 @@ fn validate(
 }
 
 /// The queue job of a validated request, due at its deadline.
-fn work(st: &AppState, v: &Validated, received: Instant) -> Work {
+pub(crate) fn work(st: &AppState, v: &Validated, received: Instant) -> Work {
     let timeout = Duration::from_millis(v.timeout_ms.unwrap_or(st.cfg.server.request_timeout_ms));
     Work {
         queue: v.served.queue.clone(),
@@ -285,13 +296,13 @@ fn response(v: Validated, out: JobOutput, received: Instant) -> RecommendRespons
     }
 }
 
-fn count_invalid(st: &AppState, e: &ApiError) {
+pub(crate) fn count_invalid(st: &AppState, e: &ApiError) {
     if e.is_invalid_request() {
         st.metrics.refuse("invalid");
     }
 }
 
-fn count_unknown(st: &AppState, v: &Validated) {
+pub(crate) fn count_unknown(st: &AppState, v: &Validated) {
     st.metrics
         .unknown_items
         .inc_by(v.prepared.unknown_items.len() as u64);

@@ -112,6 +112,7 @@ impl Server {
         let last_lines = |tail: &std::sync::Mutex<Vec<String>>| tail.lock().unwrap().join(" | ");
         let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
+            let _ = child.wait();
             return Err(format!("never listened: {}", last_lines(&tail)));
         };
         let mut s = Server {

@@ -63,7 +63,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// 7. Manifests whose sizes lie (max_len 10^12, ffn_dim 10^9, d_model 2^22, n_layers 2000, and
+/// Probe 7: Manifests whose sizes lie (max_len 10^12, ffn_dim 10^9, d_model 2^22, n_layers 2000, and
 /// the middling max_len 10^7): loaded through the admin route beside a good version; then a
 /// server started on a repository whose newest version is one of them, polling every second.
 pub async fn bad_manifests(bin: &str) {
@@ -187,7 +187,7 @@ pub async fn bad_manifests(bin: &str) {
     }
 }
 
-/// 8. 1,000 load + unload cycles of a non-default version: RSS, memory mappings and threads
+/// Probe 8: 1,000 load + unload cycles of a non-default version: RSS, memory mappings and threads
 /// after the first cycle and after the last.
 pub async fn swap_leak(bin: &str) {
     let tmp = tempfile::tempdir().unwrap();
@@ -241,7 +241,7 @@ pub async fn swap_leak(bin: &str) {
     );
 }
 
-/// 9. Stalled uploads: 2,000 connections declaring a 1 MB body and sending 1,040,000 bytes of it;
+/// Probe 9: Stalled uploads: 2,000 connections declaring a 1 MB body and sending 1,040,000 bytes of it;
 /// then 2,000 connections stuck in a 390 KB header line. RSS peak, /health/live p99 during, RSS
 /// a minute after; a single 200 KB header.
 pub async fn stalled_uploads(bin: &str) {
@@ -379,7 +379,7 @@ pub async fn stalled_uploads(bin: &str) {
     );
 }
 
-/// 10. Overload: 300 clients looping /recommend/batch with 64 requests × 1,600 candidates
+/// Probe 10: Overload: 300 clients looping /recommend/batch with 64 requests × 1,600 candidates
 /// (~0.9 MB) for 20 s, against the same request's unloaded rate.
 pub async fn overload(bin: &str, items: Arc<Vec<String>>) {
     let s = Server::start(bin, &[], None);
@@ -509,7 +509,7 @@ async fn raw(addr: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&buf).to_string()
 }
 
-/// 11. The smaller findings, one line each.
+/// Probe 11: The smaller findings, one line each.
 pub async fn small_findings(bin: &str) {
     let s = Server::start(bin, &[], None);
     let c = reqwest::Client::new();

@@ -192,7 +192,7 @@ pub async fn run(
             cfg.server.max_parse_waiting,
             Duration::from_millis(cfg.server.request_timeout_ms),
         ),
-        body_budget: http::body::BodyBudget::new(cfg.server.max_buffered_body_bytes),
+        body_budget: http::body_budget::BodyBudget::new(cfg.server.max_buffered_body_bytes),
         refusal_log: LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 

@@ -8,8 +8,9 @@
 //! included.
 //!
 //! Bodies being buffered count against one server-wide budget (server.max_buffered_body_bytes,
-//! [`BodyBudget`]): a thousand uploads stalled just short of their end once held 1.7 GB. A body
+//! `body_budget`): a thousand uploads stalled just short of their end once held 1.7 GB. A body
 //! that would go beyond the budget is refused with 503 before more of it is read.
+use super::body_budget::Hold;
 use super::error::ApiError;
 use super::listener::ConnHandle;
 use super::state::AppState;
@@ -18,75 +19,7 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Request-body bytes held at once, all connections together.
-pub struct BodyBudget {
-    used: AtomicUsize,
-    max: usize,
-}
-
-/// Bytes of the budget held by one body, given back when it is dropped.
-pub struct Hold {
-    budget: Arc<BodyBudget>,
-    bytes: usize,
-}
-
-impl BodyBudget {
-    pub fn new(max: usize) -> Arc<BodyBudget> {
-        Arc::new(BodyBudget {
-            used: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    /// Whether `n` more bytes would fit now (a check, not a reservation).
-    fn fits(&self, n: usize) -> bool {
-        self.used.load(Ordering::SeqCst).saturating_add(n) <= self.max
-    }
-
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::SeqCst)
-    }
-
-    fn hold(self: &Arc<Self>) -> Hold {
-        Hold {
-            budget: self.clone(),
-            bytes: 0,
-        }
-    }
-}
-
-impl Hold {
-    /// Takes `n` more bytes of the budget, or none when they do not fit.
-    fn grow(&mut self, n: usize) -> bool {
-        let b = &self.budget;
-        let mut cur = b.used.load(Ordering::SeqCst);
-        loop {
-            if cur.saturating_add(n) > b.max {
-                return false;
-            }
-            match b
-                .used
-                .compare_exchange(cur, cur + n, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    self.bytes += n;
-                    return true;
-                }
-                Err(now) => cur = now,
-            }
-        }
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
-}
 
 /// A request body read into memory, holding its share of the budget until it is dropped (after
 /// parsing).
@@ -336,21 +269,5 @@ mod tests {
         ] {
             assert!(!is_json_content_type(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_budget_is_shared_and_given_back() {
-        let b = BodyBudget::new(100);
-        let mut a = b.hold();
-        let mut c = b.hold();
-        assert!(a.grow(60));
-        assert!(!c.grow(41), "over the budget");
-        assert!(c.grow(40));
-        assert!(!b.fits(1));
-        drop(a);
-        assert_eq!(b.used(), 40);
-        assert!(b.fits(60));
-        drop(c);
-        assert_eq!(b.used(), 0);
     }
 }

@@ -3,6 +3,7 @@
 //! types (`types`) and the shared state (`state`), and turns domain errors into statuses in one
 //! place (`error`). `openapi` describes it all.
 pub mod body;
+pub mod body_budget;
 pub mod error;
 pub mod handlers;
 pub mod listener;

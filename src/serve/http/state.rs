@@ -1,5 +1,5 @@
 //! What every handler shares: the configuration, and a handle on each part of the server.
-use super::body::BodyBudget;
+use super::body_budget::BodyBudget;
 use super::error::ApiError;
 use super::parse_pool::ParsePool;
 use crate::serve::config::Config;

@@ -193,6 +193,11 @@ pub async fn run(
             Duration::from_millis(cfg.server.request_timeout_ms),
         ),
         body_budget: http::body_budget::BodyBudget::new(cfg.server.max_buffered_body_bytes),
+        throttle: http::throttle::Throttle::new(
+            2 * crate::device::or_cpu_quota(cfg.server.parse_threads),
+            cfg.server.max_parse_waiting.max(1),
+            Duration::from_millis(cfg.server.request_timeout_ms),
+        ),
         refusal_log: LogLimit::new(cfg.logging.max_refusal_logs_per_sec),
     });
 

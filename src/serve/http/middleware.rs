@@ -4,6 +4,7 @@
 //! ([`Serving`]); and the answers for panics, unknown routes and methods.
 use super::error::ApiError;
 use super::state::AppState;
+use super::throttle::Outcome;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -45,6 +46,38 @@ where
             )),
         }
     }
+}
+
+/// Admission of large inference requests (see `throttle`): a body declared over 16 KiB enters
+/// only while the adaptive limit allows, and is refused at once otherwise (429, before its body
+/// is read); how it ends adjusts the limit.
+pub async fn throttle_large(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > super::parse_pool::INLINE_PARSE_BYTES);
+    if !large {
+        return next.run(req).await;
+    }
+    let Some(pass) = st.throttle.try_enter() else {
+        st.metrics.refuse("parse_busy");
+        return ApiError {
+            close: true,
+            message: "too many large requests in flight to finish this one in time; retry later"
+                .into(),
+            ..ApiError::overloaded()
+        }
+        .into_response();
+    };
+    let resp = next.run(req).await;
+    let outcome = match resp.status() {
+        s if s.is_success() => Outcome::Answered,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::GATEWAY_TIMEOUT => Outcome::Overloaded,
+        _ => Outcome::Neutral,
+    };
+    pass.done(outcome);
+    resp
 }
 
 /// The admin routes' bearer token, compared in constant time; refused when no token is

@@ -12,4 +12,5 @@ pub mod openapi;
 pub mod parse_pool;
 pub mod router;
 pub mod state;
+pub mod throttle;
 pub mod types;

@@ -2,7 +2,9 @@
 //! admin.port one router serves all; with it, the admin router (management, evaluations,
 //! /metrics) gets its own listener. Health routes, /openapi.json and the fallbacks are on both.
 use super::handlers::{evaluate, health, models, recommend, v2_infer};
-use super::middleware::{method_not_allowed, not_found, observe, on_panic, require_admin};
+use super::middleware::{
+    method_not_allowed, not_found, observe, on_panic, require_admin, throttle_large,
+};
 use super::openapi;
 use super::state::AppState;
 use axum::middleware;
@@ -13,9 +15,21 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 /// The public router and, when admin.port is set, the admin router for its own listener.
 pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
-    let public = Router::new()
+    // Inference: large bodies are admitted by the adaptive throttle (a route layer).
+    let inference = Router::new()
         .route("/recommend", post(recommend::recommend))
         .route("/recommend/batch", post(recommend::recommend_batch))
+        .route("/v2/models/{name}/infer", post(v2_infer::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2_infer::infer_version),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            throttle_large,
+        ));
+    let public = Router::new()
+        .merge(inference)
         .route("/models", get(models::list))
         .route("/models/{name}", get(models::one))
         .route("/v2/models/{name}", get(models::v2_metadata))
@@ -27,11 +41,6 @@ pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
         .route(
             "/v2/models/{name}/versions/{version}/ready",
             get(models::v2_version_ready),
-        )
-        .route("/v2/models/{name}/infer", post(v2_infer::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(v2_infer::infer_version),
         );
     // Behind the bearer token (a route layer: unknown routes and methods answer 404/405 first).
     let token = Router::new()

@@ -2,6 +2,7 @@
 use super::body_budget::BodyBudget;
 use super::error::ApiError;
 use super::parse_pool::ParsePool;
+use super::throttle::Throttle;
 use crate::serve::config::Config;
 use crate::serve::evaluation::Evaluations;
 use crate::serve::infer::Infer;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// Where large bodies are parsed and validated, off the async threads.
     pub parse_pool: ParsePool,
+    /// How many large inference requests may be in flight (adaptive).
+    pub throttle: Arc<Throttle>,
     /// Request-body bytes buffered at once (server.max_buffered_body_bytes).
     pub body_budget: Arc<BodyBudget>,
     pub refusal_log: LogLimit,

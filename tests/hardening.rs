@@ -816,3 +816,121 @@ async fn bodies_are_checked_before_they_are_read() {
     .await;
     assert_eq!((full - before, gone), (1.0, 0.0));
 }
+
+/// Hardening round 2, finding 3: buffered bodies share one budget. With 1 MiB of it, an upload
+/// stalled at 700 KB leaves no room for a second one declaring 600 KB: that one is refused at once
+/// (503 `body_budget`, Retry-After, Connection: close) before its body is read. A request head over
+/// server.max_header_bytes is refused (431), not buffered.
+#[test]
+fn stalled_uploads_share_one_body_budget_and_heads_are_bounded() {
+    let s = Server::start_env(
+        small_model_dir(),
+        &[],
+        &[("SEQSERVE__SERVER__MAX_BUFFERED_BODY_BYTES", "1048576")],
+    );
+    let mut stalled = TcpStream::connect(s.addr()).unwrap();
+    stalled
+        .write_all(
+            b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .unwrap();
+    stalled.write_all(&vec![b' '; 700_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let second = raw_exchange(
+        &s,
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 600000\r\n\r\n[",
+        Duration::from_secs(3),
+    );
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(second.contains("body_budget"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("retry-after: 1"),
+        "{second}"
+    );
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "refused before reading"
+    );
+    // The stalled upload's budget comes back when it ends (here: its client goes away).
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let history: Vec<String> = (0..30_000).map(|i| format!("unknown-{i}")).collect();
+    let (st, v, _) = rt.block_on(post(&s.url("/recommend"), json!({"history": history})));
+    assert_eq!(
+        st, 422,
+        "a 600 KB body is read again (and refused for its length): {v}"
+    );
+    let head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let big = raw_exchange(&s, head.as_bytes(), Duration::from_secs(3));
+    assert!(
+        big.starts_with("HTTP/1.1 431"),
+        "{}",
+        &big[..big.len().min(80)]
+    );
+}
+
+/// Hardening round 2, finding 6: the smaller ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_paths_missing_hosts_other_charsets_and_tiny_floats_are_refused_clearly() {
+    let s = Server::start(&[]);
+    let r = reqwest::get(s.url("/models/%ff%fe")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "invalid_path", "{v}");
+    let hostless = raw_exchange(
+        &s,
+        b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(hostless.starts_with("HTTP/1.1 400"), "{hostless}");
+    assert!(hostless.contains("missing_host"), "{hostless}");
+    // HTTP/1.0 has no Host requirement.
+    let old = raw_exchange(
+        &s,
+        b"GET /health/live HTTP/1.0\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
+    let r = reqwest::Client::new()
+        .post(s.url("/recommend"))
+        .header("content-type", "application/json; charset=utf-16")
+        .body(r#"{"history": ["i1"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let (st, v) = raw_post(&s, "/recommend", r#"{"history": [1e-400]}"#.into()).await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("1e-400"), "{v}");
+    // Echoed input is cut: a 5,000-character model name comes back as 64 characters and a count.
+    let (st, v, _) = post(
+        &s.url("/recommend"),
+        json!({"history": ["i1"], "model": "m".repeat(5000)}),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.len() < 400 && msg.contains("4936 more characters"),
+        "{msg}"
+    );
+    let (st, v, _) = post(
+        &s.url("/recommend"),
+        json!({"history": ["i1"], "context": {"gender": "x".repeat(100_000)}}),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert!(v["error"].as_str().unwrap().len() < 500, "{v}");
+}

@@ -682,3 +682,127 @@ async fn a_single_model_directory_is_listed_and_cannot_be_managed_without_a_repo
         .await;
     assert_eq!(st, 422, "{v}");
 }
+
+/// Edits one architecture field of a saved version's manifest: the manifest now lies about the
+/// weights beside it.
+fn lie(dir: &Path, key: &str, value: Value) {
+    let p = dir.join("model.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    m["architecture"][key] = value;
+    std::fs::write(&p, m.to_string()).unwrap();
+}
+
+/// Hardening round 2, finding 1: a manifest whose sizes lie can take nothing down. At start the
+/// newest good version serves; an admin load answers 422 at once and lists the version failed;
+/// the failed-load counter counts it; polling does not retry it while its files are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_that_lie_about_their_sizes_are_failed_loads_not_crashes() {
+    let repo = repository(&[("a", "1", 1), ("a", "2", 2)]);
+    lie(
+        &repo.path().join("a/2"),
+        "max_len",
+        json!(1_000_000_000_000u64),
+    );
+    let root = repo.path().to_path_buf();
+    let s = start(repo, &["--poll-interval-secs", "1"], &[]);
+    let c = Client::new(&s);
+    let (_, models) = c.get("/models").await;
+    assert_eq!(models["models"][0]["default_version"], "1", "{models}");
+    for (v, key, value) in [
+        ("3", "ffn_dim", json!(1_000_000_000u64)),
+        ("4", "d_model", json!(1u64 << 22)),
+        ("5", "n_layers", json!(2000)),
+        ("6", "max_len", json!(60_000)),
+    ] {
+        common::random_model(60, 1, 1)
+            .save(&root.join("a").join(v))
+            .unwrap();
+        lie(&root.join("a").join(v), key, value);
+        let t0 = Instant::now();
+        let (st, body) = c
+            .admin(
+                reqwest::Method::POST,
+                &format!("/models/a/versions/{v}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 422, "{key}: {body}");
+        assert_eq!(body["code"], "load_failed");
+        assert!(
+            body["error"].as_str().unwrap().contains(key) || key == "max_len",
+            "{body}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{key} took {:?}",
+            t0.elapsed()
+        );
+    }
+    let (_, models) = c.get("/models").await;
+    let events = models["models"][0]["load_events"].as_array().unwrap();
+    for v in ["2", "3", "4", "5", "6"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["version"] == v && e["state"] == "failed"),
+            "version {v} listed as failed: {events:?}"
+        );
+    }
+    let failed = metric_value_of(&s, "seqserve_model_loads_total{result=\"failed\"}").await;
+    assert!(failed >= 5.0, "failed loads counted: {failed}");
+    // Polling every second for 3 s: the failed newest version is not tried again.
+    let before = failed;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = metric_value_of(&s, "seqserve_model_loads_total{result=\"failed\"}").await;
+    assert_eq!(
+        after, before,
+        "a failed version is retried only when its files change"
+    );
+    assert_eq!(c.recommend(json!({"history": ["i1"]})).await.0, 200);
+}
+
+async fn metric_value_of(s: &Server, name: &str) -> f64 {
+    common::server::metric_value(s, name).await
+}
+
+/// Hardening round 2, finding 2: loading and unloading a version again and again leaves no
+/// thread (and no thread stack) behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_and_unload_cycles_leave_no_threads_behind() {
+    let s = start(repository(&[("a", "1", 1), ("a", "2", 2)]), &[], &[]);
+    let c = Client::new(&s);
+    let pid = s.child.id();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count()
+    };
+    let maps = || {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let cycle = || async {
+        let (st, _) = c
+            .admin(reqwest::Method::POST, "/models/a/versions/1", None)
+            .await;
+        assert_eq!(st, 201);
+        let (st, _) = c
+            .admin(reqwest::Method::DELETE, "/models/a/versions/1", None)
+            .await;
+        assert_eq!(st, 200);
+    };
+    cycle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.get("/models").await;
+    let (t1, m1) = (threads(), maps());
+    for _ in 0..40 {
+        cycle().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.get("/models").await;
+    assert_eq!(threads(), t1, "threads after 41 cycles");
+    // Each leaked thread stack was two mappings; allow the allocator a few of its own.
+    assert!(maps() <= m1 + 6, "mappings {} -> {}", m1, maps());
+}

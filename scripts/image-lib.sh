@@ -186,7 +186,8 @@ c = json.load(sys.stdin)["Docker"]["config"]
 for arg in (c.get("Entrypoint") or []) + (c.get("Cmd") or []):
     print(arg)'
 }
-# The pid of the process listening on 127.0.0.1:PORT (empty if none).
+# The pid of the process listening on 127.0.0.1:PORT (empty, and status 0, if none: callers run
+# under set -e and pipefail, their EXIT traps too).
 listener_pid() { # PORT
-    ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+    ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | awk 'NR == 1'
 }

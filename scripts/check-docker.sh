@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Checks the Dockerfile without a container engine (none can pull base images here; run by .ci/run):
+# Checks the Dockerfile without building it (fast, on every CI run; run by .ci/run):
 #   1. hadolint (warnings fail; each ignore is justified beside it in the Dockerfile);
 #   2. every RUN step, continuation lines joined, parses under the shell its stage declares
 #      (SHELL [...]; /bin/sh by default), and scripts it sources parse under that shell too;
 #   3. the CPU variant's runtime: a SEQSERVE_CPU_ONLY=1 binary, given exactly the libraries
 #      scripts/runtime-libs.sh copies into the image (nothing else of the venv reachable), serves
 #      the same rankings and scores as the normal build, and maps no library outside that set and
-#      the system's. The image sizes themselves need a container engine (none here).
+#      the system's, on the current sources (scripts/check-image.sh builds the image itself, and
+#      rebuilds it only when its inputs change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(bash scripts/ops-tools.sh)

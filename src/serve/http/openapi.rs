@@ -11,7 +11,7 @@
 //!   and the default model's behaviours and context features. A request the document allows is
 //!   then one the server accepts, which `scripts/check-openapi.sh` holds it to (schemathesis).
 use super::error::ErrorBody;
-use super::handlers::{evaluate, health, models, recommend, v2_infer};
+use super::handlers::{evaluate, events, health, models, recommend, v2_infer};
 use super::state::AppState;
 use crate::model::{ContextFeature, ContextValue, HistoryEntry, ItemId};
 use serde_json::{json, Value};
@@ -33,6 +33,9 @@ Limits and the default model's behaviours and context features in this document 
         recommend::recommend_batch,
         v2_infer::infer,
         v2_infer::infer_version,
+        events::post_events,
+        events::get_history,
+        events::erase_user,
         models::list,
         models::one,
         models::v2_metadata,
@@ -62,6 +65,7 @@ Limits and the default model's behaviours and context features in this document 
         (name = "inference", description = "Ranked recommendations"),
         (name = "models", description = "Which models and versions serve, and managing them"),
         (name = "evaluation", description = "Offline quality on labelled holdouts"),
+        (name = "history", description = "Users' event histories kept by the service"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]

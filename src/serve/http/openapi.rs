@@ -87,8 +87,14 @@ pub fn document(st: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     let default = st.registry.exact(&st.registry.default_model(), None).ok();
     let manifest = default.as_ref().map(|s| &*s.manifest);
-    refine(&mut doc, &st.cfg.limits, &st.cfg.admin, manifest)
-        .expect("every schema refine() patches exists (unit-tested)");
+    refine(
+        &mut doc,
+        &st.cfg.limits,
+        &st.cfg.admin,
+        &st.cfg.history,
+        manifest,
+    )
+    .expect("every schema refine() patches exists (unit-tested)");
     doc
 }
 
@@ -109,11 +115,16 @@ fn refine(
     doc: &mut Value,
     l: &crate::serve::config::LimitsSection,
     a: &crate::serve::config::AdminSection,
+    h: &crate::serve::config::HistorySection,
     manifest: Option<&crate::model::Manifest>,
 ) -> Result<(), String> {
     let given =
         |field: &str, ty: &str| json!({"required": [field], "properties": {field: {"type": ty}}});
     let name = json!(crate::model::repository::NAME_PATTERN);
+    let user_key = json!({"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": crate::model::MAX_INTEGER_ITEM_ID},
+        {"type": "string", "minLength": 1, "maxLength": crate::serve::config::MAX_USER_KEY},
+    ]});
     // Pointers below /components/schemas/.
     let facts = [
         ("RecommendRequest/properties/k/maximum", json!(l.max_k)),
@@ -135,6 +146,17 @@ fn refine(
             json!(crate::serve::config::MAX_TIMEOUT_MS),
         ),
         ("BatchRequest/properties/requests/minItems", json!(1)),
+        // Users and event ids: an integer as item ids take them, or a string of up to
+        // MAX_USER_KEY characters (longer than an item id may be).
+        ("EventIn/properties/user", user_key.clone()),
+        (
+            "EventIn/properties/event_id",
+            json!({"oneOf": [user_key["oneOf"][0], user_key["oneOf"][1], {"type": "null"}]}),
+        ),
+        (
+            "EventsRequest/properties/events/maxItems",
+            json!(h.max_events_per_request),
+        ),
         (
             "BatchRequest/properties/requests/maxItems",
             json!(l.max_batch_requests),
@@ -217,6 +239,20 @@ fn refine(
         json!(false),
     )?;
     links(doc)?;
+    // A user in a path: 1 to MAX_USER_KEY characters.
+    for (path, item) in doc["paths"].as_object_mut().expect("paths").iter_mut() {
+        if !path.starts_with("/users/") {
+            continue;
+        }
+        for op in item.as_object_mut().expect("path item").values_mut() {
+            for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                if p["in"] == "path" {
+                    p["schema"]["minLength"] = json!(1);
+                    p["schema"]["maxLength"] = json!(crate::serve::config::MAX_USER_KEY);
+                }
+            }
+        }
+    }
     // Path parameters that name models, versions and splits follow repository::check_name.
     for (path, item) in doc["paths"].as_object_mut().expect("paths").iter_mut() {
         if !(path.starts_with("/models/")
@@ -513,7 +549,14 @@ mod tests {
         let manifest =
             crate::model::Manifest::read(std::path::Path::new("models/ml1m-ctx/model.json"))
                 .unwrap();
-        refine(&mut doc, &cfg.limits, &cfg.admin, Some(&manifest)).unwrap();
+        refine(
+            &mut doc,
+            &cfg.limits,
+            &cfg.admin,
+            &cfg.history,
+            Some(&manifest),
+        )
+        .unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         let req = &doc["components"]["schemas"]["RecommendRequest"]["properties"];
         assert_eq!(req["k"]["maximum"], json!(cfg.limits.max_k));

@@ -31,7 +31,7 @@ pub struct EventIn {
     item: ItemId,
     /// A behaviour name (click, cart, buy...), as the models know them; absent: none.
     #[serde(default, alias = "behavior")]
-    #[schema(max_length = 64)]
+    #[schema(min_length = 1, max_length = 64)]
     behaviour: Option<String>,
     /// When, in Unix seconds (0 to 253402300799); kept with the event.
     #[serde(default, deserialize_with = "crate::model::optional_integer")]

@@ -192,6 +192,35 @@ async fn a_bad_event_refuses_its_batch_and_nothing_is_written() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // A 10 MB batch (past the drain cap) is refused from its declared length before its body is
+    // read: the 413 is answered after the first bytes, and the connection closed.
+    let answer = tokio::task::spawn_blocking({
+        let addr = s.addr().to_string();
+        move || {
+            use std::io::{Read, Write};
+            let body = format!(
+                "{{\"events\": [{}]}}",
+                vec![r#"{"user": "v", "item": "i1"}"#; 360_000].join(",")
+            );
+            assert!(body.len() > 10_000_000);
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            let _ = c.write_all(&body.as_bytes()[..65_536]);
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     let (_, v, _) = post(&s.url("/recommend"), json!({"user": "v"})).await;
     assert_eq!(
         v["stored_events"], 0,

@@ -182,6 +182,7 @@ pub struct UserHistory {
     params(("user" = String, Path, description = "The user")),
     responses(
         (status = 200, description = "The stored events, oldest first (none for an unknown user)", body = UserHistory),
+        (status = 422, description = "The user id is not 1 to 256 characters", body = ErrorBody),
         (status = 503, description = "The history store is unavailable", body = ErrorBody),
     ))]
 pub async fn get_history(
@@ -224,6 +225,7 @@ pub struct UserErased {
     params(("user" = String, Path, description = "The user")),
     responses(
         (status = 200, description = "Erased (or there was nothing to erase)", body = UserErased),
+        (status = 422, description = "The user id is not 1 to 256 characters", body = ErrorBody),
         (status = 503, description = "The history store is unavailable: nothing was erased", body = ErrorBody),
     ))]
 pub async fn erase_user(

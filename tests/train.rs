@@ -429,3 +429,26 @@ fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("learning-rate"));
     assert!(!dir.path().join("bad").exists());
 }
+
+/// `train --report`: the curves of a run drawn from its training record, the best epoch marked.
+#[test]
+fn training_curves_are_drawn_from_the_record() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let mut cfg = config(&data, &dir.path().join("m"));
+    cfg.recipe.max_epochs = 3;
+    let out = train(&cfg).unwrap();
+    let t = out.model.manifest.training.unwrap();
+    let files = seqserve::eval::curves::write_page(&dir.path().join("report"), "m", &t).unwrap();
+    let svg = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("best epoch"),
+        "{}",
+        &svg[..200]
+    );
+    // One line per validation metric and the loss, at least.
+    assert!(svg.matches("<polyline").count() >= 4, "lines drawn");
+    let html = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(html.contains("curves.svg") && html.contains(&format!("best epoch {}", t.best_epoch)));
+}

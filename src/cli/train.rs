@@ -145,6 +145,10 @@ pub struct TrainArgs {
     /// libtorch intra-op threads (0 = the CPU quota).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Write the training curves (loss and validation metrics per epoch, best epoch marked) as
+    /// index.html and curves.svg into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -161,6 +165,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
+    let report = a.report.clone();
     let out = train_with(a, command)?;
     if !out.finished {
         println!(
@@ -180,6 +185,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         t.seconds_per_epoch,
         t.wall_time_seconds
     );
+    if let Some(d) = &report {
+        seqserve::eval::curves::write_page(d, &m.name, t).map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {}", d.join("index.html").display());
+    }
     for key in ["hr@10", "ndcg@10", "f1@10", "hr@20", "ndcg@20"] {
         match metrics.test.get(key) {
             Some(t) => println!(

@@ -7,8 +7,9 @@
 # libtorch through an rpath to the venv's torch/lib, so the runtime stage keeps the libraries at the
 # same absolute path. The CPU variant links libtorch_cpu alone (SEQSERVE_CPU_ONLY=1, see build.rs) and
 # keeps only what it needs (scripts/runtime-libs.sh: 445 MB of libraries instead of 3.9 GB; no cuBLAS,
-# cuDNN or NCCL). Checked in CI by scripts/check-docker.sh: hadolint, every RUN step parsed by its
-# shell, and the CPU variant's binary served from exactly the library set this image copies.
+# cuDNN or NCCL). Checked in CI by scripts/check-docker.sh (hadolint, every RUN step parsed by its
+# shell, the CPU variant's binary served from exactly the library set this image copies) and built
+# with buildah and run by scripts/check-image.sh (scripts/build-image.sh builds it without a daemon).
 FROM rust:1-bookworm AS build
 # The project's scripts are bash (env.sh reads BASH_SOURCE): RUN steps run under bash, not dash.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -23,12 +24,13 @@ COPY scripts/setup.sh scripts/env.sh scripts/
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && bash scripts/setup.sh && rm -rf /var/lib/apt/lists/*
-# Dependencies alone, against placeholder sources: this layer is rebuilt only when Cargo.toml,
-# Cargo.lock or build.rs change, not on every source edit.
+# Dependencies alone, against placeholder sources (one per [[bench]] that Cargo.toml declares): this
+# layer is rebuilt only when Cargo.toml, Cargo.lock or build.rs change, not on every source edit.
 COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in serve attack scale; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && awk '/^\[\[bench\]\]/ {t = 1; next} t && /^name *=/ {gsub(/^name *= *"|"$/, ""); print; t = 0}' Cargo.toml \
+       | while read -r b; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && . scripts/env.sh && cargo build --release --locked \
     && rm -rf src benches target/release/seqserve target/release/deps/seqserve-* \
        target/release/deps/libseqserve-* target/release/.fingerprint/seqserve-*

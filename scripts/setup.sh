@@ -21,8 +21,11 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# The history store's shared backend: the tests start a redis-server of their own on a free port.
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The history store's shared backend: the tests start a redis-server of their own on a free port
+# (test-only: not installed with SEQSERVE_NO_TEST_PACKAGES=1, the image build).
+if [ -z "${SEQSERVE_NO_TEST_PACKAGES:-}" ]; then
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+fi
 
 if ! command -v python3 >/dev/null 2>&1; then
   say "python3 is missing: install Python 3 (e.g. 'apt-get install python3 python3-venv') and rerun"

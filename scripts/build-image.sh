@@ -20,9 +20,22 @@ COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 # One build at a time per machine (clones share the storage; the prune below must not race a build).
 exec 7>"$IMAGE_CACHE/.build-lock"
 flock 7
+# A step that redoes the torch set-up writes about 5 GB twice (the container, then the committed
+# layer) and the dependency build a few more: on a full disk the commit fails late, after the 15-20
+# minutes of the step (seen here). Warn below 14 GB free; refuse below SEQSERVE_IMAGE_MIN_FREE_GB (4).
+STORAGE=/var/lib/containers/storage
+mkdir -p "$STORAGE"
+FREE_GB=$(df -P --block-size=1G "$STORAGE" | awk 'NR == 2 {print $4}')
+if [ "$FREE_GB" -lt "${SEQSERVE_IMAGE_MIN_FREE_GB:-4}" ]; then
+    echo "[image] only $FREE_GB GB free under $STORAGE: not building" >&2
+    exit 1
+elif [ "$FREE_GB" -lt 14 ]; then
+    echo "[image] warning: $FREE_GB GB free under $STORAGE; a build that redoes the set-up needs about 14 GB" >&2
+fi
 T0=$(date +%s)
 build() { # extra bud arguments...
-    nice -n 10 buildah --storage-driver overlay bud --isolation chroot --pull=never --layers \
+    # --force-rm: a failed step's container (up to 5 GB) is removed, not left behind.
+    nice -n 10 buildah --storage-driver overlay bud --isolation chroot --pull=never --layers --force-rm \
         --format docker --build-arg VARIANT="$VARIANT" --build-arg SEQSERVE_COMMIT="$COMMIT" "$@" \
         -f Dockerfile . >&2
 }

@@ -13,7 +13,7 @@ use seqserve::serve::config::{Config, HistoryStoreKind};
 use seqserve::serve::history::memory::MemoryStore;
 use seqserve::serve::history::{HistoryStore, NewEvent, StoredEvent};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -79,40 +79,15 @@ fn main() {
     cfg.history.url = redis_url;
     cfg.history.key_prefix = format!("bench{}:", std::process::id());
     cfg.history.max_events_per_request = 1000;
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(seqserve::serve::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-        ))
-        .unwrap();
-    });
-    let addr = addr_rx.recv().unwrap();
+    let server = common::InProcessServer::start(cfg);
+    let addr = server.addr;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{addr}/health/ready")).await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        server.ready().await;
         let client = reqwest::Client::new();
         // Each user's history into Redis, as events.
         for (u, h) in hist.iter().enumerate() {
@@ -191,8 +166,7 @@ fn main() {
         }
         println!("\nbest POST /events rate into Redis: {best_events:.0} events/s (target >= 20,000)\n");
     });
-    let _ = stop_tx.send(());
-    let _ = server.join();
+    server.stop();
 
     // The embedded store at 50 events per user: its own estimate and the RSS it really took.
     let users = 20_000usize;

@@ -182,11 +182,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             activation: cfg.activation,
             positions: cfg.positions,
             head: cfg.head,
+            padding: Default::default(),
         },
         behaviours: behaviours.clone(),
         context,
         training: None,
         metrics: None,
+        imported: None,
     };
     let mut model = Model::new(manifest, catalogue, cfg.device).map_err(anyhow::Error::msg)?;
     if r.init == Init::Normal {

@@ -10,7 +10,7 @@
 #                               pandas<2.3, scipy<1.14, setuptools<81: ../shared/NOTES.md). Its torch
 #                               is the torch venv's (scripts/setup.sh), linked rather than downloaded
 #                               again: a second 4.7 GB copy for a test tool. `seqserve import recbole
-#                               --dataset-dir` and tests/import_recbole.rs run RecBole with it.
+#                               --dataset-dir` and tests/import.rs runs RecBole with it.
 # Prints the venv's bin directory.
 set -euo pipefail
 SET=${1:-ops}

@@ -187,26 +187,8 @@ fn main() {
     cfg.admin.holdout_dir = holdout_dir.clone();
     cfg.admin.max_inline_cases = 0;
     cfg.server.request_timeout_ms = 10_000;
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(seqserve::serve::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-        ))
-        .unwrap();
-    });
-    let addr = addr_rx.recv().unwrap();
+    let server = common::InProcessServer::start(cfg);
+    let addr = server.addr;
     let url = format!("http://{addr}/recommend");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,14 +197,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         // Wait for readiness.
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{addr}/health/ready")).await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        server.ready().await;
         println!("\n| HTTP closed loop | concurrency | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|");
         let mut best = 0f64;
         for conc in [1, 8, 32, 64, 128] {
@@ -256,7 +231,6 @@ fn main() {
         println!("p99 during evaluation / unloaded p99 = {:.2} / {:.2} = {:.2} (target <= 1.30)",
             percentile(&lat2, 0.99), percentile(&lat, 0.99), percentile(&lat2, 0.99) / percentile(&lat, 0.99));
     });
-    let _ = stop_tx.send(());
-    let _ = server.join();
+    server.stop();
     let _ = std::fs::remove_dir_all(&holdout_dir);
 }

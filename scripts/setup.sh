@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything seqserve needs besides Rust itself:
-#   - Debian packages (only if missing): a C/C++ toolchain and python3-venv
+#   - Debian packages (only if missing): a C/C++ toolchain, python3-venv and redis-server (tests)
 #   - a Python virtualenv holding torch==2.13.0 from PyPI (libtorch for the tch crate) and the test-only
 #     Python packages; cached OUTSIDE the clone so that every clone and CI run reuses it.
 # Prints `export` lines for the environment the build needs when called with --print-env.
@@ -21,6 +21,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The history store's shared backend: the tests start a redis-server of their own on a free port.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 
 if ! command -v python3 >/dev/null 2>&1; then
   say "python3 is missing: install Python 3 (e.g. 'apt-get install python3 python3-venv') and rerun"

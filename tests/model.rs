@@ -483,3 +483,36 @@ fn manifest_sizes_are_checked_against_the_weights_before_anything_is_allocated()
         .to_string();
     assert!(e.contains("truncated or corrupt"), "{e}");
 }
+
+/// Models trained before the encoder options existed (no layer_norm_eps, activation, positions or
+/// head in their manifest) load and score as they always did: models/beauty-2l-prev is the
+/// shipped beauty-2l of 2026-12-02, kept unchanged, scored against the independent reference on
+/// real catalogue items.
+#[test]
+fn a_model_trained_before_the_options_loads_and_scores_unchanged() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/beauty-2l-prev");
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    for key in ["layer_norm_eps", "activation", "positions", "head"] {
+        assert!(raw["architecture"].get(key).is_none(), "{key} is new");
+    }
+    let model = Model::load(&dir, Device::Cpu).unwrap();
+    let a = &model.manifest.architecture;
+    assert_eq!(
+        (a.activation, a.positions, a.head, a.layer_norm_eps),
+        (Activation::Gelu, Positions::FromOldest, Head::Linear, 1e-5)
+    );
+    let n = model.catalogue.len() as u64;
+    let mut rng = common::Lcg(11);
+    let queries: Vec<Query> = (0..16)
+        .map(|i| {
+            let len = if i == 0 { 0 } else { 1 + rng.next(30) as usize };
+            Query {
+                items: (0..len).map(|_| 1 + rng.next(n) as i64).collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let worst = reference_diff(&model, &queries);
+    assert!(worst < 1e-4, "max |rust - pytorch| = {worst}");
+}

@@ -42,7 +42,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         norm: Norm::Pre,
         activation: Default::default(),
         positions: Default::default(),
-        head: Default::default(),
+        head: Some(Default::default()),
         recipe: Recipe {
             batch_size: 64,
             learning_rate: 3e-3,
@@ -181,7 +181,7 @@ fn two_training_threads_learn_with_the_reference_options_and_reproduce_exactly()
         let mut cfg = config(&data, &dir.path().join(out));
         cfg.threads = 2;
         cfg.embedding_norm = true;
-        cfg.head = Head::None;
+        cfg.head = Some(Head::None);
         cfg.positions = Positions::FromNewest;
         cfg.recipe.init = Init::Normal;
         cfg.recipe.batches = Batches::Random;
@@ -428,4 +428,57 @@ fn sweep_trains_every_configuration_and_keeps_the_validation_best() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("learning-rate"));
     assert!(!dir.path().join("bad").exists());
+}
+
+/// `train --report`: the curves of a run drawn from its training record, the best epoch marked.
+#[test]
+fn training_curves_are_drawn_from_the_record() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let mut cfg = config(&data, &dir.path().join("m"));
+    cfg.recipe.max_epochs = 3;
+    let out = train(&cfg).unwrap();
+    let t = out.model.manifest.training.unwrap();
+    let files = seqserve::eval::curves::write_page(&dir.path().join("report"), "m", &t).unwrap();
+    let svg = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("best epoch"),
+        "{}",
+        &svg[..200]
+    );
+    // One line per validation metric and the loss, at least.
+    assert!(svg.matches("<polyline").count() >= 4, "lines drawn");
+    let html = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(html.contains("curves.svg") && html.contains(&format!("best epoch {}", t.best_epoch)));
+}
+
+/// Without `--head`, a model without context features scores y·Eᵀ (no head, as the references),
+/// and one with context features gets the linear head through which the features enter.
+#[test]
+fn the_head_defaults_to_none_without_context_and_linear_with_it() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let users = dir.path().join("users.dat");
+    let rows: Vec<String> = (0..400)
+        .map(|u| format!("{u}::{}::25::4::00000", if u % 2 == 0 { "F" } else { "M" }))
+        .collect();
+    std::fs::write(&users, rows.join("\n") + "\n").unwrap();
+    for (users, want) in [(None, Head::None), (Some(users), Head::Linear)] {
+        let mut cfg = config(&data, &dir.path().join(format!("{want:?}")));
+        cfg.head = None;
+        cfg.users = users;
+        cfg.recipe.max_epochs = 1;
+        let t = train(&cfg).unwrap();
+        assert_eq!(t.model.manifest.architecture.head, want);
+        assert_eq!(
+            Model::load(&dir.path().join(format!("{want:?}")), Device::Cpu)
+                .unwrap()
+                .manifest
+                .architecture
+                .head,
+            want
+        );
+    }
 }

@@ -82,3 +82,62 @@ pub async fn closed_loop(
     all.sort_by(f64::total_cmp);
     (rps, all, errors)
 }
+
+/// The real server, in this process on its own 2-thread runtime, on a free loopback port.
+pub struct InProcessServer {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    pub fn start(cfg: seqserve::serve::config::Config) -> InProcessServer {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(seqserve::serve::run(
+                cfg,
+                async {
+                    let _ = stop_rx.await;
+                },
+                move |a| {
+                    let _ = addr_tx.send(a);
+                },
+            ))
+            .unwrap();
+        });
+        let addr = addr_rx.recv().expect("the server reports its address");
+        InProcessServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until /health/ready answers 200.
+    pub async fn ready(&self) {
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{}/health/ready", self.addr)).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drains and stops the server, waiting for its thread.
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

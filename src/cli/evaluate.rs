@@ -90,6 +90,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut names = Vec::new();
     let mut results: Vec<EvalResult> = Vec::new();
     let mut reports = Vec::new();
+    let mut trainings = Vec::new();
     let mut leakage_found = false;
     for (id, dir) in &targets {
         let model = Model::load(dir, device)?;
@@ -137,6 +138,14 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
                 None => dir.display().to_string(),
             };
         }
+        if let Some(t) = model
+            .manifest
+            .training
+            .as_ref()
+            .filter(|t| !t.epochs.is_empty())
+        {
+            trainings.push((name.clone(), t.clone()));
+        }
         let mut rep = report::model_report(&name, &version, &r, resolved.unknown_relevant);
         rep.leakage = Some(check);
         reports.push(rep);
@@ -164,8 +173,8 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(d) = &a.report {
-        let files =
-            seqserve::eval::html::write_report(d, &rep, &results).map_err(anyhow::Error::msg)?;
+        let files = seqserve::eval::html::write_report(d, &rep, &results, &trainings)
+            .map_err(anyhow::Error::msg)?;
         eprintln!(
             "wrote {} ({} files)",
             d.join("index.html").display(),

@@ -44,7 +44,7 @@ pub struct TrainArgs {
     d_model: usize,
     #[arg(long, default_value_t = 2)]
     layers: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     heads: usize,
     /// Feed-forward width (default 4 × d_model).
     #[arg(long)]
@@ -59,22 +59,22 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     embedding_norm: bool,
     /// pre: LayerNorm before attention/FFN and once at the end; post: after each residual sum.
-    #[arg(long, value_enum, default_value = "pre")]
+    #[arg(long, value_enum, default_value = "post")]
     norm: Norm,
     /// The feed-forward non-linearity.
     #[arg(long, value_enum, default_value = "gelu")]
     activation: Activation,
     /// from-oldest: position = items before it; from-newest: items after it (SASRec's right
     /// alignment: the most recent item is always position 0).
-    #[arg(long, value_enum, default_value = "from-oldest")]
+    #[arg(long, value_enum, default_value = "from-newest")]
     positions: Positions,
     /// linear: z = FC(concat(y, context)), scores z · Eᵀ + b; none: scores y · Eᵀ (no head, no item
-    /// bias; models without context only).
-    #[arg(long, value_enum, default_value = "linear")]
-    head: Head,
+    /// bias; models without context only). Default: none without context features, linear with.
+    #[arg(long, value_enum)]
+    head: Option<Head>,
     /// torch: tch's default initialisation; normal: N(0, 0.02) weights and zero biases (the
     /// references').
-    #[arg(long, value_enum, default_value = "torch")]
+    #[arg(long, value_enum, default_value = "normal")]
     init: Init,
     /// bucketed: batches of similar lengths (less padding); random: uniformly random batches.
     #[arg(long, value_enum, default_value = "bucketed")]
@@ -83,15 +83,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Peak learning rate of AdamW.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 5e-4)]
     lr: f64,
     /// AdamW decoupled weight decay (matrices and embeddings; not biases or LayerNorm).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    #[arg(long, value_enum, default_value = "cosine")]
+    #[arg(long, value_enum, default_value = "constant")]
     schedule: Schedule,
     /// Linear learning-rate warm-up, in epochs.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.0)]
     warmup_epochs: f64,
     /// Where the cosine schedule ends (fraction of --lr, reached at --epochs).
     #[arg(long, default_value_t = 0.05)]
@@ -111,10 +111,10 @@ pub struct TrainArgs {
     /// Label smoothing of the full loss.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 80)]
     epochs: usize,
     /// Stop after this many epochs without a new best of the smoothed validation F1@K.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     patience: usize,
     /// Weight of the past in the exponential smoothing of the validation curve for early stopping.
     #[arg(long, default_value_t = 0.5)]
@@ -145,6 +145,10 @@ pub struct TrainArgs {
     /// libtorch intra-op threads (0 = the CPU quota).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Write the training curves (loss and validation metrics per epoch, best epoch marked) as
+    /// index.html and curves.svg into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -161,6 +165,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
+    let report = a.report.clone();
     let out = train_with(a, command)?;
     if !out.finished {
         println!(
@@ -180,6 +185,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         t.seconds_per_epoch,
         t.wall_time_seconds
     );
+    if let Some(d) = &report {
+        seqserve::eval::curves::write_page(d, &m.name, t).map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {}", d.join("index.html").display());
+    }
     for key in ["hr@10", "ndcg@10", "f1@10", "hr@20", "ndcg@20"] {
         match metrics.test.get(key) {
             Some(t) => println!(

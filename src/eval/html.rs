@@ -30,6 +30,7 @@ pub fn write_report(
     dir: &Path,
     report: &Report,
     results: &[EvalResult],
+    trainings: &[(String, crate::model::manifest::TrainingRecord)],
 ) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut files = Vec::new();
@@ -47,7 +48,27 @@ pub fn write_report(
     let k_last = *report.ks.last().unwrap_or(&10);
     let dist = format!("distribution_ndcg@{k_last}.svg");
     plot(&dist, &|p| distribution_plot(p, report, results, k_last))?;
-    let html = page(report, has_pairs, &dist);
+    // Each model's training curves, from its manifest (models without a record are skipped).
+    let mut curves = Vec::new();
+    for (i, (name, t)) in trainings.iter().enumerate() {
+        let file = format!("curves-{}.svg", i + 1);
+        super::curves::draw(&dir.join(&file), &format!("{name}: training curves"), t)?;
+        files.push(dir.join(&file));
+        curves.push(file);
+    }
+    let mut html = page(report, has_pairs, &dist);
+    if !curves.is_empty() {
+        let imgs: String = curves
+            .iter()
+            .map(|f| format!("<img src=\"{f}\" alt=\"training curves\">\n"))
+            .collect();
+        html = html.replace(
+            "</body></html>\n",
+            &format!(
+                "<h2>Training curves (from each model's manifest)</h2>\n{imgs}</body></html>\n"
+            ),
+        );
+    }
     let index = dir.join("index.html");
     std::fs::write(&index, html).map_err(|e| format!("cannot write {}: {e}", index.display()))?;
     files.push(index);

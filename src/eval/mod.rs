@@ -1,5 +1,6 @@
 //! Evaluation: labelled holdout → ranked through the same model path as serving → per-case metrics →
 //! confidence intervals and paired significance tests.
+pub mod curves;
 pub mod holdout;
 pub mod html;
 pub mod leakage;

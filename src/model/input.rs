@@ -7,8 +7,65 @@ use super::batch::HistoryEvent;
 use super::context::ContextValue;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+
+thread_local! {
+    /// Set when an item id arrived as a float equal to 0 (see `visit_f64`).
+    static FLOAT_ZERO_ID: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts watching for item ids given as a float zero (before a JSON text is parsed on this
+/// thread); `underflowed_zero_id` then says whether one of them was written as `1e-400`.
+pub fn watch_float_zero_ids() {
+    FLOAT_ZERO_ID.with(|f| f.set(false));
+}
+
+/// After a parse of `text`: when an item id was a float zero and some number literal in the text
+/// underflows to zero without being zero (`1e-400`; serde_json gives both as 0.0), the refusal.
+/// The text is scanned only in that rare case.
+pub fn underflowed_zero_id(text: &[u8]) -> Option<String> {
+    if !FLOAT_ZERO_ID.with(|f| f.replace(false)) {
+        return None;
+    }
+    underflowing_literal(text).map(|lit| {
+        format!("{lit} is no item id: it is not 0 but rounds to 0 as a float; write id 0 as 0")
+    })
+}
+
+/// The first number literal outside strings that parses to 0 but has a non-zero digit.
+fn underflowing_literal(text: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len()
+                    && matches!(text[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let lit = std::str::from_utf8(&text[start..i]).ok()?;
+                let mantissa = lit.split(['e', 'E']).next().unwrap_or("");
+                if lit.parse::<f64>() == Ok(0.0)
+                    && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b))
+                {
+                    return Some(crate::error::excerpt(lit));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
 
 /// An item id as JSON gives it: a non-negative integer or a string.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,14 +131,12 @@ impl<'de> Visitor<'de> for ItemIdVisitor {
             ))),
         }
     }
-    // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it. Zero is the
-    // exception: a float that reaches here as 0 may have been `1e-400`, which is no integer but
-    // underflows to 0 when parsed, so id 0 must be written `0`.
+    // `12.0` is the integer 12, as JSON Schema (and so the OpenAPI document) has it, and so is
+    // `0.0`. But `1e-400` also reaches here as 0 (it underflows when parsed) and is no integer:
+    // a float zero is noted, and `parse_json` looks for such a literal in the text afterwards.
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ItemId, E> {
         if v == 0.0 {
-            return Err(E::custom(
-                "item id 0 must be written as the integer 0 (a float that rounds to 0, such as 1e-400, is not an id)",
-            ));
+            FLOAT_ZERO_ID.with(|f| f.set(true));
         }
         match integral(v) {
             Some(n) => self.visit_u64(n),
@@ -405,5 +460,27 @@ mod tests {
             serde_json::from_str(r#"{"history": [], "context": {"gender": "F", "age": 25}}"#)
                 .unwrap();
         assert_eq!(ok.context.len(), 2);
+    }
+
+    /// `0.0` is the integer 0 (JSON Schema says so, and schemathesis sends it); `1e-400` parses
+    /// to the same f64 but is no integer, and is found in the text. Strings are not numbers.
+    #[test]
+    fn a_float_zero_id_is_zero_unless_written_as_an_underflow() {
+        let parse = |text: &str| {
+            watch_float_zero_ids();
+            let ids: Vec<ItemId> = serde_json::from_str(text).unwrap();
+            (ids, underflowed_zero_id(text.as_bytes()))
+        };
+        let (ids, refusal) = parse(r#"[0.0, -0.0, 0e7, 12.0, "1e-400", 0]"#);
+        assert_eq!(ids[0], ItemId::Int(0));
+        assert_eq!(ids[3], ItemId::Int(12));
+        assert_eq!(refusal, None);
+        let (_, refusal) = parse(r#"[5, 1e-400]"#);
+        assert!(refusal.unwrap().contains("1e-400"));
+        let (_, refusal) = parse(r#"["a\"1e-999", 0.0, 2.5e-330]"#);
+        assert!(refusal.unwrap().contains("2.5e-330"));
+        // Only watched when an id was a float zero: an underflowing context value alone is fine.
+        let (_, refusal) = parse(r#"[3]"#);
+        assert_eq!(refusal, None);
     }
 }

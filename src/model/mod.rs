@@ -16,8 +16,8 @@ pub use catalogue::Catalogue;
 pub use context::{encode_context, user_context, ContextValue, EncodedContext};
 pub use encoder::{Encoder, TensorBatch};
 pub use input::{
-    history_events, integer, integers, optional_integer, unique_context, HistoryEntry, ItemId,
-    ObjectOnly, MAX_INTEGER_ITEM_ID, MAX_ITEM_ID_CHARS,
+    history_events, integer, integers, optional_integer, underflowed_zero_id, unique_context,
+    watch_float_zero_ids, HistoryEntry, ItemId, ObjectOnly, MAX_INTEGER_ITEM_ID, MAX_ITEM_ID_CHARS,
 };
 pub use manifest::{
     Activation, Architecture, CategoricalEncoding, ContextFeature, Head, ImportRecord, Manifest,

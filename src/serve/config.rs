@@ -19,6 +19,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub logging: LoggingSection,
     pub admin: AdminSection,
+    pub history: HistorySection,
     /// A/B splits at start, `name = "model[:version]=weight,..."` (changeable at run time through
     /// PUT /splits/{name}). A request naming `name` is routed to an arm, sticky by its `"user"`.
     pub splits: std::collections::BTreeMap<String, String>,
@@ -168,6 +169,55 @@ pub struct LimitsSection {
     pub max_exclude: usize,
     /// Most requests in one POST /recommend/batch.
     pub max_batch_requests: usize,
+}
+
+/// Which history store keeps users' recent events.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStoreKind {
+    /// In this process (lost at restart; not shared between replicas).
+    #[default]
+    Memory,
+    /// A Redis server (or managed Redis, or Redis Cluster) shared by every replica.
+    Redis,
+}
+
+/// Users' event histories kept by the service (`POST /events`; `/recommend` with `"user"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySection {
+    /// memory | redis
+    pub store: HistoryStoreKind,
+    /// redis://[user:password@]host:port[/db] or rediss:// (TLS); used with store = "redis".
+    pub url: String,
+    /// Most recent events kept per user (older ones are dropped as new ones arrive).
+    pub max_events: usize,
+    /// Memory store: at most this many users (the least recently used is evicted).
+    pub max_users: usize,
+    /// A user's history is forgotten this long after its last event (0 = kept until evicted).
+    pub ttl_secs: u64,
+    /// Every store operation gives up after this long (the request is then served from its own
+    /// history, or refused with 503 when it has none).
+    pub timeout_ms: u64,
+    /// Prefix of every Redis key (keys carry a hash tag, so one user's keys share a Cluster slot).
+    pub key_prefix: String,
+    /// Most events in one POST /events.
+    pub max_events_per_request: usize,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        HistorySection {
+            store: HistoryStoreKind::Memory,
+            url: String::new(),
+            max_events: 200,
+            max_users: 1_000_000,
+            ttl_secs: 0,
+            timeout_ms: 50,
+            key_prefix: "seqserve:".into(),
+            max_events_per_request: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -350,7 +400,18 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
-        let ranges: [(&str, u64, u64, u64); 39] = [
+        let h = &self.history;
+        let ranges: [(&str, u64, u64, u64); 44] = [
+            ("history.max_events", h.max_events as u64, 1, 100_000),
+            ("history.max_users", h.max_users as u64, 1, 1_000_000_000),
+            ("history.ttl_secs", h.ttl_secs, 0, 10 * 365 * 86_400),
+            ("history.timeout_ms", h.timeout_ms, 1, 60_000),
+            (
+                "history.max_events_per_request",
+                h.max_events_per_request as u64,
+                1,
+                1_000_000,
+            ),
             (
                 "server.max_buffered_body_bytes",
                 s.max_buffered_body_bytes as u64,
@@ -538,6 +599,12 @@ impl Config {
                     "configuration: {key} must be between {lo} and {hi}, got {v}"
                 ));
             }
+        }
+        if self.history.store == HistoryStoreKind::Redis && self.history.url.is_empty() {
+            return Err(
+                "configuration: history.store = \"redis\" needs history.url (redis://host:port)"
+                    .into(),
+            );
         }
         if a.port != 0 && a.port == s.port {
             return Err(format!(

@@ -8,12 +8,14 @@
 //! - `registry/`: which version answers (names → versions → workers, A/B splits), loading and
 //!   polling;
 //! - `evaluation/`: evaluations run by the admin routes (the bounded job table, cases, the run);
+//! - `history/`: users' stored event histories, behind one trait (memory and Redis stores);
 //! - `lifecycle`, `telemetry`, `config`: readiness and drain, metrics and log limits, settings.
 //!
 //! This file wires them together and runs the server from start to drain; it holds no logic of
 //! its own parts.
 pub mod config;
 pub mod evaluation;
+pub mod history;
 pub mod http;
 pub mod infer;
 pub mod lifecycle;
@@ -181,6 +183,8 @@ pub async fn run(
         metrics: metrics.clone(),
         registry: Registry::new(repository, settings, Box::new(opener), metrics.clone()),
         infer: Infer::new(metrics.clone()),
+        history: history::History::new(&cfg.history, metrics.clone())
+            .map_err(anyhow::Error::msg)?,
         evaluations: Arc::new(Evaluations::new(
             cfg.admin.clone(),
             metrics.clone(),
@@ -237,6 +241,17 @@ pub async fn run(
             let _ = tokio::task::spawn_blocking(telemetry::release_free_memory).await;
         }
     });
+    // The history store's health, followed even without traffic (seqserve_history_store_up).
+    let pinger = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let _ = st.history.ping().await;
+            }
+        })
+    };
     let mut loader = loader;
     let mut loaded = false;
     let mut poller = None;
@@ -287,6 +302,7 @@ pub async fn run(
         p.abort();
     }
     trimmer.abort();
+    pinger.abort();
     let workers = state.registry.stop_all();
     drop(state);
     if !loaded {

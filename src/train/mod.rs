@@ -105,7 +105,9 @@ pub struct TrainConfig {
     pub norm: Norm,
     pub activation: Activation,
     pub positions: Positions,
-    pub head: Head,
+    /// None: `none` for a model without context features (scores y·Eᵀ, as the references), `linear`
+    /// with them (the head is how the features get in).
+    pub head: Option<Head>,
     pub recipe: Recipe,
     pub k: usize,
     pub device: Device,
@@ -181,7 +183,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             layer_norm_eps: crate::model::manifest::default_layer_norm_eps(),
             activation: cfg.activation,
             positions: cfg.positions,
-            head: cfg.head,
+            head: cfg.head.unwrap_or(if context.is_empty() {
+                Head::None
+            } else {
+                Head::Linear
+            }),
             padding: Default::default(),
         },
         behaviours: behaviours.clone(),

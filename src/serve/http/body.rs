@@ -196,6 +196,7 @@ pub async fn read_json_body(st: &AppState, req: Request) -> Result<Buffered, Api
 
 /// Parses JSON; errors carry the path of the offending field.
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::model::watch_float_zero_ids();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v: crate::model::ObjectOnly<T> =
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -203,6 +204,9 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             json_error(e.into_inner(), &path)
         })?;
     de.end().map_err(|e| json_error(e, "."))?;
+    if let Some(refusal) = crate::model::underflowed_zero_id(bytes) {
+        return Err(ApiError::validation(format!("invalid request: {refusal}")));
+    }
     Ok(v.0)
 }
 

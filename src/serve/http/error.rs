@@ -3,6 +3,7 @@
 //! evaluations and model input each have their own error enum, mapped here.
 use crate::error::InputError;
 use crate::serve::evaluation::EvalError;
+use crate::serve::history::StoreError;
 use crate::serve::infer::InferError;
 use crate::serve::lifecycle::NotServing;
 use crate::serve::registry::loader::LoadError;
@@ -166,6 +167,19 @@ impl From<EvalError> for ApiError {
             EvalError::Leakage(_) => ApiError::new(StatusCode::CONFLICT, "leakage", message),
             EvalError::Cancelled | EvalError::ShuttingDown => ApiError::not_ready(message),
             EvalError::Internal(_) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "history_unavailable",
+                e.to_string(),
+            )
         }
     }
 }

@@ -120,6 +120,10 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/recommend" => "/recommend",
         "/recommend/batch" => "/recommend/batch",
+        "/events" => "/events",
+        // Never the user id itself: labels are bounded, and user ids are personal data.
+        p if p.starts_with("/users/") && p.ends_with("/history") => "/users/{user}/history",
+        p if p.starts_with("/users/") => "/users/{user}",
         "/health/live" | "/v2/health/live" => "/health/live",
         "/health/ready" | "/v2/health/ready" => "/health/ready",
         "/metrics" => "/metrics",

@@ -11,7 +11,7 @@
 //!   and the default model's behaviours and context features. A request the document allows is
 //!   then one the server accepts, which `scripts/check-openapi.sh` holds it to (schemathesis).
 use super::error::ErrorBody;
-use super::handlers::{evaluate, health, models, recommend, v2_infer};
+use super::handlers::{evaluate, events, health, models, recommend, v2_infer};
 use super::state::AppState;
 use crate::model::{ContextFeature, ContextValue, HistoryEntry, ItemId};
 use serde_json::{json, Value};
@@ -33,6 +33,9 @@ Limits and the default model's behaviours and context features in this document 
         recommend::recommend_batch,
         v2_infer::infer,
         v2_infer::infer_version,
+        events::post_events,
+        events::get_history,
+        events::erase_user,
         models::list,
         models::one,
         models::v2_metadata,
@@ -62,6 +65,7 @@ Limits and the default model's behaviours and context features in this document 
         (name = "inference", description = "Ranked recommendations"),
         (name = "models", description = "Which models and versions serve, and managing them"),
         (name = "evaluation", description = "Offline quality on labelled holdouts"),
+        (name = "history", description = "Users' event histories kept by the service"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -83,8 +87,14 @@ pub fn document(st: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     let default = st.registry.exact(&st.registry.default_model(), None).ok();
     let manifest = default.as_ref().map(|s| &*s.manifest);
-    refine(&mut doc, &st.cfg.limits, &st.cfg.admin, manifest)
-        .expect("every schema refine() patches exists (unit-tested)");
+    refine(
+        &mut doc,
+        &st.cfg.limits,
+        &st.cfg.admin,
+        &st.cfg.history,
+        manifest,
+    )
+    .expect("every schema refine() patches exists (unit-tested)");
     doc
 }
 
@@ -105,11 +115,16 @@ fn refine(
     doc: &mut Value,
     l: &crate::serve::config::LimitsSection,
     a: &crate::serve::config::AdminSection,
+    h: &crate::serve::config::HistorySection,
     manifest: Option<&crate::model::Manifest>,
 ) -> Result<(), String> {
     let given =
         |field: &str, ty: &str| json!({"required": [field], "properties": {field: {"type": ty}}});
     let name = json!(crate::model::repository::NAME_PATTERN);
+    let user_key = json!({"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": crate::model::MAX_INTEGER_ITEM_ID},
+        {"type": "string", "minLength": 1, "maxLength": crate::serve::config::MAX_USER_KEY},
+    ]});
     // Pointers below /components/schemas/.
     let facts = [
         ("RecommendRequest/properties/k/maximum", json!(l.max_k)),
@@ -131,6 +146,17 @@ fn refine(
             json!(crate::serve::config::MAX_TIMEOUT_MS),
         ),
         ("BatchRequest/properties/requests/minItems", json!(1)),
+        // Users and event ids: an integer as item ids take them, or a string of up to
+        // MAX_USER_KEY characters (longer than an item id may be).
+        ("EventIn/properties/user", user_key.clone()),
+        (
+            "EventIn/properties/event_id",
+            json!({"oneOf": [user_key["oneOf"][0], user_key["oneOf"][1], {"type": "null"}]}),
+        ),
+        (
+            "EventsRequest/properties/events/maxItems",
+            json!(h.max_events_per_request),
+        ),
         (
             "BatchRequest/properties/requests/maxItems",
             json!(l.max_batch_requests),
@@ -213,6 +239,20 @@ fn refine(
         json!(false),
     )?;
     links(doc)?;
+    // A user in a path: 1 to MAX_USER_KEY characters.
+    for (path, item) in doc["paths"].as_object_mut().expect("paths").iter_mut() {
+        if !path.starts_with("/users/") {
+            continue;
+        }
+        for op in item.as_object_mut().expect("path item").values_mut() {
+            for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                if p["in"] == "path" {
+                    p["schema"]["minLength"] = json!(1);
+                    p["schema"]["maxLength"] = json!(crate::serve::config::MAX_USER_KEY);
+                }
+            }
+        }
+    }
     // Path parameters that name models, versions and splits follow repository::check_name.
     for (path, item) in doc["paths"].as_object_mut().expect("paths").iter_mut() {
         if !(path.starts_with("/models/")
@@ -509,7 +549,14 @@ mod tests {
         let manifest =
             crate::model::Manifest::read(std::path::Path::new("models/ml1m-ctx/model.json"))
                 .unwrap();
-        refine(&mut doc, &cfg.limits, &cfg.admin, Some(&manifest)).unwrap();
+        refine(
+            &mut doc,
+            &cfg.limits,
+            &cfg.admin,
+            &cfg.history,
+            Some(&manifest),
+        )
+        .unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         let req = &doc["components"]["schemas"]["RecommendRequest"]["properties"];
         assert_eq!(req["k"]["maximum"], json!(cfg.limits.max_k));

@@ -1,7 +1,7 @@
 //! The one route table: every route, public and admin, and the layers around them. Without
 //! admin.port one router serves all; with it, the admin router (management, evaluations,
 //! /metrics) gets its own listener. Health routes, /openapi.json and the fallbacks are on both.
-use super::handlers::{evaluate, health, models, recommend, v2_infer};
+use super::handlers::{evaluate, events, health, models, recommend, v2_infer};
 use super::middleware::{
     method_not_allowed, not_found, observe, on_panic, require_admin, throttle_large,
 };
@@ -30,6 +30,7 @@ pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
         ));
     let public = Router::new()
         .merge(inference)
+        .route("/events", post(events::post_events))
         .route("/models", get(models::list))
         .route("/models/{name}", get(models::one))
         .route("/v2/models/{name}", get(models::v2_metadata))
@@ -60,6 +61,8 @@ pub fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
             "/splits/{name}",
             put(models::set_split).delete(models::remove_split),
         )
+        .route("/users/{user}/history", get(events::get_history))
+        .route("/users/{user}", axum::routing::delete(events::erase_user))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let admin = Router::new()
         .route("/metrics", get(health::metrics))

@@ -5,6 +5,7 @@ use super::parse_pool::ParsePool;
 use super::throttle::Throttle;
 use crate::serve::config::Config;
 use crate::serve::evaluation::Evaluations;
+use crate::serve::history::History;
 use crate::serve::infer::Infer;
 use crate::serve::lifecycle::Lifecycle;
 use crate::serve::registry::Registry;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub registry: Registry,
     /// The way to the model workers.
     pub infer: Infer,
+    /// Users' stored histories (`POST /events`; `/recommend` with `"user"`).
+    pub history: History,
     pub evaluations: Arc<Evaluations>,
     pub lifecycle: Lifecycle,
     /// Where large bodies are parsed and validated, off the async threads.

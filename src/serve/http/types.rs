@@ -12,8 +12,9 @@ pub struct RecommendRequest {
     pub model: Option<String>,
     /// A loaded version of `model` (bypasses any split); absent: the model's default version.
     pub version: Option<String>,
-    /// The caller's key for sticky A/B assignment (hashed, never stored or exported); absent: a
-    /// split assigns the request at random.
+    /// The user: the key of their stored history (their events come before `history`'s; see
+    /// POST /events) and of sticky A/B assignment (hashed; absent: a split assigns at random).
+    /// Never logged or exported as a metric label.
     #[schema(max_length = 256)]
     pub user: Option<String>,
     /// Item ids or {item, behavior} objects, most recent last. May be empty (cold start).
@@ -78,6 +79,13 @@ pub struct RecommendResponse {
     pub unknown_items: Vec<String>,
     /// Candidate ids not in the catalogue (cannot be ranked).
     pub unknown_candidates: Vec<String>,
+    /// With `user`: how many of the user's stored events came before the request's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_events: Option<usize>,
+    /// With `user`: true when the history store could not be read, so the request's own history
+    /// was used alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history_store_unavailable: bool,
     pub timing: Timing,
 }
 

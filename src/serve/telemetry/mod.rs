@@ -41,6 +41,17 @@ pub struct Metrics {
     pub eval_metric: GaugeVec,
     /// 1 while /health/ready would answer 200 (set at each scrape).
     pub ready: IntGauge,
+    /// 1 while the history store answers (its last operation or ping succeeded).
+    pub history_up: IntGauge,
+    /// History store operation latency by operation (append, read, delete, ping).
+    pub history_seconds: HistogramVec,
+    /// History store failures by operation and kind (timeout, unavailable, protocol).
+    pub history_errors: IntCounterVec,
+    /// Requests served from their own history alone because the store failed.
+    pub history_fallbacks: IntCounter,
+    /// Users and bytes held by the memory store.
+    pub history_users: IntGauge,
+    pub history_bytes: IntGauge,
     /// The evaluation series set per (model, version, holdout), so a newer result (or an unload)
     /// replaces them instead of leaving stale ones beside it.
     eval_series: Mutex<HashMap<EvalKey, Vec<Vec<String>>>>,
@@ -77,6 +88,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "not_ready",
     "evaluations_full",
     "body_budget",
+    "history_unavailable",
 ];
 
 /// The libtorch this build links (tch 0.26 binds exactly this version).
@@ -205,6 +217,49 @@ impl Metrics {
                 LIBTORCH_VERSION,
             ])
             .set(1.0);
+        let history_up = IntGauge::new(
+            "seqserve_history_store_up",
+            "1 while the history store answers (its last operation or ping succeeded), else 0",
+        )
+        .unwrap();
+        let history_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "seqserve_history_store_duration_seconds",
+                "History store operation latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .unwrap();
+        let history_errors = IntCounterVec::new(
+            Opts::new(
+                "seqserve_history_store_errors_total",
+                "History store failures by operation and kind (timeout, unavailable, protocol)",
+            ),
+            &["op", "kind"],
+        )
+        .unwrap();
+        let history_fallbacks = IntCounter::new(
+            "seqserve_history_fallbacks_total",
+            "Requests served from their own history alone because the history store failed",
+        )
+        .unwrap();
+        let history_users = IntGauge::new(
+            "seqserve_history_users",
+            "Users whose history the memory store holds",
+        )
+        .unwrap();
+        let history_bytes = IntGauge::new(
+            "seqserve_history_bytes",
+            "Bytes the memory store holds (an estimate of its allocations)",
+        )
+        .unwrap();
+        for op in ["append", "read", "delete", "ping"] {
+            history_seconds.with_label_values(&[op]);
+            for kind in ["timeout", "unavailable", "protocol"] {
+                history_errors.with_label_values(&[op, kind]);
+            }
+        }
         for r in REFUSAL_REASONS {
             rejected.with_label_values(&[r]);
         }
@@ -225,6 +280,12 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(eval_metric.clone()),
             Box::new(ready.clone()),
+            Box::new(history_up.clone()),
+            Box::new(history_seconds.clone()),
+            Box::new(history_errors.clone()),
+            Box::new(history_fallbacks.clone()),
+            Box::new(history_users.clone()),
+            Box::new(history_bytes.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric registers once");
@@ -251,6 +312,12 @@ impl Metrics {
             rejected,
             eval_metric,
             ready,
+            history_up,
+            history_seconds,
+            history_errors,
+            history_fallbacks,
+            history_users,
+            history_bytes,
             eval_series: Mutex::new(HashMap::new()),
             version_refs: Mutex::new(HashMap::new()),
         }

@@ -1,8 +1,9 @@
 //! POST /recommend and /recommend/batch, in the order a request goes: read the body, parse it,
 //! ask the registry which version answers, validate the request against that version, rank it
 //! (infer → the version's queue → its model worker), answer.
-use crate::model::{history_events, ItemId, Prepared, RankSpec};
+use crate::model::{history_events, HistoryEvent, ItemId, Prepared, RankSpec};
 use crate::serve::config::{LimitsSection, MAX_TIMEOUT_MS, MAX_USER_KEY};
+use crate::serve::history::StoredEvent;
 use crate::serve::http::body;
 use crate::serve::http::error::{ApiError, ErrorBody};
 use crate::serve::http::middleware::{ms_header, Serving};
@@ -35,15 +36,21 @@ pub async fn recommend(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let bytes = body::read_json_body(&st, req).await?;
-    let st2 = st.clone();
+    let size = bytes.len();
     // Parsing and validating a large body runs off the async threads (see ParsePool::run).
+    let req: RecommendRequest = st
+        .parse_pool
+        .run(&st.metrics, size, move || body::from_json(&bytes))
+        .await
+        .inspect_err(|e| count_invalid(&st, e))?;
+    // Again: reading the body may have taken until shutdown began.
+    st.serving()?;
+    let mut stored = stored_histories(&st, std::slice::from_ref(&req)).await?;
+    let st2 = st.clone();
     let v = st
         .parse_pool
-        .run(&st.metrics, bytes.len(), move || {
-            let req: RecommendRequest = body::from_json(&bytes)?;
-            // Again: reading the body may have taken until shutdown began.
-            st2.serving()?;
-            prepare(&st2, req)
+        .run(&st.metrics, size, move || {
+            prepare(&st2, req, stored.pop().expect("one request"))
         })
         .await
         .inspect_err(|e| count_invalid(&st, e))?;
@@ -79,13 +86,23 @@ pub async fn recommend_batch(
 ) -> Result<Json<BatchResponse>, ApiError> {
     let received = Instant::now();
     let bytes = body::read_json_body(&st, req).await?;
+    let size = bytes.len();
+    let batch: BatchRequest = st
+        .parse_pool
+        .run(&st.metrics, size, move || body::from_json(&bytes))
+        .await
+        .inspect_err(|e| count_invalid(&st, e))?;
+    st.serving()?;
+    check_batch_len(batch.requests.len(), &st.cfg.limits, "requests")
+        .inspect_err(|e| count_invalid(&st, e))?;
+    let requests: Vec<RecommendRequest> = batch.requests.into_iter().map(|r| r.0).collect();
+    // Every user of the batch read in one round trip.
+    let stored = stored_histories(&st, &requests).await?;
     let st2 = st.clone();
     let validated = st
         .parse_pool
-        .run(&st.metrics, bytes.len(), move || {
-            let batch: BatchRequest = body::from_json(&bytes)?;
-            st2.serving()?;
-            prepare_batch(&st2, batch)
+        .run(&st.metrics, size, move || {
+            prepare_batch(&st2, requests, stored)
         })
         .await
         .inspect_err(|e| count_invalid(&st, e))?;
@@ -114,11 +131,68 @@ pub struct Validated {
     pub spec: RankSpec,
     pub unknown_candidates: Vec<String>,
     pub timeout_ms: Option<u64>,
+    /// What the history store gave this request.
+    pub stored: Stored,
+}
+
+/// What the history store gave one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// No `user`: the request's own history alone.
+    NotAsked,
+    /// The user's stored events (oldest first); the request's own come after them.
+    Events(Vec<StoredEvent>),
+    /// The store failed: the request's own history alone (it has one), and the answer says so.
+    Unavailable,
+}
+
+/// The stored histories of the requests that name a user, in one store read. When the store
+/// fails, requests that carry their own history are served from it alone (marked, and counted
+/// in seqserve_history_fallbacks_total); a request that has nothing but its user is refused (503)
+/// — for a batch, the whole call, as its answers are all or nothing.
+pub(crate) async fn stored_histories(
+    st: &AppState,
+    requests: &[RecommendRequest],
+) -> Result<Vec<Stored>, ApiError> {
+    let users: Vec<String> = requests.iter().filter_map(|r| r.user.clone()).collect();
+    if users.is_empty() {
+        return Ok(vec![Stored::NotAsked; requests.len()]);
+    }
+    match st.history.read(&users).await {
+        Ok(found) => {
+            let mut found = found.into_iter();
+            Ok(requests
+                .iter()
+                .map(|r| match &r.user {
+                    Some(_) => Stored::Events(found.next().unwrap_or_default()),
+                    None => Stored::NotAsked,
+                })
+                .collect())
+        }
+        Err(e) => {
+            if requests
+                .iter()
+                .any(|r| r.user.is_some() && r.history.is_empty())
+            {
+                st.metrics.refuse("history_unavailable");
+                return Err(e.into());
+            }
+            let n = requests.iter().filter(|r| r.user.is_some()).count();
+            st.metrics.history_fallbacks.inc_by(n as u64);
+            Ok(requests
+                .iter()
+                .map(|r| match &r.user {
+                    Some(_) => Stored::Unavailable,
+                    None => Stored::NotAsked,
+                })
+                .collect())
+        }
+    }
 }
 
 /// Routes one request (model, version, split) and validates it against the version that
-/// answers.
-fn prepare(st: &AppState, req: RecommendRequest) -> Result<Validated, ApiError> {
+/// answers, with what the history store gave it.
+fn prepare(st: &AppState, req: RecommendRequest, stored: Stored) -> Result<Validated, ApiError> {
     // Characters, as the OpenAPI document's maxLength counts them.
     if req
         .user
@@ -134,7 +208,7 @@ fn prepare(st: &AppState, req: RecommendRequest) -> Result<Validated, ApiError> 
         req.version.as_deref(),
         req.user.as_deref(),
     )?;
-    validate(req, route, &st.cfg.limits)
+    validate(req, route, &st.cfg.limits, stored)
 }
 
 /// The one bound on how many requests one call may carry (a /recommend/batch body, a v2
@@ -154,14 +228,17 @@ pub(crate) fn check_batch_len(
 }
 
 /// Each request of a batch on its own, its errors prefixed with its index.
-fn prepare_batch(st: &AppState, batch: BatchRequest) -> Result<Vec<Validated>, ApiError> {
-    check_batch_len(batch.requests.len(), &st.cfg.limits, "requests")?;
-    batch
-        .requests
+fn prepare_batch(
+    st: &AppState,
+    requests: Vec<RecommendRequest>,
+    stored: Vec<Stored>,
+) -> Result<Vec<Validated>, ApiError> {
+    requests
         .into_iter()
+        .zip(stored)
         .enumerate()
-        .map(|(i, r)| {
-            prepare(st, r.0).map_err(|mut e| {
+        .map(|(i, (r, stored))| {
+            prepare(st, r, stored).map_err(|mut e| {
                 e.message = format!("requests[{i}]: {}", e.message);
                 e
             })
@@ -179,6 +256,7 @@ pub(crate) fn validate(
     req: RecommendRequest,
     route: Route,
     limits: &LimitsSection,
+    stored: Stored,
 ) -> Result<Validated, ApiError> {
     let served = route.served.clone();
     let (manifest, catalogue) = (&*served.manifest, &*served.catalogue);
@@ -218,7 +296,22 @@ pub(crate) fn validate(
             "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
         )));
     }
-    let history = history_events(req.history, "history").map_err(ApiError::validation)?;
+    // The stored events first, the request's own after them. A stored behaviour this model does
+    // not know counts as none (one odd event must not make a user's requests fail).
+    let mut history: Vec<HistoryEvent> = match &stored {
+        Stored::Events(events) => events
+            .iter()
+            .map(|e| HistoryEvent {
+                item: e.item.clone(),
+                behaviour: e
+                    .behaviour
+                    .clone()
+                    .filter(|b| manifest.behaviours.contains(b)),
+            })
+            .collect(),
+        Stored::NotAsked | Stored::Unavailable => Vec::new(),
+    };
+    history.extend(history_events(req.history, "history").map_err(ApiError::validation)?);
     let prepared = crate::model::prepare(manifest, catalogue, &history, &req.context)?;
     let mut exclude = if req.exclude_seen {
         prepared.seen.clone()
@@ -256,6 +349,7 @@ pub(crate) fn validate(
         },
         unknown_candidates,
         timeout_ms: req.timeout_ms,
+        stored,
     })
 }
 
@@ -287,6 +381,11 @@ fn response(v: Validated, out: JobOutput, received: Instant) -> RecommendRespons
             .collect(),
         unknown_items: v.prepared.unknown_items,
         unknown_candidates: v.unknown_candidates,
+        stored_events: match &v.stored {
+            Stored::Events(e) => Some(e.len()),
+            Stored::NotAsked | Stored::Unavailable => None,
+        },
+        history_store_unavailable: v.stored == Stored::Unavailable,
         timing: Timing {
             queue_ms: out.queue_time.as_secs_f64() * 1000.0,
             inference_ms: out.inference_time.as_secs_f64() * 1000.0,

@@ -494,7 +494,13 @@ fn prepare(
                 exclude: Vec::new(),
                 timeout_ms: None,
             };
-            recommend::validate(r, route.clone(), &st.cfg.limits).map_err(|mut e| {
+            recommend::validate(
+                r,
+                route.clone(),
+                &st.cfg.limits,
+                recommend::Stored::NotAsked,
+            )
+            .map_err(|mut e| {
                 e.message = format!("request {i} (row {i} of history): {}", e.message);
                 e
             })

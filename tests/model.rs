@@ -5,7 +5,7 @@ mod common;
 use common::{random_model, random_model_arch, random_model_with};
 use seqserve::model::{
     Activation, Architecture, ContextValue, EncodedContext, Head, HistoryEvent, Model, Norm,
-    Positions, Query, RankSpec, ITEMS_FILE, MANIFEST_FILE, WEIGHTS_FILE,
+    Padding, Positions, Query, RankSpec, ITEMS_FILE, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use seqserve::ModelError;
 use std::collections::BTreeMap;
@@ -103,19 +103,29 @@ fn scores_match_pytorch_reference() {
 #[test]
 fn every_encoder_option_matches_the_pytorch_reference() {
     // Each option on its own, then all of RecBole's together (post-LN, eps 1e-12, input
-    // LayerNorm, no head), and everything at once.
+    // LayerNorm, no head), pmixer/SASRec.pytorch's (pre-LN, ReLU, eps 1e-8, positions counted from
+    // the newest item, attended padding, no head), and everything at once.
     type Edit = fn(&mut Architecture);
-    let variants: [(&str, Edit); 6] = [
+    let variants: [(&str, Edit); 8] = [
         ("layer_norm_eps 1e-12", |a| a.layer_norm_eps = 1e-12),
         ("relu", |a| a.activation = Activation::Relu),
         ("positions from_newest", |a| {
             a.positions = Positions::FromNewest
         }),
         ("head none", |a| a.head = Head::None),
+        ("padding attended", |a| a.padding = Padding::Attended),
         ("recbole", |a| {
             a.norm = Norm::Post;
             a.embedding_norm = true;
             a.layer_norm_eps = 1e-12;
+            a.head = Head::None;
+        }),
+        ("pmixer", |a| {
+            a.norm = Norm::Pre;
+            a.layer_norm_eps = 1e-8;
+            a.activation = Activation::Relu;
+            a.positions = Positions::FromNewest;
+            a.padding = Padding::Attended;
             a.head = Head::None;
         }),
         ("all", |a| {
@@ -124,6 +134,7 @@ fn every_encoder_option_matches_the_pytorch_reference() {
             a.layer_norm_eps = 1e-12;
             a.activation = Activation::Relu;
             a.positions = Positions::FromNewest;
+            a.padding = Padding::Attended;
             a.head = Head::None;
         }),
     ];
@@ -177,18 +188,22 @@ fn later_positions_never_change_earlier_outputs() {
 
 #[test]
 fn padding_in_a_batch_does_not_change_scores() {
-    let model = random_model(30, 2, 5);
-    let qs = random_queries(6, 30, 8, 9);
-    let refs: Vec<&Query> = qs.iter().collect();
-    let together = model.score(&refs);
-    for (q, row) in qs.iter().zip(&together) {
-        let alone = &model.score(&[q])[0];
-        let d = alone
-            .iter()
-            .zip(row)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(d < 1e-5, "batched vs alone differ by {d}");
+    // Attended padding too: there a history is always widened to the max_len window, however
+    // wide its batch is.
+    for padding in [Padding::Masked, Padding::Attended] {
+        let model = random_model_arch(30, 2, 5, |a| a.padding = padding);
+        let qs = random_queries(6, 30, 8, 9);
+        let refs: Vec<&Query> = qs.iter().collect();
+        let together = model.score(&refs);
+        for (q, row) in qs.iter().zip(&together) {
+            let alone = &model.score(&[q])[0];
+            let d = alone
+                .iter()
+                .zip(row)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "{padding:?}: batched vs alone differ by {d}");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Subcommands and their arguments.
 mod evaluate;
 mod holdout;
+mod import_model;
 mod index;
 mod recommend;
 mod serve;
@@ -35,6 +36,8 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Build and save a model's approximate-retrieval index (for `retrieval.mode = "ann"`).
     Index(index::IndexArgs),
+    /// Import a model trained elsewhere in PyTorch (RecBole's SASRec, or a state dict and a mapping).
+    Import(import_model::ImportArgs),
     /// Serve POST /recommend (dynamic batching), health, metrics and admin routes.
     Serve(serve::ServeArgs),
 }
@@ -64,6 +67,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(a) => {
             init_logging();
             index::run(a)
+        }
+        Command::Import(a) => {
+            init_logging();
+            import_model::run(a)
         }
         // The server sets up logging from its configuration (human or JSON).
         Command::Serve(a) => serve::run(a),

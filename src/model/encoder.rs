@@ -13,11 +13,12 @@
 //! * padding columns are zero vectors; a query attends to earlier non-padding keys and to itself (a
 //!   padding query then sees only itself: no empty softmax rows, no NaN). An empty history is thus one
 //!   padding column whose output is a learned constant: the cold-start representation, trained on the
-//!   "predict the first item" target;
+//!   "predict the first item" target. With `padding: attended` (imported SASRec code) the window
+//!   is instead always max_len columns and padding keys are attended to like items;
 //! * the context vector is the categorical features (embedding or one-hot, manifest order) followed by
 //!   the standardised numeric features (manifest order).
 use super::manifest::{
-    Activation, CategoricalEncoding, ContextFeature, Head, Manifest, Norm, Positions,
+    Activation, CategoricalEncoding, ContextFeature, Head, Manifest, Norm, Padding, Positions,
 };
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -66,6 +67,9 @@ pub struct Encoder {
     head: Option<nn::Linear>,
     activation: Activation,
     positions: Positions,
+    /// `padding: attended`: the window every history is left-padded to (max_len), its padding
+    /// columns attended to. None: padding is masked and batches are as wide as their longest history.
+    attended_window: Option<i64>,
     d: i64,
     heads: i64,
     dropout: f64,
@@ -217,6 +221,7 @@ impl Encoder {
                 .then(|| lin(p / "head", d + m.context_width() as i64, d)),
             activation: a.activation,
             positions: a.positions,
+            attended_window: (a.padding == Padding::Attended).then_some(a.max_len as i64),
             d,
             heads: a.n_heads as i64,
             dropout: a.dropout,
@@ -238,9 +243,24 @@ impl Encoder {
     /// still come from every position): inference needs nothing else, and this skips most of the last
     /// block's work. Returns (B, W, d), or (B, 1, d) with `last_only`.
     fn encode(&self, b: &TensorBatch, train: bool, last_only: bool) -> Tensor {
-        let (bsz, w) = b.items.size2().expect("items is (B, W)");
-        let dev = b.items.device();
-        let nonpad = b.items.ne(0);
+        let (bsz, given) = b.items.size2().expect("items is (B, W)");
+        // Attended padding: the padding columns a history gets in a max_len window take part, so
+        // the batch is widened to exactly that window (and cut back to its own columns at the end).
+        let widen = |t: &Tensor| match self.attended_window {
+            Some(window) if window > given => Tensor::cat(
+                &[
+                    Tensor::zeros([bsz, window - given], (t.kind(), t.device())),
+                    t.shallow_clone(),
+                ],
+                1,
+            ),
+            _ => t.shallow_clone(),
+        };
+        let items = widen(&b.items);
+        let behaviours = b.behaviours.as_ref().map(widen);
+        let w = items.size()[1];
+        let dev = items.device();
+        let nonpad = items.ne(0);
         // Position of each real item = real items before it, or after it (padding columns are
         // zeroed below).
         let before = nonpad.cumsum(1, Kind::Int64);
@@ -250,9 +270,9 @@ impl Encoder {
                 (nonpad.sum_dim_intlist(1, true, Kind::Int64) - before).clamp_min(0)
             }
         };
-        let mut x = Tensor::embedding(&self.item_emb, &b.items, 0, false, false)
+        let mut x = Tensor::embedding(&self.item_emb, &items, 0, false, false)
             + Tensor::embedding(&self.pos_emb, &pos, -1, false, false);
-        if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
+        if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &behaviours) {
             x += Tensor::embedding(emb, beh, 0, false, false);
         }
         let keep = nonpad.unsqueeze(-1).to_kind(x.kind());
@@ -263,12 +283,16 @@ impl Encoder {
         let mut x = self.drop(&(x * keep), train);
 
         let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
-        let eye = Tensor::eye(w, (Kind::Bool, dev));
-        let mask = causal
-            .unsqueeze(0)
-            .logical_and(&nonpad.unsqueeze(1))
-            .logical_or(&eye.unsqueeze(0))
-            .unsqueeze(1);
+        let mask = if self.attended_window.is_some() {
+            causal.view([1, 1, w, w])
+        } else {
+            let eye = Tensor::eye(w, (Kind::Bool, dev));
+            causal
+                .unsqueeze(0)
+                .logical_and(&nonpad.unsqueeze(1))
+                .logical_or(&eye.unsqueeze(0))
+                .unsqueeze(1)
+        };
         let dh = self.d / self.heads;
         let n_blocks = self.blocks.len();
         let post = self.norm == Norm::Post;
@@ -320,9 +344,14 @@ impl Encoder {
                 &xr + ffn(&blk.ln2.forward(&xr))
             };
         }
-        match &self.final_ln {
+        let x = match &self.final_ln {
             Some(ln) => ln.forward(&x),
             None => x,
+        };
+        if last_only || w == given {
+            x
+        } else {
+            x.narrow(1, w - given, given)
         }
     }
 

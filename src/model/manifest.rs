@@ -33,6 +33,9 @@ pub struct Manifest {
     pub training: Option<TrainingRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsRecord>,
+    /// Where a model trained elsewhere came from (`seqserve import`); absent for models trained here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -68,6 +71,9 @@ pub struct Architecture {
     /// How the sequence representation becomes scores (absent in older models: `linear`).
     #[serde(default)]
     pub head: Head,
+    /// Whether padding columns are masked out of attention (absent: `masked`).
+    #[serde(default)]
+    pub padding: Padding,
 }
 
 pub fn default_layer_norm_eps() -> f64 {
@@ -141,6 +147,31 @@ pub enum Head {
     /// z = y, scores = y · Eᵀ with no head and no item bias (SASRec, BSARec, RecBole). Models
     /// without context features only.
     None,
+}
+
+/// What the encoder does with the padding of a history shorter than the window.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Padding columns are never attended to: a history scores the same however it is padded.
+    #[default]
+    Masked,
+    /// SASRec's original code (Kang & McAuley's, and pmixer/SASRec.pytorch): every history fills a
+    /// window of exactly max_len columns, left-padded, and the padding columns (a zero input) are
+    /// attended to like items under the causal mask only. How many there are then changes the
+    /// scores, so an imported model of that kind needs this to score as it did where it was trained.
+    Attended,
 }
 
 #[derive(
@@ -231,6 +262,29 @@ pub struct EpochRecord {
     pub loss: f64,
     pub seconds: f64,
     pub validation: BTreeMap<String, f64>,
+}
+
+/// The record of an imported model: what file, read how, by which command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// What the checkpoint was: `recbole` (RecBole's SASRec) or `state_dict` (a plain state dict
+    /// read through a mapping file).
+    pub from: String,
+    /// The checkpoint as given on the command line, and its SHA-256.
+    pub checkpoint: String,
+    pub checkpoint_sha256: String,
+    /// The mapping file (state dicts) and its SHA-256, or the built-in mapping's name.
+    pub mapping: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_sha256: Option<String>,
+    /// Where the item ids came from (RecBole's dataset directory, an items file, or the indices).
+    pub items_from: String,
+    /// The source's own description of the model (RecBole's configuration; a mapping's
+    /// architecture section), as read.
+    pub source_config: serde_json::Value,
+    pub command: String,
+    pub seqserve_version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

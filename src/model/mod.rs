@@ -20,8 +20,8 @@ pub use input::{
     watch_float_zero_ids, HistoryEntry, ItemId, ObjectOnly, MAX_INTEGER_ITEM_ID, MAX_ITEM_ID_CHARS,
 };
 pub use manifest::{
-    Activation, Architecture, CategoricalEncoding, ContextFeature, Head, Manifest, Norm, Positions,
-    FORMAT_VERSION,
+    Activation, Architecture, CategoricalEncoding, ContextFeature, Head, ImportRecord, Manifest,
+    Norm, Padding, Positions, FORMAT_VERSION,
 };
 
 use crate::error::{InputError, ModelError};

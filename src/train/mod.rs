@@ -188,11 +188,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             } else {
                 Head::Linear
             }),
+            padding: Default::default(),
         },
         behaviours: behaviours.clone(),
         context,
         training: None,
         metrics: None,
+        imported: None,
     };
     let mut model = Model::new(manifest, catalogue, cfg.device).map_err(anyhow::Error::msg)?;
     if r.init == Init::Normal {

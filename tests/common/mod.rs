@@ -55,6 +55,7 @@ pub fn random_model_arch(
             activation: Default::default(),
             positions: Default::default(),
             head: Default::default(),
+            padding: Default::default(),
         },
         behaviours: vec!["pv".into(), "cart".into(), "fav".into(), "buy".into()],
         context: vec![
@@ -78,6 +79,7 @@ pub fn random_model_arch(
         ],
         training: None,
         metrics: None,
+        imported: None,
     };
     let mut manifest = manifest;
     edit(&mut manifest.architecture);

@@ -19,7 +19,13 @@ def forward(m, w, q):
     arch = m["architecture"]
     d, heads = arch["d_model"], arch["n_heads"]
     n_items = arch["n_items"]
-    items = torch.tensor([q["items"] or [0]], dtype=torch.long)  # empty history = one padding column
+    hist = q["items"] or [0]  # empty history = one padding column
+    behs = q.get("behaviours") or [0]
+    attended = arch.get("padding", "masked") == "attended"
+    if attended:  # SASRec's original code: always a max_len window, left-padded
+        pad = arch["max_len"] - len(hist)
+        hist, behs = [0] * pad + hist, [0] * pad + behs
+    items = torch.tensor([hist], dtype=torch.long)
     W = items.shape[1]
     nonpad = items != 0
     eps = arch.get("layer_norm_eps", 1e-5)
@@ -30,7 +36,7 @@ def forward(m, w, q):
         pos = (nonpad.long().sum(1, keepdim=True) - before).clamp(min=0)  # real items after it
     x = w["item_emb"][items] + w["pos_emb"][pos]
     if m.get("behaviours"):
-        beh = torch.tensor([q["behaviours"] or [0]], dtype=torch.long)
+        beh = torch.tensor([behs], dtype=torch.long)
         x = x + w["behaviour_emb"][beh]
     if arch.get("embedding_norm", False):
         x = F.layer_norm(x, (d,), w["emb_ln.weight"], w["emb_ln.bias"], eps)
@@ -38,7 +44,10 @@ def forward(m, w, q):
     post = arch.get("norm", "pre") == "post"
     causal = torch.tril(torch.ones(W, W, dtype=torch.bool))
     eye = torch.eye(W, dtype=torch.bool)
-    mask = ((causal[None] & nonpad[:, None, :]) | eye[None])[:, None]
+    if attended:  # padding keys take part like items: the causal mask only
+        mask = causal[None, None]
+    else:
+        mask = ((causal[None] & nonpad[:, None, :]) | eye[None])[:, None]
     dh = d // heads
 
     def lin(name, t):

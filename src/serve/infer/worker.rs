@@ -183,11 +183,13 @@ pub(crate) mod tests {
                 activation: Default::default(),
                 positions: Default::default(),
                 head: Default::default(),
+                padding: Default::default(),
             },
             behaviours: vec![],
             context: vec![],
             training: None,
             metrics: None,
+            imported: None,
         }
     }
 

@@ -803,6 +803,7 @@ async fn load_and_unload_cycles_leave_no_threads_behind() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.get("/models").await;
     assert_eq!(threads(), t1, "threads after 41 cycles");
-    // Each leaked thread stack was two mappings; allow the allocator a few of its own.
-    assert!(maps() <= m1 + 6, "mappings {} -> {}", m1, maps());
+    // Each leaked thread stack was two mappings (+80 over 40 cycles); allow the allocator some of
+    // its own (arenas come and go: +8 was seen once on a loaded machine).
+    assert!(maps() <= m1 + 20, "mappings {} -> {}", m1, maps());
 }

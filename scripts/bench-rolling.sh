@@ -132,25 +132,10 @@ with open(sys.argv[2], "w") as f:
     f.write("local carry = 0\ndelay = function()\n  carry = carry + pause\n  local d = math.floor(carry)\n  carry = carry - d\n  return d\nend\n")
 EOF
 
-wrk_run() { # seconds delay_ms -> wrk output
-    WRK_DELAY_MS=$2 wrk -t1 -c"$CONN" -d"$1"s --latency -s "$WORK/load.lua" "$URL" 2>&1
-}
-rate() { awk '/^Requests\/sec/ {print $2}'; }
-p99() { awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v}'; }
-non2xx() { awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}'; }
-sockerr() { awk '/Socket errors/ {sub(/^ +/, ""); print; f=1} END {if (!f) print "none"}'; }
-requests() { awk '/requests in/ {print $1}'; }
+source scripts/wrk-lib.sh
 
-# 1. Maximum rate through nginx (closed loop), then pace to half of it (as scripts/bench-swap.sh).
-wrk_run 2 0 >/dev/null
-MAX=$(wrk_run 10 0 | rate)
-TARGET=$(python3 -c "print($MAX / 2)")
-DELAY=$(python3 -c "print(round($CONN / $TARGET * 1000, 3))")
-for _ in 1 2 3 4; do
-    GOT=$(wrk_run 5 "$DELAY" | rate)
-    echo "calibration: delay ${DELAY} ms -> ${GOT} req/s" >&2
-    DELAY=$(python3 -c "lat = $CONN / $GOT * 1000 - $DELAY; print(round(max(0.0, $CONN / $TARGET * 1000 - lat), 3))")
-done
+# 1. Maximum rate through nginx (closed loop), then pace to half of it.
+pace_to_half_rate
 echo "runner $RUNNER; max rate through nginx ${MAX} req/s; target ${TARGET} req/s; per-connection delay ${DELAY} ms, ${CONN} connections"
 
 # 2. Steady, no restarts.

@@ -10,7 +10,7 @@ D=../shared/data
 [ -d "$D" ] || { echo "../shared/data is absent: the shipped models are trained on it" >&2; exit 1; }
 S=target/release/seqserve
 # Beauty: the defaults of `seqserve train` are this recipe (README "Training recipe", row 10), with two
-# data-parallel threads (a run is bit-reproducible at the same thread count). beauty-2l was trained
+# data-parallel threads (faster than one; but only one-thread runs are bit-reproducible). beauty-2l was trained
 # so; the other models were trained by the previous defaults (row 6, `--threads 1`), which their
 # manifests record in full (training.recipe, architecture) until they are retrained.
 BEAUTY="--data $D/amazon_s3rec/Beauty.txt --threads 2"

@@ -170,10 +170,10 @@ fn sampled_loss_with_post_norm_learns_the_pattern() {
 }
 
 /// Two data-parallel threads (each with half of every batch) and the references' options (normal
-/// initialisation, no head, right-aligned positions, random batches): the pattern is learnt, the
-/// options are recorded, and a second run gives bit-identical weights.
+/// initialisation, no head, right-aligned positions, random batches): the pattern is learnt, by a
+/// second run too, and the options are recorded.
 #[test]
-fn two_training_threads_learn_with_the_reference_options_and_reproduce_exactly() {
+fn two_training_threads_learn_with_the_reference_options() {
     let _rng = lock();
     let dir = tempfile::tempdir().unwrap();
     let data = ring(dir.path());
@@ -208,14 +208,15 @@ fn two_training_threads_learn_with_the_reference_options_and_reproduce_exactly()
         (recipe["init"].as_str(), recipe["batches"].as_str()),
         (Some("normal"), Some("random"))
     );
-    let (va, vb) = (a.model.vs.variables(), b.model.vs.variables());
-    for (name, t) in &va {
-        let diff = (t - &vb[name]).abs().max().double_value(&[]);
-        assert_eq!(
-            diff, 0.0,
-            "{name} differs by {diff} between two identical runs"
-        );
-    }
+    // Two-thread runs are not bit-identical (CI saw a bias differ by 0.007 after 6 epochs; see
+    // batch_step), but the second learns the pattern as well. Exact reproduction is a one-thread
+    // property, tested by resumed_run_reproduces_the_uninterrupted_one.
+    let mb = b.model.manifest.metrics.clone().unwrap();
+    assert!(
+        mb.test["hr@10"] > 0.6,
+        "second run: test hr@10 {}",
+        mb.test["hr@10"]
+    );
 }
 
 /// A run paused after 2 epochs and resumed from its checkpoint ends with exactly the weights and

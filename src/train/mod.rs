@@ -639,8 +639,11 @@ fn make_batches(
 /// With several `workers`, the batch is shared between threads: each runs its part (with one
 /// libtorch thread and its own dropout stream, seeded from `seed` and its index), its loss
 /// weighted by its share of the batch's targets, so that the gradients the threads accumulate are
-/// exactly the whole batch's mean-loss gradient. With two threads the sum is order-independent
-/// (a + b = b + a), so a run is reproducible. Returns the batch's mean loss.
+/// exactly the whole batch's mean-loss gradient. Two-thread runs are not bit-reproducible: two
+/// runs of the same command were seen to differ in the last bits from the first epoch (the cause is
+/// not pinned down: concurrent accumulation into shared gradients, or BLAS results that depend on
+/// buffer alignment), drifting apart slightly over epochs; one-thread runs reproduce exactly.
+/// Returns the batch's mean loss.
 #[allow(clippy::too_many_arguments)]
 fn batch_step(
     model: &Model,

@@ -142,7 +142,9 @@ pub struct TrainArgs {
     /// auto | cpu | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
-    /// libtorch intra-op threads (0 = the CPU quota).
+    /// Training threads (0 = the CPU quota): with several, each takes a part of every batch with one
+    /// libtorch thread (data-parallel; faster, but not bit-reproducible); with one, libtorch runs
+    /// single-threaded and a run reproduces exactly.
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Write the training curves (loss and validation metrics per epoch, best epoch marked) as

@@ -35,20 +35,9 @@ fn best_within(points: &[(usize, f64, f64)]) -> (f64, f64, usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let model_dir = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "models/beauty-2l".into());
+    let (model_dir, secs) = common::model_dir_and_seconds();
     let redis_url = std::env::var("BENCH_REDIS_URL")
         .expect("BENCH_REDIS_URL (scripts/bench-history.sh starts a redis-server)");
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
     let model =
         Model::load(std::path::Path::new(&model_dir), tch::Device::Cpu).expect("load model");
     let n_items = model.catalogue.len() as u64;

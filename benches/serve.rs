@@ -121,18 +121,7 @@ async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let model_dir = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "models/beauty-2l".into());
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let (model_dir, secs) = common::model_dir_and_seconds();
     let threads = seqserve::device::configure_threads(0);
     let model =
         Model::load(std::path::Path::new(&model_dir), tch::Device::Cpu).expect("load model");

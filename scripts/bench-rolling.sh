@@ -118,21 +118,9 @@ wait_ready "$NGINX_PORT" 10 "$WORK/error.log"
 URL="http://127.0.0.1:$NGINX_PORT"
 
 # Request bodies: small histories of real catalogue ids of the image's model.
-python3 - models/beauty-2l/items.txt "$WORK/load.lua" <<'EOF'
-import json, random, sys
-items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
-rng = random.Random(11)
-bodies = [json.dumps({"history": rng.sample(items, rng.randint(3, 20)), "k": 10}) for _ in range(200)]
-with open(sys.argv[2], "w") as f:
-    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-    f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
-    f.write("local n = 0\nlocal pause = tonumber(os.getenv('WRK_DELAY_MS') or '0')\n")
-    f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
-    # wrk truncates delays to whole ms: carry the fraction so the mean delay is exact.
-    f.write("local carry = 0\ndelay = function()\n  carry = carry + pause\n  local d = math.floor(carry)\n  carry = carry - d\n  return d\nend\n")
-EOF
-
 source scripts/wrk-lib.sh
+write_load_lua models/beauty-2l/items.txt 11
+
 
 # 1. Maximum rate through nginx (closed loop), then pace to half of it.
 pace_to_half_rate

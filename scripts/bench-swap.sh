@@ -31,20 +31,8 @@ ln -s "$MODEL" "$WORK/repo/bench/1"
 ln -s "$MODEL" "$WORK/repo/bench/2"
 
 # Request bodies: histories of real catalogue ids.
-python3 - "$MODEL/items.txt" "$WORK/load.lua" <<'EOF'
-import json, random, sys
-items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
-rng = random.Random(7)
-bodies = [json.dumps({"history": rng.sample(items, rng.randint(3, 20)), "k": 10,
-                      "user": f"u{i}"}) for i in range(200)]
-with open(sys.argv[2], "w") as f:
-    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-    f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
-    f.write("local n = 0\nlocal pause = tonumber(os.getenv('WRK_DELAY_MS') or '0')\n")
-    f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
-    # wrk truncates delays to whole ms: carry the fraction so the mean delay is exact.
-    f.write("local carry = 0\ndelay = function()\n  carry = carry + pause\n  local d = math.floor(carry)\n  carry = carry - d\n  return d\nend\n")
-EOF
+source scripts/wrk-lib.sh
+write_load_lua "$MODEL/items.txt" 7 user
 
 SEQSERVE__ADMIN__TOKEN=$TOKEN "$BIN" serve --repository "$WORK/repo" --host 127.0.0.1 --port "$PORT" \
     --log-format json 2>"$WORK/server.log" &
@@ -52,7 +40,6 @@ SERVER=$!
 wait_ready "$PORT" 60 "$WORK/server.log"
 URL="http://127.0.0.1:$PORT"
 
-source scripts/wrk-lib.sh
 
 # 1. Maximum rate (closed loop), then each connection paced to half of it.
 pace_to_half_rate

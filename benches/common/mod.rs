@@ -26,6 +26,20 @@ pub fn events(h: &[String]) -> Vec<HistoryEvent> {
         .collect()
 }
 
+/// The model directory (the first argument that is not a `--flag` cargo bench passes; default
+/// models/beauty-2l) and the seconds per measurement point (BENCH_SECONDS, default 5).
+pub fn model_dir_and_seconds() -> (String, f64) {
+    let model_dir = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| "models/beauty-2l".into());
+    let secs = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    (model_dir, secs)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

@@ -87,6 +87,17 @@ fn malformed_holdout_lines_are_named() {
     let e = parse_holdout("{\"history\": [1], \"relevant\": [2], \"extra\": 1}\n", p).unwrap_err();
     assert!(e.to_string().contains("unknown field"), "{e}");
     assert!(parse_holdout("\n\n", p).is_err());
+    // As in requests: 0.0 is the item id 0, 1e-400 (which parses to the same f64) is no id.
+    assert!(parse_holdout("{\"history\": [1], \"relevant\": [0.0]}\n", p).is_ok());
+    let e = parse_holdout(
+        "{\"history\": [1], \"relevant\": [2]}\n{\"history\": [1], \"relevant\": [1e-400]}\n",
+        p,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("h.jsonl:2:") && e.to_string().contains("1e-400"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -98,7 +98,11 @@ pub fn read_cases(
             provenance = Some(p.provenance);
             continue;
         }
+        crate::model::watch_float_zero_ids();
         let case: HoldoutCase = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
+        if let Some(refusal) = crate::model::underflowed_zero_id(line.as_bytes()) {
+            return Err(err(refusal));
+        }
         if case.relevant.is_empty() {
             return Err(err("relevant must list at least one item".into()));
         }

@@ -84,12 +84,18 @@ pub const MAX_INTEGER_ITEM_ID: u64 = (1 << 53) - 1;
 pub const MAX_ITEM_ID_CHARS: usize = 128;
 
 impl ItemId {
-    /// The external id; ids must be 1 to 128 characters.
-    pub fn into_checked(self, field: &str) -> Result<String, String> {
-        let s = match self {
+    /// The id as text (an integer in decimal), unchecked: other keys written like item ids (user
+    /// and event ids) apply their own bounds.
+    pub fn into_text(self) -> String {
+        match self {
             ItemId::Int(i) => i.to_string(),
             ItemId::Str(s) => s,
-        };
+        }
+    }
+
+    /// The external id; ids must be 1 to 128 characters.
+    pub fn into_checked(self, field: &str) -> Result<String, String> {
+        let s = self.into_text();
         if s.is_empty() || s.chars().count() > MAX_ITEM_ID_CHARS {
             return Err(format!("{field}: item ids must be 1 to 128 characters"));
         }

@@ -61,10 +61,7 @@ pub struct EventsAccepted {
 }
 
 fn user_id(id: ItemId, field: &str) -> Result<String, String> {
-    let s = match id {
-        ItemId::Int(i) => i.to_string(),
-        ItemId::Str(s) => s,
-    };
+    let s = id.into_text();
     if s.is_empty() || s.chars().count() > MAX_USER_KEY {
         return Err(format!("{field}: must be 1 to {MAX_USER_KEY} characters"));
     }

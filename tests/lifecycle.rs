@@ -800,7 +800,12 @@ async fn load_and_unload_cycles_leave_no_threads_behind() {
     for _ in 0..40 {
         cycle().await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A leaked worker is one thread per cycle, for good; tokio's blocking pool may hold one more
+    // for a while (its idle threads live 10 s), so wait up to 15 s for the count to come back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while threads() != t1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     c.get("/models").await;
     assert_eq!(threads(), t1, "threads after 41 cycles");
     // Each leaked thread stack was two mappings (+80 over 40 cycles); allow the allocator some of

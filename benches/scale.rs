@@ -8,6 +8,9 @@
 //! 1. the raw matmul floor: one libtorch addmm of a 32-row batch against the item matrix, nothing else;
 //! 2. exact retrieval alone (`retrieval::exact`, seen items masked, top 10) and the whole exact
 //!    `Model::recommend` (encoder included), both at batch 32, as requests/s and as a share of the floor;
+//!    then the exact scan as the server configures it for large catalogues: f32 over all cores, and
+//!    the bf16 first pass with f32 re-rank over all cores, beside the compute limit: the peak GEMM
+//!    rate (a 2048×64×2048 product on all cores, measured at start) over 2·d·N FLOP a request;
 //! 3. the HNSW index: build time, in-process ANN requests/s, and recall@10 against the exact ranking;
 //! 4. the real server (`seqserve serve`, a child process): time from spawn to ready, RSS, and closed-loop
 //!    requests/s and p99 at 16 and 64 concurrent clients, with exact and with ANN retrieval.
@@ -264,6 +267,8 @@ fn main() {
             .display()
             .to_string()
     }));
+    let cores = seqserve::device::or_cpu_quota(0);
+    let peak_gflops = peak_gemm_gflops(cores, secs);
     tch::set_num_threads(1);
     let base = Model::load(Path::new(BASE), Device::Cpu).expect("load models/beauty-2l");
     let (hist, hist_kind) = histories(&base, 4096);
@@ -350,9 +355,36 @@ fn main() {
             let (q, s) = batch(i);
             let _ = model.recommend(&q, &s);
         });
+        let scan_rate = |scan: &exact::Scan| {
+            tch::no_grad(|| {
+                rate(secs, |i| {
+                    let (_, specs) = batch(i);
+                    let _ =
+                        exact::retrieve_scan(scan, &zs[(i / 32) % zs.len()], &emb, &bias, &specs);
+                })
+            })
+        };
+        let f32_all = scan_rate(&exact::Scan {
+            strategy: exact::Strategy::Blocked,
+            threads: cores,
+            bf16: None,
+        });
+        let bf16_all = match seqserve::model::retrieval::bf16::Items::new(&emb, &bias) {
+            Ok(items) => scan_rate(&exact::Scan {
+                strategy: exact::Strategy::Blocked,
+                threads: cores,
+                bf16: Some(items),
+            }),
+            Err(e) => {
+                eprintln!("[scale] bf16 scan refused: {e}");
+                f64::NAN
+            }
+        };
+        let d = base.manifest.architecture.d_model as f64;
+        let limit = peak_gflops * 1e9 / (2.0 * d * n as f64);
         let mut row = serde_json::json!({
             "n": n, "weights_mb": weights_mb, "floor": floor, "exact_only": exact_only,
-            "exact_full": exact_full,
+            "exact_full": exact_full, "f32_all": f32_all, "bf16_all": bf16_all, "limit": limit,
         });
         if n <= ann_max {
             let t0 = Instant::now();
@@ -443,8 +475,46 @@ fn main() {
     print_tables(&table);
 }
 
+/// The peak GEMM rate on `threads` threads: a 2048×64×2048 product, as many as fit in `secs`.
+fn peak_gemm_gflops(threads: usize, secs: f64) -> f64 {
+    tch::set_num_threads(threads as i32);
+    let a = Tensor::randn([2048, 64], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([64, 2048], (Kind::Float, Device::Cpu));
+    let out = Tensor::empty([2048, 2048], (Kind::Float, Device::Cpu));
+    for _ in 0..3 {
+        let _ = a.mm_out(&out, &b);
+    }
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs.min(3.0) {
+        let _ = a.mm_out(&out, &b);
+        n += 1;
+    }
+    let g = 2.0 * 2048.0 * 64.0 * 2048.0 * n as f64 / t0.elapsed().as_secs_f64() / 1e9;
+    println!("peak GEMM (2048×64×2048, {threads} threads): {g:.0} GFLOPS\n");
+    g
+}
+
 fn print_tables(rows: &[serde_json::Value]) {
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    println!("| items | compute limit req/s | exact scan f32, all cores (share of limit) | exact scan bf16 first pass + f32 re-rank, all cores (share) | served exact c=64 req/s (share), p99 ms |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        let limit = f(r, "limit");
+        println!(
+            "| {} | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%), {:.1} |",
+            r["n"],
+            limit,
+            f(r, "f32_all"),
+            100.0 * f(r, "f32_all") / limit,
+            f(r, "bf16_all"),
+            100.0 * f(r, "bf16_all") / limit,
+            f(r, "exact_c64_rps"),
+            100.0 * f(r, "exact_c64_rps") / limit,
+            f(r, "exact_c64_p99"),
+        );
+    }
+    println!();
     println!("| items | weights MB | matmul floor req/s | exact retrieval req/s (share of floor) | exact recommend req/s (share) | index build s | index MB |");
     println!("|---|---|---|---|---|---|---|");
     for r in rows {

@@ -91,6 +91,22 @@ pub fn serving_threads(configured: usize) -> usize {
     }
 }
 
+/// Whether the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo (false
+/// where that file is absent): without it libtorch's bf16 GEMM is emulated and slower than f32.
+pub fn cpu_has_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .take(1)
+                .any(|l| {
+                    l.split_whitespace()
+                        .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+                })
+        })
+        .unwrap_or(false)
+}
+
 /// A configured thread count where 0 means "the CPU quota".
 pub fn or_cpu_quota(configured: usize) -> usize {
     if configured == 0 {

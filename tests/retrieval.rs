@@ -67,6 +67,76 @@ fn exact_recommend_equals_ranking_the_full_score_matrix() {
     }
 }
 
+/// Every scan a server can be configured with (threads; the bf16 first pass) returns the f32
+/// ranking: on a random model, and on the shipped beauty-2l with real Beauty histories (skipped with
+/// a message where ../shared/data is absent, as on a user's machine).
+#[test]
+fn configured_scans_return_the_f32_ranking() {
+    use seqserve::model::retrieval::exact::ScanPrecision;
+    let same = |a: &[Vec<(usize, f32)>], b: &[Vec<(usize, f32)>], what: &str| {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            let ids = |l: &[(usize, f32)]| l.iter().map(|v| v.0).collect::<Vec<_>>();
+            assert_eq!(ids(x), ids(y), "{what}");
+            for (p, q) in x.iter().zip(y) {
+                assert!((p.1 - q.1).abs() <= 1e-4, "{what}: {p:?} vs {q:?}");
+            }
+        }
+    };
+    let n = 5000;
+    let mut model = random_model(n, 2, 3);
+    let qs = queries(64, n as u64, 5);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let sp = specs(&qs, 10, n as u64, 6);
+    let want = model.recommend(&refs, &sp);
+    for (threads, precision) in [
+        (3, ScanPrecision::F32),
+        (1, ScanPrecision::Bf16),
+        (2, ScanPrecision::Bf16),
+    ] {
+        let said = model.configure_scan(threads, precision).unwrap();
+        same(&model.recommend(&refs, &sp), &want, &said);
+    }
+    let Some(beauty) = common::shared_data("amazon_s3rec/Beauty.txt") else {
+        return; // shared_data said it is skipped and why
+    };
+    let mut model = Model::load(std::path::Path::new("models/beauty-2l"), Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(beauty).unwrap();
+    let prepared: Vec<_> = text
+        .lines()
+        .take(512)
+        .map(|l| {
+            let ids: Vec<String> = l.split_whitespace().skip(1).map(str::to_string).collect();
+            let ev: Vec<seqserve::model::HistoryEvent> = ids[..ids.len() - 1]
+                .iter()
+                .map(|i| seqserve::model::HistoryEvent {
+                    item: i.clone(),
+                    behaviour: None,
+                })
+                .collect();
+            model.prepare(&ev, &Default::default()).unwrap()
+        })
+        .collect();
+    let refs: Vec<&Query> = prepared.iter().map(|p| &p.query).collect();
+    let sp: Vec<RankSpec> = prepared
+        .iter()
+        .map(|p| RankSpec {
+            k: 20,
+            exclude: p.seen.clone(),
+            candidates: None,
+        })
+        .collect();
+    let want = model.recommend(&refs, &sp);
+    for (threads, precision) in [(2, ScanPrecision::F32), (2, ScanPrecision::Bf16)] {
+        let said = model.configure_scan(threads, precision).unwrap();
+        same(
+            &model.recommend(&refs, &sp),
+            &want,
+            &format!("beauty-2l, {said}"),
+        );
+    }
+}
+
 #[test]
 fn ann_recalls_the_exact_ranking_with_exact_scores_and_falls_back() {
     let n = 4000;

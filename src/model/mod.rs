@@ -92,7 +92,7 @@ impl Model {
             vs,
             device,
             exact: retrieval::Exact {
-                strategy: retrieval::exact::Strategy::for_device(device),
+                scan: retrieval::exact::Scan::plain(retrieval::exact::Strategy::for_device(device)),
             },
             ann: None,
             _weights: None,
@@ -365,6 +365,51 @@ impl Model {
         retrieval::AnnIndex::build(&emb, &bias, params, threads)
     }
 
+    /// Sets how the exact CPU scan runs (threads, 0 = auto; bf16 first pass or not) and says what
+    /// it chose. On an accelerator the scan is one device GEMM and this changes nothing.
+    pub fn configure_scan(
+        &mut self,
+        threads: usize,
+        precision: retrieval::exact::ScanPrecision,
+    ) -> Result<String, String> {
+        use retrieval::exact::{ScanPrecision, Strategy, LARGE_CATALOGUE};
+        if self.exact.scan.strategy != Strategy::Blocked {
+            return Ok("device top-k".into());
+        }
+        let n = self.catalogue.len();
+        let large = n >= LARGE_CATALOGUE;
+        self.exact.scan.threads = match threads {
+            0 if large => crate::device::or_cpu_quota(0),
+            0 => 1,
+            t => t,
+        };
+        let want_bf16 = match precision {
+            ScanPrecision::F32 => false,
+            ScanPrecision::Bf16 => true,
+            ScanPrecision::Auto => large && crate::device::cpu_has_bf16(),
+        };
+        self.exact.scan.bf16 = None;
+        if want_bf16 {
+            let (emb, bias) = self.encoder.item_matrix();
+            match retrieval::bf16::Items::new(&emb, &bias) {
+                Ok(items) => self.exact.scan.bf16 = Some(items),
+                Err(e) if precision == ScanPrecision::Bf16 => {
+                    return Err(format!("retrieval.scan_precision = \"bf16\": {e}"))
+                }
+                Err(e) => tracing::warn!(error = %e, "bf16 scan refused; scanning in f32"),
+            }
+        }
+        let s = &self.exact.scan;
+        Ok(match &s.bf16 {
+            Some(items) => format!(
+                "bf16 first pass ({} MB copy) + f32 re-rank, {} thread(s)",
+                items.bytes() >> 20,
+                s.threads
+            ),
+            None => format!("f32, {} thread(s)", s.threads),
+        })
+    }
+
     /// Attaches approximate retrieval: the index saved at `saved` (memory-mapped, checked against
     /// the weights) when that file exists, else one built now.
     pub fn attach_index(
@@ -387,7 +432,7 @@ impl Model {
         };
         self.ann = Some(retrieval::Approximate {
             index,
-            fallback: self.exact.strategy,
+            fallback: self.exact.scan.strategy,
         });
         Ok(())
     }

@@ -110,6 +110,13 @@ pub struct RetrievalSection {
     pub expansion_search: usize,
     /// The index proposes at least this many items per request (re-scored exactly, best k kept).
     pub min_candidates: usize,
+    /// Threads of the exact CPU scan, each over a range of the items; 0 = auto: the CPU quota for
+    /// catalogues of 262,144 items or more (where the scan is most of a request), else 1.
+    pub scan_threads: usize,
+    /// auto | f32 | bf16: a bf16 first pass with a proven error bound, then the few items that can
+    /// still win re-scored in f32 (the answer is the f32 scan's). auto = bf16 for catalogues of
+    /// 262,144 items or more on CPUs with native bf16 (AVX-512 BF16 or AMX).
+    pub scan_precision: crate::model::retrieval::exact::ScanPrecision,
 }
 
 impl Default for RetrievalSection {
@@ -122,6 +129,8 @@ impl Default for RetrievalSection {
             expansion_add: p.expansion_add,
             expansion_search: p.expansion_search,
             min_candidates: p.min_candidates,
+            scan_threads: 0,
+            scan_precision: Default::default(),
         }
     }
 }
@@ -401,7 +410,7 @@ impl Config {
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
         let h = &self.history;
-        let ranges: [(&str, u64, u64, u64); 44] = [
+        let ranges: [(&str, u64, u64, u64); 45] = [
             ("history.max_events", h.max_events as u64, 1, 100_000),
             ("history.max_users", h.max_users as u64, 1, 1_000_000_000),
             ("history.ttl_secs", h.ttl_secs, 0, 10 * 365 * 86_400),
@@ -517,6 +526,12 @@ impl Config {
                 self.retrieval.min_candidates as u64,
                 1,
                 100_000,
+            ),
+            (
+                "retrieval.scan_threads",
+                self.retrieval.scan_threads as u64,
+                0,
+                cores,
             ),
             ("batching.max_batch_size", b.max_batch_size as u64, 1, 4096),
             ("batching.max_delay_us", b.max_delay_us, 0, 1_000_000),
@@ -658,6 +673,13 @@ mod tests {
         std::fs::write(&f, "[server]\nprot = 1\n").unwrap();
         let e = load(Some(&f), &[]).unwrap_err();
         assert!(e.contains("prot"), "{e}");
+        let e = load(None, &[("retrieval.scan_precision", "bf17".into())]).unwrap_err();
+        assert!(e.contains("bf17") && e.contains("retrieval.scan_precision"), "{e}");
+        let c = load(None, &[("retrieval.scan_precision", "bf16".into())]).unwrap();
+        assert_eq!(
+            c.retrieval.scan_precision,
+            crate::model::retrieval::exact::ScanPrecision::Bf16
+        );
         let e = load(None, &[("batching.max_batch_size", "0".into())]).unwrap_err();
         assert!(e.contains("batching.max_batch_size"), "{e}");
         let e = load(None, &[("model.device", "tpu".into())]).unwrap_err();

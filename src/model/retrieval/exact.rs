@@ -36,9 +36,91 @@ impl Strategy {
 /// Score elements per block of the blocked scan (B × block floats, 1 MiB): small enough for L2.
 const BLOCK_ELEMS: usize = 256 * 1024;
 
+/// Catalogues from this size up are split across threads and scanned in bf16 first when `auto`
+/// (below it the scan is a small share of a request and a thread hand-off costs more than it saves).
+pub const LARGE_CATALOGUE: usize = 262_144;
+
+/// Whether the CPU scan takes a bf16 first pass (answers are exact either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanPrecision {
+    /// bf16 for catalogues of [`LARGE_CATALOGUE`] items or more on a CPU with bf16 arithmetic
+    /// (AVX-512 BF16 or AMX), f32 otherwise.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// How the CPU scan runs: over how many threads (each scans a contiguous range of the items with
+/// one libtorch thread, and the ranges' top lists are merged) and whether a bf16 first pass
+/// (`bf16.rs`, exact answers) is used.
+pub struct Scan {
+    pub strategy: Strategy,
+    pub threads: usize,
+    pub bf16: Option<super::bf16::Items>,
+}
+
+impl Scan {
+    /// One thread, f32: what every model starts with.
+    pub fn plain(strategy: Strategy) -> Scan {
+        Scan {
+            strategy,
+            threads: 1,
+            bf16: None,
+        }
+    }
+}
+
+/// [`retrieve`] with a configured scan.
+pub fn retrieve_scan(
+    scan: &Scan,
+    z: &Tensor,
+    emb: &Tensor,
+    bias: &Tensor,
+    specs: &[RankSpec],
+) -> Vec<Vec<(usize, f32)>> {
+    retrieve_with(scan, BLOCK_ELEMS, z, emb, bias, specs)
+}
+
+/// Splits 0..n into at most `threads` contiguous ranges of similar size.
+pub(super) fn split_ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
+    let t = threads.clamp(1, n.max(1));
+    (0..t).map(|i| (n * i / t, n * (i + 1) / t)).collect()
+}
+
+/// Runs `f` on each part, the first on this thread and the others on scoped threads, each with
+/// one libtorch intra-op thread (the parts are the parallelism); results in order. Tensors are not
+/// Sync, so each part carries its own (shallow) handles.
+pub(super) fn in_parallel<C: Send, T: Send>(parts: Vec<C>, f: impl Fn(C) -> T + Sync) -> Vec<T> {
+    let prev = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let mut parts = parts.into_iter();
+    let first = parts.next();
+    let out = std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = parts
+            .map(|p| {
+                s.spawn(move || {
+                    tch::set_num_threads(1);
+                    let _guard = tch::no_grad_guard();
+                    f(p)
+                })
+            })
+            .collect();
+        let mut out: Vec<T> = first.into_iter().map(f).collect();
+        for h in handles {
+            out.push(h.join().expect("scan thread"));
+        }
+        out
+    });
+    tch::set_num_threads(prev);
+    out
+}
+
 /// Ranks each query vector `z` (B, d) against the item matrix `emb` (N, d) with biases `bias` (N):
 /// one ranked list of (item index, score) per spec, exactly as `rank::top_k` would rank the full
-/// score row z·Eᵀ + b.
+/// score row z·Eᵀ + b. One thread, f32.
 pub fn retrieve(
     strategy: Strategy,
     z: &Tensor,
@@ -52,6 +134,17 @@ pub fn retrieve(
 /// [`retrieve`] with the blocked scan's block size in score elements (tests use small blocks).
 fn retrieve_blocks(
     strategy: Strategy,
+    block_elems: usize,
+    z: &Tensor,
+    emb: &Tensor,
+    bias: &Tensor,
+    specs: &[RankSpec],
+) -> Vec<Vec<(usize, f32)>> {
+    retrieve_with(&Scan::plain(strategy), block_elems, z, emb, bias, specs)
+}
+
+fn retrieve_with(
+    scan: &Scan,
     block_elems: usize,
     z: &Tensor,
     emb: &Tensor,
@@ -77,8 +170,8 @@ fn retrieve_blocks(
         }
     }
     if !full_rows.is_empty() && n > 0 {
-        let lists = match strategy {
-            Strategy::Blocked => blocked(block_elems, z, emb, bias, specs, &full_rows),
+        let lists = match scan.strategy {
+            Strategy::Blocked => blocked_scan(scan, block_elems, z, emb, bias, specs, &full_rows),
             Strategy::DeviceTopk => device_topk(z, emb, bias, specs, &full_rows),
         };
         for (r, list) in full_rows.into_iter().zip(lists) {
@@ -97,7 +190,10 @@ fn sorted_exclusions(spec: &RankSpec) -> Vec<usize> {
     ex
 }
 
-fn blocked(
+/// The CPU scan of `rows`: in bf16 first when the scan has the copy, else in f32; over the
+/// scan's threads either way.
+fn blocked_scan(
+    scan: &Scan,
     block_elems: usize,
     z: &Tensor,
     emb: &Tensor,
@@ -106,12 +202,58 @@ fn blocked(
     rows: &[usize],
 ) -> Vec<Vec<(usize, f32)>> {
     let n = emb.size()[0] as usize;
-    let b = rows.len();
     let zf = select_rows(z, rows).to_kind(Kind::Float).contiguous();
+    let excl: Vec<Vec<usize>> = rows.iter().map(|&r| sorted_exclusions(&specs[r])).collect();
+    let ks: Vec<usize> = rows.iter().map(|&r| specs[r].k).collect();
+    if let Some(items) = &scan.bf16 {
+        let got =
+            super::bf16::retrieve(items, scan.threads, block_elems, &zf, emb, bias, &ks, &excl);
+        if let Some(lists) = got {
+            return lists;
+        }
+    }
+    let ranges = split_ranges(n, scan.threads);
+    let part = |&(lo, hi): &(usize, usize)| RangePart {
+        z: zf.shallow_clone(),
+        emb: emb.narrow(0, lo as i64, (hi - lo) as i64),
+        bias: bias.narrow(0, lo as i64, (hi - lo) as i64),
+        offset: lo,
+    };
+    let run = |p: RangePart| blocked(block_elems, &p, &ks, &excl);
+    let parts = if ranges.len() == 1 {
+        vec![run(part(&ranges[0]))]
+    } else {
+        in_parallel(ranges.iter().map(part).collect(), run)
+    };
+    let mut parts = parts.into_iter();
+    let mut tops = parts.next().unwrap_or_default();
+    for p in parts {
+        for (top, other) in tops.iter_mut().zip(p) {
+            for (j, s) in other.into_vec() {
+                top.offer(j, s);
+            }
+        }
+    }
+    tops.into_iter().map(TopK::into_vec).collect()
+}
+
+/// One thread's share of a scan: the queries and a contiguous range of the item matrix, whose
+/// first row is item index offset + 1.
+struct RangePart {
+    z: Tensor,
+    emb: Tensor,
+    bias: Tensor,
+    offset: usize,
+}
+
+/// The f32 scan of one range of the items: each row's best k of that range.
+fn blocked(block_elems: usize, p: &RangePart, ks: &[usize], excl: &[Vec<usize>]) -> Vec<TopK> {
+    let (zf, emb, bias) = (&p.z, &p.emb, &p.bias);
+    let n = emb.size()[0] as usize;
+    let b = ks.len();
     let block = (block_elems / b).clamp(1, n.max(1));
     let buf = Tensor::empty([(b * block) as i64], (Kind::Float, Device::Cpu));
-    let excl: Vec<Vec<usize>> = rows.iter().map(|&r| sorted_exclusions(&specs[r])).collect();
-    let mut tops: Vec<TopK> = rows.iter().map(|&r| TopK::new(specs[r].k)).collect();
+    let mut tops: Vec<TopK> = ks.iter().map(|&k| TopK::new(k)).collect();
     let mut lo = 0;
     while lo < n {
         let len = block.min(n - lo);
@@ -120,18 +262,18 @@ fn blocked(
             .view([b as i64, len as i64]);
         let _ = bias.narrow(0, lo as i64, len as i64).addmm_out(
             &out,
-            &zf,
+            zf,
             &emb.narrow(0, lo as i64, len as i64).tr(),
         );
         // SAFETY: `out` is a contiguous CPU float tensor of b × len elements that lives (through
         // `buf`) until the end of this iteration; nothing writes to it while the slice is read.
         let scores = unsafe { std::slice::from_raw_parts(out.data_ptr() as *const f32, b * len) };
         for (i, row) in scores.chunks_exact(len).enumerate() {
-            scan_block(&mut tops[i], row, lo, &excl[i]);
+            scan_block(&mut tops[i], row, p.offset + lo, &excl[i]);
         }
         lo += len;
     }
-    tops.into_iter().map(TopK::into_vec).collect()
+    tops
 }
 
 /// Offers one block of a row (column j = item index lo + j + 1). Blocks come in ascending item
@@ -475,5 +617,159 @@ mod tests {
         for strategy in [Strategy::Blocked, Strategy::DeviceTopk] {
             assert_eq!(retrieve(strategy, &z, &emb, &bias, &specs), vec![vec![]]);
         }
+    }
+
+    /// The scans a server can be configured with: f32 over 1 and 3 threads, bf16 first pass over
+    /// 1 and 2 threads.
+    fn scans(emb: &Tensor, bias: &Tensor) -> Vec<Scan> {
+        let bf16 = || Some(super::super::bf16::Items::new(emb, bias).expect("bf16 copy"));
+        vec![
+            Scan::plain(Strategy::Blocked),
+            Scan {
+                strategy: Strategy::Blocked,
+                threads: 3,
+                bf16: None,
+            },
+            Scan {
+                strategy: Strategy::Blocked,
+                threads: 1,
+                bf16: bf16(),
+            },
+            Scan {
+                strategy: Strategy::Blocked,
+                threads: 2,
+                bf16: bf16(),
+            },
+        ]
+    }
+
+    #[test]
+    fn threaded_and_bf16_scans_rank_exactly_with_ties() {
+        // Small integers are exact in bf16 and their sums exact in f32: every scan must agree bit
+        // for bit with the reference, ties (frequent here) included.
+        let mut r = Lcg(11);
+        for trial in 0..30 {
+            let n = 1 + r.next(3000) as usize;
+            let d = 1 + r.next(8) as usize;
+            let b = 1 + r.next(9) as usize;
+            let emb = tensor(
+                (0..n * d).map(|_| r.small()).collect(),
+                &[n as i64, d as i64],
+            );
+            let bias = tensor((0..n).map(|_| r.small() / 2.0).collect(), &[n as i64]);
+            let z = tensor(
+                (0..b * d).map(|_| r.small()).collect(),
+                &[b as i64, d as i64],
+            );
+            let specs = random_specs(&mut r, b, n);
+            let want = reference(&z, &emb, &bias, &specs);
+            for (i, scan) in scans(&emb, &bias).iter().enumerate() {
+                let block = 1 + r.next(900) as usize;
+                let got = retrieve_with(scan, block, &z, &emb, &bias, &specs);
+                assert_eq!(got, want, "trial {trial}, scan {i}, block {block}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_first_pass_returns_the_f32_ranking_on_float_scores() {
+        // Scores of trained-model scale, with near-ties: the bf16 pass is off by up to ~1% of a
+        // score, so only its error bound keeps the answer exact.
+        let mut r = Lcg(5);
+        for _ in 0..12 {
+            let (n, d, b) = (5000 + r.next(20_000) as usize, 32, 1 + r.next(16) as usize);
+            let emb = tensor(
+                (0..n * d).map(|_| r.float()).collect(),
+                &[n as i64, d as i64],
+            );
+            // Near-duplicates: item i + 1 copies item i plus a tiny change, so many scores lie
+            // closer together than bf16 can tell apart.
+            emb.narrow(0, 1, (n - 1) as i64).copy_(
+                &(emb.narrow(0, 0, (n - 1) as i64)
+                    + Tensor::randn([(n - 1) as i64, d as i64], (Kind::Float, Device::Cpu)) * 1e-4),
+            );
+            let bias = tensor((0..n).map(|_| r.float()).collect(), &[n as i64]);
+            let z = tensor(
+                (0..b * d).map(|_| r.float() * 4.0).collect(),
+                &[b as i64, d as i64],
+            );
+            // k up to 50, as served: a full ranking of thousands of random scores holds pairs 1 ulp
+            // apart, whose order differs between any two GEMM shapes (the f32 scan's too).
+            let mut specs = random_specs(&mut r, b, n);
+            for s in &mut specs {
+                s.k = s.k.min(50);
+            }
+            let want = reference(&z, &emb, &bias, &specs);
+            for (i, scan) in scans(&emb, &bias).iter().enumerate() {
+                let got = retrieve_with(scan, 8192, &z, &emb, &bias, &specs);
+                for (g, w) in got.iter().zip(&want) {
+                    let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
+                    if ids(g) != ids(w) {
+                        let at = (0..g.len().min(w.len())).find(|&x| g[x].0 != w[x].0);
+                        panic!(
+                            "scan {i}: lengths {} vs {}, first difference at {at:?}: {:?} vs {:?}",
+                            g.len(),
+                            w.len(),
+                            at.map(|x| &g[x.saturating_sub(2)..(x + 3).min(g.len())]),
+                            at.map(|x| &w[x.saturating_sub(2)..(x + 3).min(w.len())])
+                        );
+                    }
+                    for (a, b) in g.iter().zip(w) {
+                        assert!(
+                            (a.1 - b.1).abs() <= 1e-5 * (1.0 + b.1.abs()),
+                            "{a:?} vs {b:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_first_pass_survives_a_flat_catalogue() {
+        // Every item ties: every item stays a candidate, the list outgrows its compaction
+        // allowance, and the lowest indices not excluded must still come back in order.
+        let n = 20_000;
+        let emb = Tensor::ones([n, 4], (Kind::Float, Device::Cpu));
+        let bias = Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let z = Tensor::ones([1, 4], (Kind::Float, Device::Cpu));
+        let specs = vec![RankSpec {
+            k: 4,
+            exclude: vec![2, 3],
+            candidates: None,
+        }];
+        for scan in scans(&emb, &bias) {
+            let got = retrieve_with(&scan, 512, &z, &emb, &bias, &specs);
+            assert_eq!(got, vec![vec![(1, 4.0), (4, 4.0), (5, 4.0), (6, 4.0)]]);
+        }
+    }
+
+    #[test]
+    fn non_finite_query_vectors_fall_back_to_the_f32_scan() {
+        let emb = Tensor::ones([300, 2], (Kind::Float, Device::Cpu));
+        let bias = Tensor::zeros([300], (Kind::Float, Device::Cpu));
+        let items = super::super::bf16::Items::new(&emb, &bias).unwrap();
+        let z = tensor(vec![f32::INFINITY, 1.0, 1.0, 1.0], &[2, 2]);
+        let ks = [3, 3];
+        let excl = [vec![], vec![]];
+        assert!(
+            super::super::bf16::retrieve(&items, 1, 4096, &z, &emb, &bias, &ks, &excl).is_none()
+        );
+        let scan = Scan {
+            strategy: Strategy::Blocked,
+            threads: 2,
+            bf16: Some(items),
+        };
+        let specs = vec![
+            RankSpec {
+                k: 3,
+                ..Default::default()
+            };
+            2
+        ];
+        assert_eq!(
+            retrieve_with(&scan, 4096, &z, &emb, &bias, &specs),
+            reference(&z, &emb, &bias, &specs)
+        );
     }
 }

@@ -3,12 +3,14 @@
 //! against it (scores = z·Eᵀ + b over the item matrix).
 //!
 //! * [`Exact`]: every item scored on the model's device, only B × k results leave it
-//!   (`exact.rs`); what evaluation always uses.
+//!   (`exact.rs`; on the CPU over several threads and with a bf16 first pass for large catalogues,
+//!   `bf16.rs`, the answer still the f32 scan's); what evaluation always uses.
 //! * [`Approximate`]: an HNSW index proposes candidates, which are re-scored exactly (`ann.rs`);
 //!   an option per served model for very large catalogues.
 //!
 //! Both rank with `rank::TopK`, the one tie policy.
 pub mod ann;
+pub mod bf16;
 pub mod exact;
 
 use super::RankSpec;
@@ -50,7 +52,7 @@ pub trait Retriever {
 
 /// Exact top-k on the model's device.
 pub struct Exact {
-    pub strategy: exact::Strategy,
+    pub scan: exact::Scan,
 }
 
 impl Retriever for Exact {
@@ -64,7 +66,7 @@ impl Retriever for Exact {
         bias: &Tensor,
         specs: &[RankSpec],
     ) -> Vec<Vec<(usize, f32)>> {
-        exact::retrieve(self.strategy, z, emb, bias, specs)
+        exact::retrieve_scan(&self.scan, z, emb, bias, specs)
     }
 }
 

@@ -44,6 +44,9 @@ impl Opener for ModelOpener {
             ));
         }
         let mut model = Model::load(dir, self.device).map_err(|e| e.to_string())?;
+        let scan =
+            model.configure_scan(self.retrieval.scan_threads, self.retrieval.scan_precision)?;
+        tracing::info!(dir = %dir.display(), items = model.catalogue.len(), scan = %scan, "exact scan");
         if self.retrieval.mode == Retrieval::Ann {
             let path = self.retrieval.index_file(dir);
             model

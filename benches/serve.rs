@@ -142,6 +142,9 @@ fn main() {
         println!("| batch {b} | {t:.0} |");
     }
     drop(model);
+    if std::env::var("BENCH_RAW_ONLY").is_ok() {
+        return;
+    }
 
     let bodies: Arc<Vec<String>> = Arc::new(
         hist.iter()

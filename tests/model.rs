@@ -207,6 +207,37 @@ fn padding_in_a_batch_does_not_change_scores() {
     }
 }
 
+/// Inference packs the real positions (`Encoder::encode_packed`); the padded encoder that training
+/// uses must give the same query vectors, for every norm placement and position scheme, in batches
+/// of mixed lengths with an empty history.
+#[test]
+fn packed_inference_equals_the_padded_encoder() {
+    use seqserve::model::manifest::{Norm, Positions};
+    for layers in [1, 2, 3] {
+        for norm in [Norm::Pre, Norm::Post] {
+            for positions in [Positions::FromOldest, Positions::FromNewest] {
+                let model = random_model_arch(40, layers, 11, |a| {
+                    a.norm = norm;
+                    a.positions = positions;
+                });
+                let qs = random_queries(9, 40, 8, layers as u64);
+                let refs: Vec<&Query> = qs.iter().collect();
+                let _guard = tch::no_grad_guard();
+                let batch = seqserve::model::to_tensors(&refs, &model.manifest, Device::Cpu);
+                let packed = model.encoder.query_vectors(&batch);
+                let y = model.encoder.hidden_last(&batch, false).select(1, 0);
+                let c = model.encoder.context_vector(&batch);
+                let padded = model.encoder.project(&y, c.as_ref());
+                let d = f64::try_from((packed - padded).abs().max()).unwrap();
+                assert!(
+                    d < 1e-5,
+                    "{layers} layers, {norm:?}, {positions:?}: differ by {d}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn save_load_round_trip_gives_identical_scores() {
     let model = random_model(25, 1, 21);

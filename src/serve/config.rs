@@ -674,7 +674,10 @@ mod tests {
         let e = load(Some(&f), &[]).unwrap_err();
         assert!(e.contains("prot"), "{e}");
         let e = load(None, &[("retrieval.scan_precision", "bf17".into())]).unwrap_err();
-        assert!(e.contains("bf17") && e.contains("retrieval.scan_precision"), "{e}");
+        assert!(
+            e.contains("bf17") && e.contains("retrieval.scan_precision"),
+            "{e}"
+        );
         let c = load(None, &[("retrieval.scan_precision", "bf16".into())]).unwrap();
         assert_eq!(
             c.retrieval.scan_precision,

@@ -162,6 +162,20 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     cfg.batching.max_queue_size = 4096;
+    // BENCH_MAX_BATCH / BENCH_MAX_DELAY_US: the batching knobs, for a search over them.
+    let knob = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    if let Some(v) = knob("BENCH_MAX_BATCH") {
+        cfg.batching.max_batch_size = v as usize;
+    }
+    if let Some(v) = knob("BENCH_MAX_DELAY_US") {
+        cfg.batching.max_delay_us = v;
+    }
+    println!(
+        "server: max_batch_size {}, max_delay_us {}, worker threads {}\n",
+        cfg.batching.max_batch_size,
+        cfg.batching.max_delay_us,
+        seqserve::device::serving_threads(cfg.model.intra_op_threads)
+    );
     // An evaluation to run beside live traffic (step 4): a holdout of random cases in a temp dir.
     let holdout_dir = std::env::temp_dir().join(format!("seqserve-bench-{}", std::process::id()));
     std::fs::create_dir_all(&holdout_dir).unwrap();
@@ -191,10 +205,13 @@ fn main() {
         // Wait for readiness.
         server.ready().await;
         println!("\n| HTTP closed loop | concurrency | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|");
+        // The best rate whose p99 stays within 25 ms (the target's condition).
         let mut best = 0f64;
         for conc in [1, 8, 32, 64, 128] {
             let (rps, lat, err) = closed_loop(&url, bodies.clone(), conc, secs).await;
-            best = best.max(rps);
+            if percentile(&lat, 0.99) <= 25.0 && err == 0 {
+                best = best.max(rps);
+            }
             println!("| | {conc} | {rps:.0} | {:.2} | {:.2} | {err} |", percentile(&lat, 0.5), percentile(&lat, 0.99));
         }
         let rate = best / 2.0;
@@ -218,7 +235,13 @@ fn main() {
         let _ = client.delete(format!("http://{addr}/evaluate/{id}")).bearer_auth("bench").send().await;
         println!("| while an evaluation runs ({} status, {}/{} cases) | {sent2:.0} | {:.2} | {:.2} | {err2} |",
             status["status"], progress["done"], progress["total"], percentile(&lat2, 0.5), percentile(&lat2, 0.99));
-        println!("\nbest HTTP rate / raw in-process batch-32 rate = {best:.0} / {raw32:.0} = {:.2}", best / raw32);
+        println!("\nbest HTTP rate = the best closed-loop rate at p99 <= 25 ms and no errors");
+        println!("best HTTP rate / raw in-process batch-32 rate = {best:.0} / {raw32:.0} = {:.2}", best / raw32);
+        // scripts/bench.sh measures the TorchScript anchor just before (same machine, same run).
+        if let Some(ts) = std::env::var("BENCH_TORCHSCRIPT").ok().and_then(|v| v.parse::<f64>().ok()) {
+            println!("best HTTP rate / raw TorchScript batch 32 of the same weights = {best:.0} / {ts:.0} = {:.2} (target >= 1.5)", best / ts);
+            println!("raw in-process batch 32 / raw TorchScript batch 32 = {raw32:.0} / {ts:.0} = {:.2}", raw32 / ts);
+        }
         println!("p99 at half the best rate = {:.2} ms (target < 25 ms)", percentile(&lat, 0.99));
         println!("p99 during evaluation / unloaded p99 = {:.2} / {:.2} = {:.2} (target <= 1.30)",
             percentile(&lat2, 0.99), percentile(&lat, 0.99), percentile(&lat2, 0.99) / percentile(&lat, 0.99));

@@ -111,11 +111,11 @@ pub struct RetrievalSection {
     /// The index proposes at least this many items per request (re-scored exactly, best k kept).
     pub min_candidates: usize,
     /// Threads of the exact CPU scan, each over a range of the items; 0 = auto: the CPU quota for
-    /// catalogues of 262,144 items or more (where the scan is most of a request), else 1.
+    /// catalogues of 65,536 items or more (where the scan is most of a request), else 1.
     pub scan_threads: usize,
     /// auto | f32 | bf16: a bf16 first pass with a proven error bound, then the few items that can
     /// still win re-scored in f32 (the answer is the f32 scan's). auto = bf16 for catalogues of
-    /// 262,144 items or more on CPUs with native bf16 (AVX-512 BF16 or AMX).
+    /// 65,536 items or more on CPUs with native bf16 (AVX-512 BF16 or AMX).
     pub scan_precision: crate::model::retrieval::exact::ScanPrecision,
 }
 

@@ -38,7 +38,7 @@ const BLOCK_ELEMS: usize = 256 * 1024;
 
 /// Catalogues from this size up are split across threads and scanned in bf16 first when `auto`
 /// (below it the scan is a small share of a request and a thread hand-off costs more than it saves).
-pub const LARGE_CATALOGUE: usize = 262_144;
+pub const LARGE_CATALOGUE: usize = 65_536;
 
 /// Whether the CPU scan takes a bf16 first pass (answers are exact either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]

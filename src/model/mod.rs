@@ -372,28 +372,28 @@ impl Model {
         threads: usize,
         precision: retrieval::exact::ScanPrecision,
     ) -> Result<String, String> {
-        use retrieval::exact::{ScanPrecision, Strategy, LARGE_CATALOGUE};
-        if self.exact.scan.strategy != Strategy::Blocked {
+        type P = retrieval::exact::ScanPrecision;
+        if self.exact.scan.strategy != retrieval::exact::Strategy::Blocked {
             return Ok("device top-k".into());
         }
         let n = self.catalogue.len();
-        let large = n >= LARGE_CATALOGUE;
+        let large = n >= retrieval::exact::LARGE_CATALOGUE;
         self.exact.scan.threads = match threads {
             0 if large => crate::device::or_cpu_quota(0),
             0 => 1,
             t => t,
         };
         let want_bf16 = match precision {
-            ScanPrecision::F32 => false,
-            ScanPrecision::Bf16 => true,
-            ScanPrecision::Auto => large && crate::device::cpu_has_bf16(),
+            P::F32 => false,
+            P::Bf16 => true,
+            P::Auto => large && crate::device::cpu_has_bf16(),
         };
         self.exact.scan.bf16 = None;
         if want_bf16 {
             let (emb, bias) = self.encoder.item_matrix();
             match retrieval::bf16::Items::new(&emb, &bias) {
                 Ok(items) => self.exact.scan.bf16 = Some(items),
-                Err(e) if precision == ScanPrecision::Bf16 => {
+                Err(e) if precision == P::Bf16 => {
                     return Err(format!("retrieval.scan_precision = \"bf16\": {e}"))
                 }
                 Err(e) => tracing::warn!(error = %e, "bf16 scan refused; scanning in f32"),

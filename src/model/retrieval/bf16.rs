@@ -17,7 +17,7 @@
 //! assumption is checked when the copy is made ([`Items::new`]): a kernel that breaks the bound on
 //! a sample refuses the bf16 path, and the f32 scan answers.
 use super::super::rank::TopK;
-use super::exact::split_ranges;
+use super::parallel::{in_parallel, split_ranges};
 use std::collections::HashSet;
 use tch::{Device, Kind, Tensor};
 
@@ -221,7 +221,7 @@ pub fn retrieve(
     let parts: Vec<Vec<Row>> = if ranges.len() == 1 {
         vec![scan(part(&ranges[0]))]
     } else {
-        super::exact::in_parallel(ranges.iter().map(part).collect(), scan)
+        in_parallel(ranges.iter().map(part).collect(), scan)
     };
     // Merge: L over all items, then the surviving candidates scored in f32.
     let emb32 = emb.to_kind(Kind::Float).contiguous();

@@ -12,6 +12,7 @@
 pub mod ann;
 pub mod bf16;
 pub mod exact;
+mod parallel;
 
 use super::RankSpec;
 use serde::{Deserialize, Serialize};

@@ -39,8 +39,10 @@ fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
         .unwrap_or(d)
 }
 
-/// Writes a model directory with `n` items: the base model's, then noisy copies of them.
-fn synthesize(base: &Model, n: usize, dir: &Path) {
+/// Writes a model directory with `n` items: the base model's, then noisy copies of them, the noise
+/// `noise` times the embeddings' spread (SCALE_NOISE: 0.5 by default, spread in all directions; a
+/// small value such as 0.05 keeps the copies close to real items: a structured catalogue).
+fn synthesize(base: &Model, n: usize, dir: &Path, noise: f64) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let real = base.catalogue.len();
@@ -55,7 +57,7 @@ fn synthesize(base: &Model, n: usize, dir: &Path) {
         let src = Tensor::randint(real as i64, [extra], (Kind::Int64, Device::Cpu));
         let spread = f64::try_from(emb.std(true)).unwrap();
         let e = emb.index_select(0, &src)
-            + Tensor::randn([extra, emb.size()[1]], (Kind::Float, Device::Cpu)) * (0.5 * spread);
+            + Tensor::randn([extra, emb.size()[1]], (Kind::Float, Device::Cpu)) * (noise * spread);
         let b = bias.index_select(0, &src);
         (
             Tensor::cat(&[emb.shallow_clone(), e], 0),
@@ -267,6 +269,7 @@ fn main() {
             .display()
             .to_string()
     }));
+    let noise: f64 = env_or("SCALE_NOISE", 0.5);
     let cores = seqserve::device::or_cpu_quota(0);
     let peak_gflops = peak_gemm_gflops(cores, secs);
     tch::set_num_threads(1);
@@ -278,6 +281,7 @@ fn main() {
             .collect(),
     );
     println!("# seqserve catalogue-scale benchmark");
+    println!("synthetic items: real item vectors plus Gaussian noise of {noise} x their spread");
     println!(
         "base {BASE} (d {}, {} layers); {} queries: {hist_kind}; k 10, seen items masked; \
          in-process rows: batch 32, 1 libtorch thread; {secs} s per point; ANN: usearch HNSW, \
@@ -298,7 +302,7 @@ fn main() {
     for &n in &sizes {
         let dir = work.join(format!("n{n}"));
         let t0 = Instant::now();
-        synthesize(&base, n, &dir);
+        synthesize(&base, n, &dir, noise);
         eprintln!(
             "[scale] {n} items: model written in {:.1} s",
             t0.elapsed().as_secs_f64()

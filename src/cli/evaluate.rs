@@ -93,7 +93,12 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut trainings = Vec::new();
     let mut leakage_found = false;
     for (id, dir) in &targets {
-        let model = Model::load(dir, device)?;
+        let mut model = Model::load(dir, device)?;
+        // The server's automatic scan (all cores and the exact bf16 first pass for large
+        // catalogues): the same rankings, sooner.
+        model
+            .configure_scan(0, seqserve::model::retrieval::exact::ScanPrecision::Auto)
+            .map_err(anyhow::Error::msg)?;
         let mut check = leakage::check(&model.manifest, holdout.provenance.as_ref());
         if check.is_leakage() {
             eprintln!(

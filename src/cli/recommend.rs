@@ -50,7 +50,11 @@ fn list(s: &str) -> Vec<String> {
 pub fn run(a: RecommendArgs) -> Result<()> {
     let device = seqserve::device::parse_device(&a.device)?;
     seqserve::device::configure_threads(a.threads);
-    let model = Model::load(&a.model, device)?;
+    let mut model = Model::load(&a.model, device)?;
+    // The server's automatic scan (all cores and the exact bf16 first pass for large catalogues).
+    model
+        .configure_scan(0, seqserve::model::retrieval::exact::ScanPrecision::Auto)
+        .map_err(anyhow::Error::msg)?;
     let items = list(&a.history);
     let behaviours = a.behaviours.as_deref().map(list);
     if let Some(b) = &behaviours {

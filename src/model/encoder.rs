@@ -261,15 +261,8 @@ impl Encoder {
         let w = items.size()[1];
         let dev = items.device();
         let nonpad = items.ne(0);
-        // Position of each real item = real items before it, or after it (padding columns are
-        // zeroed below).
-        let before = nonpad.cumsum(1, Kind::Int64);
-        let pos = match self.positions {
-            Positions::FromOldest => (before - 1).clamp_min(0),
-            Positions::FromNewest => {
-                (nonpad.sum_dim_intlist(1, true, Kind::Int64) - before).clamp_min(0)
-            }
-        };
+        // Padding columns get a position too; they are zeroed below.
+        let pos = self.position_ids(&nonpad);
         let mut x = Tensor::embedding(&self.item_emb, &items, 0, false, false)
             + Tensor::embedding(&self.pos_emb, &pos, -1, false, false);
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &behaviours) {
@@ -282,16 +275,12 @@ impl Encoder {
         // Padding columns stay zero vectors (after the LayerNorm, which would give them its bias).
         let mut x = self.drop(&(x * keep), train);
 
-        let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
         let mask = if self.attended_window.is_some() {
-            causal.view([1, 1, w, w])
+            Tensor::ones([w, w], (Kind::Bool, dev))
+                .tril(0)
+                .view([1, 1, w, w])
         } else {
-            let eye = Tensor::eye(w, (Kind::Bool, dev));
-            causal
-                .unsqueeze(0)
-                .logical_and(&nonpad.unsqueeze(1))
-                .logical_or(&eye.unsqueeze(0))
-                .unsqueeze(1)
+            masked_causal(&nonpad)
         };
         let dh = self.d / self.heads;
         let n_blocks = self.blocks.len();
@@ -329,20 +318,7 @@ impl Encoder {
                 .contiguous()
                 .view([bsz, wq, self.d]);
             let xr = xq + self.drop(&blk.o.forward(&a), train);
-            let ffn = |t: &Tensor| {
-                let h = blk.fc1.forward(t);
-                let h = match self.activation {
-                    Activation::Gelu => h.gelu("none"),
-                    Activation::Relu => h.relu(),
-                };
-                self.drop(&blk.fc2.forward(&h), train)
-            };
-            x = if post {
-                let xr = blk.ln1.forward(&xr);
-                blk.ln2.forward(&(&xr + ffn(&xr)))
-            } else {
-                &xr + ffn(&blk.ln2.forward(&xr))
-            };
+            x = self.feed_forward(blk, &xr, train);
         }
         let x = match &self.final_ln {
             Some(ln) => ln.forward(&x),
@@ -368,13 +344,7 @@ impl Encoder {
         let (bsz, w) = b.items.size2().expect("items is (B, W)");
         let dev = b.items.device();
         let nonpad = b.items.ne(0);
-        let before = nonpad.cumsum(1, Kind::Int64);
-        let pos = match self.positions {
-            Positions::FromOldest => (&before - 1).clamp_min(0),
-            Positions::FromNewest => {
-                (nonpad.sum_dim_intlist(1, true, Kind::Int64) - &before).clamp_min(0)
-            }
-        };
+        let pos = self.position_ids(&nonpad);
         // Tokens: the real positions, and the last column of every row (real unless the history
         // is empty). Row-major order, so each row's last token is at its running count - 1.
         let last_col = Tensor::zeros([bsz, w], (Kind::Bool, dev));
@@ -410,13 +380,7 @@ impl Encoder {
         let x_keep = pack(&nonpad).to_kind(x.kind());
         let mut x = x * x_keep;
 
-        let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
-        let eye = Tensor::eye(w, (Kind::Bool, dev));
-        let mask = causal
-            .unsqueeze(0)
-            .logical_and(&nonpad.unsqueeze(1))
-            .logical_or(&eye.unsqueeze(0))
-            .unsqueeze(1);
+        let mask = masked_causal(&nonpad);
         let dh = d / self.heads;
         let n_blocks = self.blocks.len();
         let post = self.norm == Norm::Post;
@@ -457,20 +421,7 @@ impl Encoder {
                 a.index_select(0, &flat)
             };
             let xr = xq + blk.o.forward(&a);
-            let ffn = |t: &Tensor| {
-                let h = blk.fc1.forward(t);
-                let h = match self.activation {
-                    Activation::Gelu => h.gelu("none"),
-                    Activation::Relu => h.relu(),
-                };
-                blk.fc2.forward(&h)
-            };
-            x = if post {
-                let xr = blk.ln1.forward(&xr);
-                blk.ln2.forward(&(&xr + ffn(&xr)))
-            } else {
-                &xr + ffn(&blk.ln2.forward(&xr))
-            };
+            x = self.feed_forward(blk, &xr, false);
         }
         // A model without blocks: the last token of each row is its representation.
         if n_blocks == 0 {
@@ -479,6 +430,37 @@ impl Encoder {
         match &self.final_ln {
             Some(ln) => ln.forward(&x),
             None => x,
+        }
+    }
+
+    /// Position of each column (B, W): real items before it (from the oldest), or after it (from
+    /// the newest); padding columns get a clamped value and are zeroed or dropped by the callers.
+    fn position_ids(&self, nonpad: &Tensor) -> Tensor {
+        let before = nonpad.cumsum(1, Kind::Int64);
+        match self.positions {
+            Positions::FromOldest => (before - 1).clamp_min(0),
+            Positions::FromNewest => {
+                (nonpad.sum_dim_intlist(1, true, Kind::Int64) - before).clamp_min(0)
+            }
+        }
+    }
+
+    /// The rest of a block after the attention residual `xr`: the FFN and its residual, with
+    /// the LayerNorms where the norm placement puts them.
+    fn feed_forward(&self, blk: &Block, xr: &Tensor, train: bool) -> Tensor {
+        let ffn = |t: &Tensor| {
+            let h = blk.fc1.forward(t);
+            let h = match self.activation {
+                Activation::Gelu => h.gelu("none"),
+                Activation::Relu => h.relu(),
+            };
+            self.drop(&blk.fc2.forward(&h), train)
+        };
+        if self.norm == Norm::Post {
+            let xr = blk.ln1.forward(xr);
+            blk.ln2.forward(&(&xr + ffn(&xr)))
+        } else {
+            xr + ffn(&blk.ln2.forward(xr))
         }
     }
 
@@ -606,6 +588,19 @@ impl Encoder {
             self.item_bias.narrow(0, 1, self.n_items),
         )
     }
+}
+
+/// The attention mask of masked padding (B, 1, W, W): a query attends to earlier non-padding
+/// keys and to itself (a padding query sees only itself: no empty softmax row).
+fn masked_causal(nonpad: &Tensor) -> Tensor {
+    let (w, dev) = (nonpad.size()[1], nonpad.device());
+    let causal = Tensor::ones([w, w], (Kind::Bool, dev)).tril(0);
+    let eye = Tensor::eye(w, (Kind::Bool, dev));
+    causal
+        .unsqueeze(0)
+        .logical_and(&nonpad.unsqueeze(1))
+        .logical_or(&eye.unsqueeze(0))
+        .unsqueeze(1)
 }
 
 thread_local! {

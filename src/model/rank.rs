@@ -59,6 +59,14 @@ impl TopK {
     pub fn into_vec(self) -> Vec<(usize, f32)> {
         self.best
     }
+
+    /// Offers every item of `other` (a list over other items, e.g. another range of the
+    /// catalogue): the result is the best k of both.
+    pub fn absorb(&mut self, other: TopK) {
+        for (idx, s) in other.best {
+            self.offer(idx, s);
+        }
+    }
 }
 
 /// Ranks `scores` (column j = item index j + 1) and returns the best `k` (item index, score).

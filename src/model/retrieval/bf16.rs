@@ -17,8 +17,7 @@
 //! assumption is checked when the copy is made ([`Items::new`]): a kernel that breaks the bound on
 //! a sample refuses the bf16 path, and the f32 scan answers.
 use super::super::rank::TopK;
-use super::parallel::{in_parallel, split_ranges};
-use std::collections::HashSet;
+use super::parallel::{scan_ranges, RangePart};
 use tch::{Device, Kind, Tensor};
 
 /// bf16 keeps 8 significant bits: round-to-nearest is off by at most 2⁻⁹ of a value; 2⁻⁸ leaves
@@ -43,17 +42,10 @@ impl Items {
     pub fn new(emb: &Tensor, bias: &Tensor) -> Result<Items, String> {
         let emb32 = emb.to_kind(Kind::Float).contiguous();
         let bias32 = bias.to_kind(Kind::Float).contiguous();
-        let n = emb32.size()[0] as usize;
         let dim = emb32.size()[1] as usize;
         let e = f32_slice(&emb32);
         let b = f32_slice(&bias32);
-        let norms: Vec<f32> = e
-            .chunks_exact(dim.max(1))
-            .map(|r| {
-                let s: f64 = r.iter().map(|&x| (x as f64) * (x as f64)).sum();
-                (s.sqrt() * (1.0 + 1e-6)) as f32
-            })
-            .collect();
+        let norms: Vec<f32> = e.chunks_exact(dim.max(1)).map(|r| norm(r) as f32).collect();
         let abs_bias: Vec<f32> = b.iter().map(|x| x.abs()).collect();
         if norms.iter().chain(&abs_bias).any(|x| !x.is_finite()) {
             return Err("the item matrix holds a non-finite value".into());
@@ -67,7 +59,6 @@ impl Items {
             abs_bias,
             dim,
         };
-        debug_assert_eq!(items.norms.len(), n);
         items.check_bound(&emb32, &bias32)?;
         Ok(items)
     }
@@ -175,10 +166,9 @@ pub fn retrieve(
     excl: &[Vec<usize>],
 ) -> Option<Vec<Vec<(usize, f32)>>> {
     let b = ks.len();
-    let n = items.norms.len();
     let d = items.dim;
     let zf = z.to_kind(Kind::Float).contiguous();
-    let zs = f32_slice(&zf).to_vec();
+    let zs = f32_slice(&zf);
     let c = items.bound_factor();
     let mut consts = Vec::with_capacity(b);
     for zr in zs.chunks_exact(d) {
@@ -206,46 +196,39 @@ pub fn retrieve(
             })
             .collect()
     };
-    let scan = |p: Part| -> Vec<Row> {
+    let scan = |p: RangePart| -> Vec<Row> {
         let mut rows = new_rows();
         scan_range(&p, block_elems, norms, abs_bias, &mut rows);
         rows
     };
-    let part = |&(lo, hi): &(usize, usize)| Part {
-        z: zb.shallow_clone(),
-        emb: items.emb.narrow(0, lo as i64, (hi - lo) as i64),
-        bias: items.bias.narrow(0, lo as i64, (hi - lo) as i64),
-        offset: lo,
-    };
-    let ranges = split_ranges(n, threads);
-    let parts: Vec<Vec<Row>> = if ranges.len() == 1 {
-        vec![scan(part(&ranges[0]))]
-    } else {
-        in_parallel(ranges.iter().map(part).collect(), scan)
-    };
+    let parts = scan_ranges(&zb, &items.emb, &items.bias, threads, scan);
     // Merge: L over all items, then the surviving candidates scored in f32.
     let emb32 = emb.to_kind(Kind::Float).contiguous();
     let bias32 = bias.to_kind(Kind::Float).contiguous();
     let (e, bb) = (f32_slice(&emb32), f32_slice(&bias32));
+    // Row i of every range, in turn (the ranges' lists are consumed, not copied).
+    let mut parts: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
     let mut out = Vec::with_capacity(b);
     for i in 0..b {
+        let rows: Vec<Row> = parts
+            .iter_mut()
+            .map(|p| p.next().expect("a row per query"))
+            .collect();
         let mut lower = TopK::new(ks[i]);
-        for p in &parts {
-            for &(j, s) in p[i].lower.clone().into_vec().iter() {
-                lower.offer(j, s);
-            }
+        let mut cands = Vec::new();
+        for row in rows {
+            lower.absorb(row.lower);
+            cands.extend(row.cands);
         }
         let l = lower.threshold().map_or(f32::NEG_INFINITY, |(_, s)| s);
         let zr = &zs[i * d..(i + 1) * d];
         let mut top = TopK::new(ks[i]);
-        let mut seen = HashSet::new();
-        for p in &parts {
-            for &(j, up) in &p[i].cands {
-                if up >= l && seen.insert(j) {
-                    let row = &e[(j - 1) * d..j * d];
-                    let s = zr.iter().zip(row).fold(0f32, |a, (x, y)| x.mul_add(*y, a)) + bb[j - 1];
-                    top.offer(j, s);
-                }
+        // The ranges are disjoint and a range offers an item once: no candidate repeats.
+        for (j, up) in cands {
+            if up >= l {
+                let row = &e[(j - 1) * d..j * d];
+                let s = zr.iter().zip(row).fold(0f32, |a, (x, y)| x.mul_add(*y, a)) + bb[j - 1];
+                top.offer(j, s);
             }
         }
         out.push(top.into_vec());
@@ -253,18 +236,15 @@ pub fn retrieve(
     Some(out)
 }
 
-/// One thread's share: the bf16 queries and a range of the bf16 item matrix, whose first row is
-/// row `offset` of the whole matrix.
-struct Part {
-    z: Tensor,
-    emb: Tensor,
-    bias: Tensor,
-    offset: usize,
-}
-
 /// Scans one range in blocks: one bf16 GEMM per block into a reused buffer, each row's block read
 /// while hot.
-fn scan_range(p: &Part, block_elems: usize, norms: &[f32], abs_bias: &[f32], rows: &mut [Row]) {
+fn scan_range(
+    p: &RangePart,
+    block_elems: usize,
+    norms: &[f32],
+    abs_bias: &[f32],
+    rows: &mut [Row],
+) {
     let b = rows.len();
     let n = p.emb.size()[0] as usize;
     let block = (block_elems / b.max(1)).clamp(1, n.max(1));

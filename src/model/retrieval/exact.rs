@@ -14,7 +14,7 @@
 //! Rows with `candidates` never touch the full matrix: only the candidates' rows are gathered.
 use super::super::rank::{self, TopK};
 use super::super::RankSpec;
-use super::parallel::{in_parallel, split_ranges};
+use super::parallel::{scan_ranges, RangePart};
 use std::collections::HashSet;
 use tch::{Device, Kind, Tensor};
 
@@ -167,7 +167,6 @@ fn blocked_scan(
     specs: &[RankSpec],
     rows: &[usize],
 ) -> Vec<Vec<(usize, f32)>> {
-    let n = emb.size()[0] as usize;
     let zf = select_rows(z, rows).to_kind(Kind::Float).contiguous();
     let excl: Vec<Vec<usize>> = rows.iter().map(|&r| sorted_exclusions(&specs[r])).collect();
     let ks: Vec<usize> = rows.iter().map(|&r| specs[r].k).collect();
@@ -178,38 +177,15 @@ fn blocked_scan(
             return lists;
         }
     }
-    let ranges = split_ranges(n, scan.threads);
-    let part = |&(lo, hi): &(usize, usize)| RangePart {
-        z: zf.shallow_clone(),
-        emb: emb.narrow(0, lo as i64, (hi - lo) as i64),
-        bias: bias.narrow(0, lo as i64, (hi - lo) as i64),
-        offset: lo,
-    };
     let run = |p: RangePart| blocked(block_elems, &p, &ks, &excl);
-    let parts = if ranges.len() == 1 {
-        vec![run(part(&ranges[0]))]
-    } else {
-        in_parallel(ranges.iter().map(part).collect(), run)
-    };
-    let mut parts = parts.into_iter();
+    let mut parts = scan_ranges(&zf, emb, bias, scan.threads, run).into_iter();
     let mut tops = parts.next().unwrap_or_default();
     for p in parts {
         for (top, other) in tops.iter_mut().zip(p) {
-            for (j, s) in other.into_vec() {
-                top.offer(j, s);
-            }
+            top.absorb(other);
         }
     }
     tops.into_iter().map(TopK::into_vec).collect()
-}
-
-/// One thread's share of a scan: the queries and a contiguous range of the item matrix, whose
-/// first row is item index offset + 1.
-struct RangePart {
-    z: Tensor,
-    emb: Tensor,
-    bias: Tensor,
-    offset: usize,
 }
 
 /// The f32 scan of one range of the items: each row's best k of that range.
@@ -473,6 +449,31 @@ mod tests {
             .collect()
     }
 
+    /// Same items in the same order in every list, scores equal to 1e-5 (relative): what float
+    /// scores computed by differently shaped GEMMs can promise. Names the first difference.
+    fn assert_same_ranking(got: &[Vec<(usize, f32)>], want: &[Vec<(usize, f32)>], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
+            if ids(g) != ids(w) {
+                let at = (0..g.len().min(w.len())).find(|&x| g[x].0 != w[x].0);
+                panic!(
+                    "{what}: lengths {} vs {}, first difference at {at:?}: {:?} vs {:?}",
+                    g.len(),
+                    w.len(),
+                    at.map(|x| &g[x.saturating_sub(2)..(x + 3).min(g.len())]),
+                    at.map(|x| &w[x.saturating_sub(2)..(x + 3).min(w.len())])
+                );
+            }
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    (a.1 - b.1).abs() <= 1e-5 * (1.0 + b.1.abs()),
+                    "{what}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn strategies_match_the_cpu_ranking_exactly_with_ties() {
         let mut r = Lcg(42);
@@ -523,16 +524,7 @@ mod tests {
             let want = reference(&z, &emb, &bias, &specs);
             for strategy in [Strategy::Blocked, Strategy::DeviceTopk] {
                 let got = retrieve_blocks(strategy, 4096, &z, &emb, &bias, &specs);
-                for (g, w) in got.iter().zip(&want) {
-                    let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
-                    assert_eq!(ids(g), ids(w), "{strategy:?}");
-                    for (a, b) in g.iter().zip(w) {
-                        assert!(
-                            (a.1 - b.1).abs() <= 1e-5 * (1.0 + b.1.abs()),
-                            "{a:?} vs {b:?}"
-                        );
-                    }
-                }
+                assert_same_ranking(&got, &want, &format!("{strategy:?}"));
             }
         }
     }
@@ -668,25 +660,7 @@ mod tests {
             let want = reference(&z, &emb, &bias, &specs);
             for (i, scan) in scans(&emb, &bias).iter().enumerate() {
                 let got = retrieve_with(scan, 8192, &z, &emb, &bias, &specs);
-                for (g, w) in got.iter().zip(&want) {
-                    let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
-                    if ids(g) != ids(w) {
-                        let at = (0..g.len().min(w.len())).find(|&x| g[x].0 != w[x].0);
-                        panic!(
-                            "scan {i}: lengths {} vs {}, first difference at {at:?}: {:?} vs {:?}",
-                            g.len(),
-                            w.len(),
-                            at.map(|x| &g[x.saturating_sub(2)..(x + 3).min(g.len())]),
-                            at.map(|x| &w[x.saturating_sub(2)..(x + 3).min(w.len())])
-                        );
-                    }
-                    for (a, b) in g.iter().zip(w) {
-                        assert!(
-                            (a.1 - b.1).abs() <= 1e-5 * (1.0 + b.1.abs()),
-                            "{a:?} vs {b:?}"
-                        );
-                    }
-                }
+                assert_same_ranking(&got, &want, &format!("scan {i}"));
             }
         }
     }

@@ -1,9 +1,46 @@
 //! The scan's parallelism: the item matrix cut into one contiguous range per thread, each range
 //! scanned on its own thread with one libtorch intra-op thread (shared by the f32 scan in
 //! `exact.rs` and the bf16 first pass in `bf16.rs`).
+use tch::Tensor;
+
+/// One thread's share of a scan: the queries and a contiguous range of the item matrix, whose
+/// first row is row `offset` of the whole matrix (item index offset + 1).
+pub struct RangePart {
+    pub z: Tensor,
+    pub emb: Tensor,
+    pub bias: Tensor,
+    pub offset: usize,
+}
+
+/// Cuts the item matrix `emb` (N, d) / `bias` (N) into one range per thread (at most `threads`)
+/// and runs `f` on each with the queries `z`: on this thread alone when there is one range, else
+/// in parallel. Results in range order.
+pub fn scan_ranges<T: Send>(
+    z: &Tensor,
+    emb: &Tensor,
+    bias: &Tensor,
+    threads: usize,
+    f: impl Fn(RangePart) -> T + Sync,
+) -> Vec<T> {
+    let n = emb.size()[0] as usize;
+    let parts: Vec<RangePart> = split_ranges(n, threads)
+        .into_iter()
+        .map(|(lo, hi)| RangePart {
+            z: z.shallow_clone(),
+            emb: emb.narrow(0, lo as i64, (hi - lo) as i64),
+            bias: bias.narrow(0, lo as i64, (hi - lo) as i64),
+            offset: lo,
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().map(f).collect()
+    } else {
+        in_parallel(parts, f)
+    }
+}
 
 /// Splits 0..n into at most `threads` contiguous ranges of similar size.
-pub fn split_ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
+fn split_ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
     let t = threads.clamp(1, n.max(1));
     (0..t).map(|i| (n * i / t, n * (i + 1) / t)).collect()
 }
@@ -11,7 +48,7 @@ pub fn split_ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
 /// Runs `f` on each part, the first on this thread and the others on scoped threads, each with
 /// one libtorch intra-op thread (the parts are the parallelism); results in order. Tensors are not
 /// Sync, so each part carries its own (shallow) handles.
-pub fn in_parallel<C: Send, T: Send>(parts: Vec<C>, f: impl Fn(C) -> T + Sync) -> Vec<T> {
+fn in_parallel<C: Send, T: Send>(parts: Vec<C>, f: impl Fn(C) -> T + Sync) -> Vec<T> {
     let prev = tch::get_num_threads();
     tch::set_num_threads(1);
     let mut parts = parts.into_iter();

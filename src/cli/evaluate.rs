@@ -5,7 +5,6 @@ use seqserve::eval::leakage;
 use seqserve::eval::report::{self, Report};
 use seqserve::eval::{evaluate_cases, EvalOptions, EvalResult};
 use seqserve::model::repository::{parse_spec, Repository};
-use seqserve::model::Model;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -93,12 +92,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut trainings = Vec::new();
     let mut leakage_found = false;
     for (id, dir) in &targets {
-        let mut model = Model::load(dir, device)?;
-        // The server's automatic scan (all cores and the exact bf16 first pass for large
-        // catalogues): the same rankings, sooner.
-        model
-            .configure_scan(0, seqserve::model::retrieval::exact::ScanPrecision::Auto)
-            .map_err(anyhow::Error::msg)?;
+        let model = super::load_for_ranking(dir, device)?;
         let mut check = leakage::check(&model.manifest, holdout.provenance.as_ref());
         if check.is_leakage() {
             eprintln!(

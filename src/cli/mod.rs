@@ -89,6 +89,19 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Loads a model to rank with, its exact scan set up as the server's default (all cores and the
+/// exact bf16 first pass for large catalogues): the same rankings, sooner.
+pub fn load_for_ranking(
+    dir: &std::path::Path,
+    device: tch::Device,
+) -> Result<seqserve::model::Model> {
+    let mut model = seqserve::model::Model::load(dir, device)?;
+    model
+        .configure_scan(0, seqserve::model::retrieval::exact::ScanPrecision::Auto)
+        .map_err(anyhow::Error::msg)?;
+    Ok(model)
+}
+
 /// Fails early, naming the path, when an output file could not be written: its directory is
 /// missing or not writable, or the path is a directory. Probed with a temporary file, so an
 /// existing output is left as it is until the work is done.

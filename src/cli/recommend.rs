@@ -1,6 +1,6 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use seqserve::model::{ContextValue, HistoryEvent, Model, RankSpec};
+use seqserve::model::{ContextValue, HistoryEvent, RankSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -50,11 +50,7 @@ fn list(s: &str) -> Vec<String> {
 pub fn run(a: RecommendArgs) -> Result<()> {
     let device = seqserve::device::parse_device(&a.device)?;
     seqserve::device::configure_threads(a.threads);
-    let mut model = Model::load(&a.model, device)?;
-    // The server's automatic scan (all cores and the exact bf16 first pass for large catalogues).
-    model
-        .configure_scan(0, seqserve::model::retrieval::exact::ScanPrecision::Auto)
-        .map_err(anyhow::Error::msg)?;
+    let model = super::load_for_ranking(&a.model, device)?;
     let items = list(&a.history);
     let behaviours = a.behaviours.as_deref().map(list);
     if let Some(b) = &behaviours {

@@ -6,8 +6,11 @@
 # (RecBole's LS split ordered by time: the last item of each user is test, the one before it
 # validation; each event's place in its user's line is its timestamp), imported with `seqserve import
 # recbole`, and compared with the shipped models/beauty-2l by `seqserve evaluate` on the holdout
-# `seqserve holdout --split leave-one-out` cuts (paired tests). Outside CI: about an hour or more on
-# a 2-core machine. Nothing is committed; everything lands in $OUT.
+# `seqserve holdout --split leave-one-out` cuts (paired tests). Outside CI: RecBole's epochs took
+# 275-410 s each on a shared 2-core machine, so a run to its early stop takes many hours. It can be
+# stopped at any time (Ctrl-C, kill, `timeout`) and run again with the same OUT: the training goes on
+# from its last finished epoch (recbole_tool.py train --resumable, OUT/saved/last.pth). Nothing is
+# committed; everything lands in $OUT.
 #
 # Usage: scripts/peer-recbole.sh [OUT]   (default target/peer-recbole)
 #   SEQSERVE=path/to/seqserve   a built binary (default: cargo build --release)
@@ -37,9 +40,10 @@ if ! grep -q checkpoint "$OUT/recbole-result.json" 2>/dev/null; then
     start=$(date +%s)
     (cd "$OUT" && nice "$RECBOLE" "$TOOL" train data beauty saved \
         --set 'metrics=["Recall","MRR","NDCG","Hit","Precision"]' --set 'valid_metric="MRR@10"' \
-        --set 'topk=[10,20]' "${EPOCHS[@]}" >"$OUT/recbole-result.json.tmp" 2>"$OUT/train.log")
+        --set 'topk=[10,20]' "${EPOCHS[@]}" --resumable \
+        >"$OUT/recbole-result.json.tmp" 2>>"$OUT/train.log")
     mv "$OUT/recbole-result.json.tmp" "$OUT/recbole-result.json"
-    say "trained in $(( $(date +%s) - start )) s"
+    say "trained in $(( $(date +%s) - start )) s (this sitting)"
 fi
 say "RecBole's own result: $(cat "$OUT/recbole-result.json")"
 CKPT=$OUT/$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$OUT/recbole-result.json")

@@ -4,11 +4,17 @@ scripts/ops-tools.sh recbole; RecBole writes log/ and log_tensorboard/ into the 
   recbole_tool.py atomic LOG DATA_DIR NAME [--users N]
       writes DATA_DIR/NAME/NAME.inter from a sequence log (`user item item ...`), the timestamp being
       each event's place in its user's line (the log has order only).
-  recbole_tool.py train DATA_DIR NAME OUT_DIR [--model SASRec] [--set key=json ...]
+  recbole_tool.py train DATA_DIR NAME OUT_DIR [--model SASRec] [--set key=json ...] [--resumable]
       trains with RecBole's Trainer and writes its checkpoint into OUT_DIR (Trainer.fit(saved=True);
       run_recbole's own reload for the test phase fails under torch>=2.6, see ../shared/NOTES.md).
       Prints {"checkpoint": path, "valid": {...}, "test": {...}} (RecBole's own metrics, computed
       with the best model after reloading the checkpoint as RecBole does).
+      --resumable: after every epoch the whole training state (weights, optimizer, epoch, early-stop
+      counter, best score and result, the best checkpoint's path) goes to OUT_DIR/last.pth, written
+      atomically; a later run with the same arguments continues from it, so a run of many hours can
+      be killed at any time and finished in several sittings. RecBole saves only its best epoch,
+      which cannot resume. A resumed run draws its batches from seed + epoch, so it is not
+      bit-identical to an uninterrupted one.
   recbole_tool.py score CHECKPOINT HISTORIES_JSON OUT_JSON [--dataset-dir DIR]
       RecBole's SASRec.full_sort_predict for each history of HISTORIES_JSON ({"histories": [[token,
       ...], ...]}, oldest first): {"items": [token of id 1..n], "scores": [[score of id 1..n], ...]}.
@@ -91,7 +97,16 @@ def train(a):
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = Trainer(config, model)
-    _, valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    callback = None
+    if a.resumable:
+        callback = resumable(trainer, config, os.path.join(a.out_dir, "last.pth"))
+    if trainer.start_epoch >= config["epochs"] or trainer.cur_step > config["stopping_step"]:
+        # A resumed run that had already ended (killed during the test phase): fit would train on
+        # past its early stop, or overwrite the best checkpoint with the last weights.
+        valid = trainer.best_valid_result
+    else:
+        _, valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
+                               callback_fn=callback)
     # RecBole's own reload of its best checkpoint (what trainer.evaluate(load_best_model=True)
     # does, with the weights_only=False that torch>=2.6 needs for a pickle holding a Config).
     state = torch.load(trainer.saved_model_file, weights_only=False, map_location="cpu")
@@ -103,6 +118,43 @@ def train(a):
         "test": {k: float(v) for k, v in test.items()},
         "n_items": dataset.item_num - 1,
     }))
+
+
+def resumable(trainer, config, last):
+    """Restores the state LAST holds (if any) into TRAINER and returns the end-of-epoch callback
+    that writes it. Trainer.fit calls the callback after each validation, once its early-stopping
+    bookkeeping and best checkpoint are updated."""
+    import torch
+    from recbole.utils import init_seed
+
+    if os.path.exists(last):
+        # Our own file, written below: weights_only=False is safe here (see the module docstring).
+        state = torch.load(last, weights_only=False, map_location="cpu")
+        trainer.model.load_state_dict(state["state_dict"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.start_epoch = state["epoch"] + 1
+        trainer.cur_step = state["cur_step"]
+        trainer.best_valid_score = state["best_valid_score"]
+        trainer.best_valid_result = state["best_valid_result"]
+        trainer.saved_model_file = state["best_file"]
+        init_seed(config["seed"] + trainer.start_epoch, config["reproducibility"])
+        print(f"resuming after epoch {state['epoch']} (best {state['best_valid_score']:.4f}, "
+              f"{state['cur_step']} epochs without a better one)", file=sys.stderr)
+
+    def save(epoch, _score):
+        tmp = last + ".tmp"
+        torch.save({
+            "epoch": epoch,
+            "cur_step": trainer.cur_step,
+            "best_valid_score": trainer.best_valid_score,
+            "best_valid_result": trainer.best_valid_result,
+            "best_file": trainer.saved_model_file,
+            "state_dict": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+        }, tmp)
+        os.replace(tmp, last)
+
+    return save
 
 
 def score(a):
@@ -167,6 +219,7 @@ def main():
     s.add_argument("out_dir")
     s.add_argument("--model", default="SASRec")
     s.add_argument("--set", action="append")
+    s.add_argument("--resumable", action="store_true")
     s = sub.add_parser("score")
     s.add_argument("checkpoint")
     s.add_argument("histories")

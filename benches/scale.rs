@@ -11,16 +11,22 @@
 //!    then the exact scan as the server configures it for large catalogues: f32 over all cores, and
 //!    the bf16 first pass with f32 re-rank over all cores, beside the compute limit: the peak GEMM
 //!    rate (a 2048×64×2048 product on all cores, measured at start) over 2·d·N FLOP a request;
-//! 3. the HNSW index: build time, in-process ANN requests/s, and recall@10 against the exact ranking;
+//! 3. the approximate indexes (SCALE_ANN: `ivf`, the server's default, and/or `hnsw`): build time,
+//!    in-process ANN requests/s at batch 32 and recall@10 against the exact ranking, over a sweep of
+//!    the lists read (IVF: half, once and twice the automatic 1%; SCALE_PROBES overrides) or of the
+//!    search expansion (HNSW: SCALE_EFS);
 //! 4. the real server (`seqserve serve`, a child process): time from spawn to ready, RSS, and closed-loop
-//!    requests/s and p99 at 16 and 64 concurrent clients, with exact and with ANN retrieval.
+//!    requests/s and p99 at 16 and 64 concurrent clients, with exact and with ANN retrieval (the
+//!    first index of SCALE_ANN, opened from the file saved in step 3, with its automatic setting).
 //!
 //! The in-process rows use one libtorch thread, as the server's model worker does on two cores.
 //! Sizes above SCALE_ANN_MAX (default 1000000) skip the ANN rows (building takes too long here).
 mod common;
 
 use common::{closed_loop, percentile, Lcg};
-use seqserve::model::retrieval::{exact, AnnParams, Retrieval, INDEX_FILE};
+use seqserve::model::retrieval::{
+    exact, ivf, AnnParams, IvfParams, Retrieval, INDEX_FILE, IVF_FILE,
+};
 use seqserve::model::{Catalogue, Model, Query, RankSpec};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -177,7 +183,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(dir: &Path, retrieval: Retrieval, ef: usize) -> Server {
+fn start_server(dir: &Path, retrieval: Retrieval, ef: usize, kind: &str) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -201,6 +207,7 @@ fn start_server(dir: &Path, retrieval: Retrieval, ef: usize) -> Server {
         .arg("--retrieval")
         .arg(retrieval.name())
         .env("SEQSERVE__RETRIEVAL__EXPANSION_SEARCH", ef.to_string())
+        .env("SEQSERVE__RETRIEVAL__INDEX_KIND", kind)
         .env("SEQSERVE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -247,6 +254,9 @@ fn ready(url: &str) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }
 
+/// Attaches one setting of an approximate index to the model.
+type Attach = Box<dyn Fn(&mut Model)>;
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
         .unwrap_or_else(|_| "12101,100000,1000000".into())
@@ -255,6 +265,22 @@ fn main() {
         .collect();
     let ann_max: usize = env_or("SCALE_ANN_MAX", 1_000_000);
     let secs: f64 = env_or("BENCH_SECONDS", 5.0);
+    let kinds: Vec<String> = std::env::var("SCALE_ANN")
+        .unwrap_or_else(|_| "ivf".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| s == "ivf" || s == "hnsw")
+        .collect();
+    let kinds = if kinds.is_empty() {
+        vec!["ivf".to_string()]
+    } else {
+        kinds
+    };
+    let probes: Vec<usize> = std::env::var("SCALE_PROBES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let efs: Vec<usize> = std::env::var("SCALE_EFS")
         .unwrap_or_else(|_| "32,64,128,256".into())
         .split(',')
@@ -284,11 +310,13 @@ fn main() {
     println!("synthetic items: real item vectors plus Gaussian noise of {noise} x their spread");
     println!(
         "base {BASE} (d {}, {} layers); {} queries: {hist_kind}; k 10, seen items masked; \
-         in-process rows: batch 32, 1 libtorch thread; {secs} s per point; ANN: usearch HNSW, \
-         connectivity {}, expansion_add {}, min_candidates {}; the server runs expansion_search {ef}\n",
+         in-process rows: batch 32, 1 libtorch thread; {secs} s per point; ANN: {} (IVF: k-means \
+         lists, the IVF scan on {cores} threads; HNSW: usearch, connectivity {}, expansion_add {}, \
+         min_candidates {}, the server runs expansion_search {ef})\n",
         base.manifest.architecture.d_model,
         base.manifest.architecture.n_layers,
         hist.len(),
+        kinds.join(", "),
         AnnParams::default().connectivity,
         AnnParams::default().expansion_add,
         AnnParams::default().min_candidates,
@@ -391,16 +419,6 @@ fn main() {
             "exact_full": exact_full, "f32_all": f32_all, "bf16_all": bf16_all, "limit": limit,
         });
         if n <= ann_max {
-            let t0 = Instant::now();
-            let index = model
-                .build_index(AnnParams::default(), build_threads)
-                .expect("build index");
-            row["ann_build_s"] = t0.elapsed().as_secs_f64().into();
-            tch::set_num_threads(1);
-            index.save(&dir.join(INDEX_FILE)).unwrap();
-            row["index_mb"] =
-                (std::fs::metadata(dir.join(INDEX_FILE)).unwrap().len() as f64 / 1e6).into();
-            drop(index);
             // The exact lists recall is measured against (2048 queries).
             let sample = &cases[..cases.len().min(2048)];
             let exact_lists: Vec<Vec<(usize, f32)>> = sample
@@ -411,19 +429,7 @@ fn main() {
                     model.recommend(&q, &s)
                 })
                 .collect();
-            let mut sweep = Vec::new();
-            for &ef in &efs {
-                let params = AnnParams {
-                    expansion_search: ef,
-                    ..AnnParams::default()
-                };
-                model
-                    .attach_index(params, &dir.join(INDEX_FILE), build_threads)
-                    .unwrap();
-                let ann_rate = rate(secs, |i| {
-                    let (q, s) = batch(i);
-                    let _ = model.recommend_with(Retrieval::Ann, &q, &s);
-                });
+            let recall = |model: &Model| {
                 let (mut hit, mut total) = (0usize, 0usize);
                 for (c, e) in sample.chunks(64).zip(exact_lists.chunks(64)) {
                     let q: Vec<&Query> = c.iter().map(|c| &c.0).collect();
@@ -434,8 +440,82 @@ fn main() {
                         total += want.len();
                     }
                 }
-                sweep.push(serde_json::json!({"ef": ef, "rate": ann_rate,
-                    "recall": hit as f64 / total.max(1) as f64}));
+                hit as f64 / total.max(1) as f64
+            };
+            let mut sweep = Vec::new();
+            for kind in &kinds {
+                let t0 = Instant::now();
+                let settings: Vec<(String, Attach)> = if kind == "ivf" {
+                    let index = model
+                        .build_ivf(IvfParams::default(), build_threads)
+                        .expect("build IVF");
+                    row["ivf_build_s"] = t0.elapsed().as_secs_f64().into();
+                    tch::set_num_threads(1);
+                    model.save_ivf(&index, &dir.join(IVF_FILE)).unwrap();
+                    row["ivf_mb"] =
+                        (std::fs::metadata(dir.join(IVF_FILE)).unwrap().len() as f64 / 1e6).into();
+                    let (lists, auto) = (index.lists(), ivf::auto_probe(index.lists()));
+                    drop(index);
+                    let ps = if probes.is_empty() {
+                        vec![(auto / 2).max(1), auto, (2 * auto).min(lists)]
+                    } else {
+                        probes.clone()
+                    };
+                    let path = dir.join(IVF_FILE);
+                    ps.into_iter()
+                        .map(|p| {
+                            let path = path.clone();
+                            (
+                                format!("IVF, {p} of {lists} lists read"),
+                                Box::new(move |m: &mut Model| {
+                                    let params = IvfParams {
+                                        lists: 0,
+                                        probe: p,
+                                        threads: cores,
+                                    };
+                                    m.attach_ivf(params, &path, build_threads).unwrap();
+                                }) as Attach,
+                            )
+                        })
+                        .collect()
+                } else {
+                    let index = model
+                        .build_index(AnnParams::default(), build_threads)
+                        .expect("build index");
+                    row["ann_build_s"] = t0.elapsed().as_secs_f64().into();
+                    tch::set_num_threads(1);
+                    index.save(&dir.join(INDEX_FILE)).unwrap();
+                    row["index_mb"] =
+                        (std::fs::metadata(dir.join(INDEX_FILE)).unwrap().len() as f64 / 1e6)
+                            .into();
+                    drop(index);
+                    let path = dir.join(INDEX_FILE);
+                    efs.iter()
+                        .map(|&ef| {
+                            let path = path.clone();
+                            (
+                                format!("HNSW, expansion_search {ef}"),
+                                Box::new(move |m: &mut Model| {
+                                    let params = AnnParams {
+                                        expansion_search: ef,
+                                        ..AnnParams::default()
+                                    };
+                                    m.attach_index(params, &path, build_threads).unwrap();
+                                }) as Attach,
+                            )
+                        })
+                        .collect()
+                };
+                for (what, attach) in settings {
+                    attach(&mut model);
+                    tch::set_num_threads(1);
+                    let ann_rate = rate(secs, |i| {
+                        let (q, s) = batch(i);
+                        let _ = model.recommend_with(Retrieval::Ann, &q, &s);
+                    });
+                    sweep.push(serde_json::json!({"setting": what, "rate": ann_rate,
+                        "recall": recall(&model)}));
+                }
             }
             row["ann"] = sweep.into();
         }
@@ -449,7 +529,7 @@ fn main() {
             &[Retrieval::Exact]
         };
         for &mode in modes {
-            let server = start_server(&dir, mode, ef);
+            let server = start_server(&dir, mode, ef, &kinds[0]);
             let rss_ready = rss_mb(server.child.id(), "VmRSS:");
             let url = format!("http://127.0.0.1:{}/recommend", server.port);
             let res = rt.block_on(async {
@@ -519,12 +599,12 @@ fn print_tables(rows: &[serde_json::Value]) {
         );
     }
     println!();
-    println!("| items | weights MB | matmul floor req/s | exact retrieval req/s (share of floor) | exact recommend req/s (share) | index build s | index MB |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| items | weights MB | matmul floor req/s | exact retrieval req/s (share of floor) | exact recommend req/s (share) | IVF build s | IVF MB | HNSW build s | HNSW MB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let floor = f(r, "floor");
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.1} | {:.0} | {:.1} | {:.0} |",
             r["n"],
             f(r, "weights_mb"),
             floor,
@@ -532,18 +612,20 @@ fn print_tables(rows: &[serde_json::Value]) {
             100.0 * f(r, "exact_only") / floor,
             f(r, "exact_full"),
             100.0 * f(r, "exact_full") / floor,
+            f(r, "ivf_build_s"),
+            f(r, "ivf_mb"),
             f(r, "ann_build_s"),
             f(r, "index_mb"),
         );
     }
-    println!("\n| items | ANN expansion_search | ANN recommend req/s (in-process, batch 32) | recall@10 vs exact |");
+    println!("\n| items | ANN setting | ANN recommend req/s (in-process, batch 32) | recall@10 vs exact |");
     println!("|---|---|---|---|");
     for r in rows {
         for p in r["ann"].as_array().into_iter().flatten() {
             println!(
                 "| {} | {} | {:.0} | {:.4} |",
                 r["n"],
-                p["ef"],
+                p["setting"].as_str().unwrap_or("?"),
                 f(p, "rate"),
                 f(p, "recall")
             );

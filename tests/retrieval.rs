@@ -5,7 +5,7 @@ mod common;
 
 use common::random_model;
 use seqserve::model::rank;
-use seqserve::model::retrieval::{AnnParams, Retrieval, INDEX_FILE};
+use seqserve::model::retrieval::{AnnParams, IvfParams, Retrieval, INDEX_FILE, IVF_FILE};
 use seqserve::model::{EncodedContext, Model, Query, RankSpec};
 use std::collections::HashSet;
 use tch::Device;
@@ -194,6 +194,140 @@ fn ann_recalls_the_exact_ranking_with_exact_scores_and_falls_back() {
     let ids = |l: &[(usize, f32)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
     assert_eq!(ids(&a[0]), ids(&e[0]));
     assert_eq!(a[0].len(), 3);
+}
+
+/// The share of `exact`'s items that `got` found, checking on the way that every returned item is
+/// eligible, carries its exact score (to float rounding) and is ranked under the tie policy, and
+/// that rows with their own candidates are answered exactly.
+fn recall_against(
+    got: &[Vec<(usize, f32)>],
+    exact: &[Vec<(usize, f32)>],
+    sp: &[RankSpec],
+    full: &[Vec<f32>],
+) -> f64 {
+    let (mut hit, mut total) = (0, 0);
+    for (((a, e), s), row) in got.iter().zip(exact).zip(sp).zip(full) {
+        assert_eq!(a.len(), e.len());
+        let excluded: HashSet<usize> = s.exclude.iter().copied().collect();
+        for &(i, score) in a {
+            assert!(!excluded.contains(&i), "excluded item {i} returned");
+            assert!((score - row[i - 1]).abs() < 1e-5, "scores are exact scores");
+        }
+        assert!(a
+            .windows(2)
+            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+        if s.candidates.is_some() {
+            assert_eq!(a, e, "re-ranking never goes through the index");
+        }
+        let want: HashSet<usize> = e.iter().map(|x| x.0).collect();
+        hit += a.iter().filter(|x| want.contains(&x.0)).count();
+        total += want.len();
+    }
+    hit as f64 / total as f64
+}
+
+#[test]
+fn ivf_reading_every_list_is_exact_and_recall_grows_with_the_lists_read() {
+    let n = 6000;
+    let mut model = random_model(n, 1, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(IVF_FILE);
+    let params = |probe| IvfParams {
+        lists: 64,
+        probe,
+        threads: 2,
+    };
+    let index = model.build_ivf(params(0), 2).unwrap();
+    assert_eq!((index.len(), index.lists()), (n, 64));
+    model.save_ivf(&index, &path).unwrap();
+
+    let qs = queries(200, n as u64, 5);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let sp = specs(&qs, 10, n as u64, 6);
+    let exact = model.recommend(&refs, &sp);
+    let full = model.score(&refs);
+    // Every list read: the exact answer (scores summed in another order: ids equal, scores close).
+    model.attach_ivf(params(64), &path, 2).unwrap();
+    assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Ann);
+    let all = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    assert_same_lists(&all, &exact, 1e-5, "IVF reading all 64 lists");
+    // Fewer lists read, fewer found; a quarter of them already finds most of the top 10 (random
+    // weights: no structure for the lists to follow, the hardest case).
+    let mut last = 1.0;
+    for probe in [16, 4, 1] {
+        model.attach_ivf(params(probe), &path, 2).unwrap();
+        let got = model.recommend_with(Retrieval::Ann, &refs, &sp);
+        let r = recall_against(&got, &exact, &sp, &full);
+        assert!(
+            r <= last + 1e-9,
+            "recall {r} reading {probe} lists, {last} reading more"
+        );
+        if probe == 16 {
+            assert!(r >= 0.8, "recall@10 {r} reading 16 of 64 lists");
+        }
+        last = r;
+    }
+    assert!(
+        last < 0.9,
+        "reading one list of 64 should miss items: {last}"
+    );
+
+    // A rebuilt index (deterministic k-means) answers like the saved one; one thread like two.
+    let built = IvfParams {
+        lists: 64,
+        probe: 16,
+        threads: 1,
+    };
+    model
+        .attach_ivf(built, &dir.path().join("absent"), 1)
+        .unwrap();
+    let rebuilt = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    model.attach_ivf(params(16), &path, 2).unwrap();
+    assert_same_lists(
+        &rebuilt,
+        &model.recommend_with(Retrieval::Ann, &refs, &sp),
+        1e-9,
+        "rebuilt",
+    );
+
+    // Exclusions that leave fewer eligible items than k, in the probed lists or at all: the exact
+    // scan answers.
+    model.attach_ivf(params(1), &path, 2).unwrap();
+    let keep = [17usize, 5999, 250];
+    let all_but: Vec<usize> = (1..=n).filter(|i| !keep.contains(i)).collect();
+    let s = vec![RankSpec {
+        k: 10,
+        exclude: all_but,
+        candidates: None,
+    }];
+    let a = model.recommend_with(Retrieval::Ann, &refs[..1], &s);
+    assert_same_lists(&a, &model.recommend(&refs[..1], &s), 1e-5, "exhausted");
+    assert_eq!(a[0].len(), 3);
+}
+
+#[test]
+fn a_stale_or_foreign_ivf_index_is_refused() {
+    let n = 500;
+    let p = IvfParams::default();
+    let old = random_model(n, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(IVF_FILE);
+    old.save_ivf(&old.build_ivf(p, 1).unwrap(), &path).unwrap();
+    let mut new = random_model(n, 1, 2);
+    let e = new.attach_ivf(p, &path, 1).unwrap_err();
+    assert!(e.contains("other weights"), "{e}");
+    let mut other = random_model(n + 1, 1, 1);
+    let e = other.attach_ivf(p, &path, 1).unwrap_err();
+    assert!(e.contains("do not fit a model of 501 items"), "{e}");
+    std::fs::write(&path, b"not an index").unwrap();
+    let e = new.attach_ivf(p, &path, 1).unwrap_err();
+    assert!(e.contains("cannot read"), "{e}");
+    // More lists than items.
+    let e = old
+        .build_ivf(IvfParams { lists: n + 1, ..p }, 1)
+        .err()
+        .unwrap();
+    assert!(e.contains("at most one per item"), "{e}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `seqserve index`: builds the approximate-retrieval index of a model and saves it beside the
-//! weights (`items.usearch`), so a server with `retrieval.mode = "ann"` maps it at start instead of
-//! building it.
+//! weights (`items.ivf.safetensors`, or `items.usearch` with `--kind hnsw`), so a server with
+//! `retrieval.mode = "ann"` opens it at start instead of building it.
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use seqserve::model::retrieval::{AnnParams, INDEX_FILE};
+use seqserve::model::retrieval::{AnnParams, IvfParams, INDEX_FILE, IVF_FILE};
 use seqserve::model::Model;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,9 +13,16 @@ pub struct IndexArgs {
     /// Model directory.
     #[arg(long)]
     model: PathBuf,
-    /// Where to write the index (default: items.usearch in the model directory).
+    /// Where to write the index (default: items.ivf.safetensors, or items.usearch for hnsw, in the
+    /// model directory).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// ivf: k-means lists (retrieval.index_kind = "ivf", the default) | hnsw: a usearch graph.
+    #[arg(long, value_enum, default_value_t = Kind::Ivf)]
+    kind: Kind,
+    /// IVF lists (0 = auto: 8 x sqrt(items)).
+    #[arg(long, default_value_t = 0)]
+    lists: usize,
     /// HNSW graph degree (M).
     #[arg(long, default_value_t = AnnParams::default().connectivity)]
     connectivity: usize,
@@ -28,6 +35,12 @@ pub struct IndexArgs {
     /// Replace an existing index file.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Ivf,
+    Hnsw,
 }
 
 pub fn run(a: IndexArgs) -> Result<()> {
@@ -43,7 +56,11 @@ pub fn run(a: IndexArgs) -> Result<()> {
             a.expansion_add
         );
     }
-    let out = a.out.clone().unwrap_or_else(|| a.model.join(INDEX_FILE));
+    let default_file = match a.kind {
+        Kind::Ivf => IVF_FILE,
+        Kind::Hnsw => INDEX_FILE,
+    };
+    let out = a.out.clone().unwrap_or_else(|| a.model.join(default_file));
     // Checked before the (long) build, not after it.
     if out.exists() && !a.force {
         bail!(
@@ -59,18 +76,7 @@ pub fn run(a: IndexArgs) -> Result<()> {
     let threads = seqserve::device::or_cpu_quota(a.threads);
     seqserve::device::configure_threads(threads);
     let model = Model::load(&a.model, tch::Device::Cpu)?;
-    let params = AnnParams {
-        connectivity: a.connectivity,
-        expansion_add: a.expansion_add,
-        ..AnnParams::default()
-    };
-    let t0 = Instant::now();
-    let index = model
-        .build_index(params, threads)
-        .map_err(anyhow::Error::msg)
-        .context("building the index")?;
-    let built = t0.elapsed().as_secs_f64();
-    // Written beside its destination and renamed, so a server never maps half an index.
+    // Written beside its destination and renamed, so a server never opens half an index.
     let tmp = parent.join(format!(
         ".{}.tmp-{}",
         out.file_name()
@@ -78,18 +84,60 @@ pub fn run(a: IndexArgs) -> Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
-    index
-        .save(&tmp)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let t0 = Instant::now();
+    let what = match a.kind {
+        Kind::Ivf => {
+            let n = model.catalogue.len();
+            if a.lists > n {
+                bail!("--lists {} is more than the model's {n} items", a.lists);
+            }
+            let params = IvfParams {
+                lists: a.lists,
+                ..IvfParams::default()
+            };
+            let index = model
+                .build_ivf(params, threads)
+                .map_err(anyhow::Error::msg)
+                .context("building the index")?;
+            model
+                .save_ivf(&index, &tmp)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            format!(
+                "{} items in {} lists (a server reads {} per query unless retrieval.ivf_probe says otherwise)",
+                index.len(),
+                index.lists(),
+                index.probe()
+            )
+        }
+        Kind::Hnsw => {
+            let params = AnnParams {
+                connectivity: a.connectivity,
+                expansion_add: a.expansion_add,
+                ..AnnParams::default()
+            };
+            let index = model
+                .build_index(params, threads)
+                .map_err(anyhow::Error::msg)
+                .context("building the index")?;
+            index
+                .save(&tmp)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            format!(
+                "{} items, connectivity {}, expansion_add {}",
+                index.len(),
+                a.connectivity,
+                a.expansion_add
+            )
+        }
+    };
+    let built = t0.elapsed().as_secs_f64();
     std::fs::rename(&tmp, &out).with_context(|| format!("renaming into {}", out.display()))?;
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
-        "{}: {} items, connectivity {}, expansion_add {}, built in {built:.1} s with {threads} threads, {:.1} MB",
+        "{}: {what}, built in {built:.1} s with {threads} threads, {:.1} MB",
         out.display(),
-        index.len(),
-        a.connectivity,
-        a.expansion_add,
         bytes as f64 / 1e6
     );
     Ok(())

@@ -54,7 +54,7 @@ pub struct Model {
     pub device: Device,
     exact: retrieval::Exact,
     /// Approximate retrieval, when attached ([`Model::attach_index`]).
-    ann: Option<retrieval::Approximate>,
+    ann: Option<Box<dyn retrieval::Retriever + Send>>,
     /// The memory-mapped weights file, when loaded from one. Declared last: fields drop in order,
     /// and the variables above may borrow its pages.
     _weights: Option<weights::Mapped>,
@@ -350,7 +350,7 @@ impl Model {
     /// The retriever that answers `mode`.
     pub fn retriever(&self, mode: retrieval::Retrieval) -> &dyn retrieval::Retriever {
         match (mode, &self.ann) {
-            (retrieval::Retrieval::Ann, Some(a)) => a,
+            (retrieval::Retrieval::Ann, Some(a)) => a.as_ref(),
             _ => &self.exact,
         }
     }
@@ -430,11 +430,60 @@ impl Model {
             );
             retrieval::AnnIndex::build(&emb, &bias, params, build_threads)?
         };
-        self.ann = Some(retrieval::Approximate {
+        self.ann = Some(Box::new(retrieval::Approximate {
             index,
             fallback: self.exact.scan.strategy,
-        });
+        }));
         Ok(())
+    }
+
+    /// Builds an inverted-file index over this model's item matrix.
+    pub fn build_ivf(
+        &self,
+        params: retrieval::IvfParams,
+        threads: usize,
+    ) -> Result<retrieval::IvfIndex, String> {
+        let (emb, bias) = self.encoder.item_matrix();
+        retrieval::IvfIndex::build(&emb, &bias, params, threads)
+    }
+
+    /// Saves an inverted-file index of this model (see [`retrieval::IvfIndex::save`]).
+    pub fn save_ivf(&self, index: &retrieval::IvfIndex, path: &Path) -> Result<(), String> {
+        let (emb, bias) = self.encoder.item_matrix();
+        index.save(path, &emb, &bias)
+    }
+
+    /// Attaches approximate retrieval by an inverted file: the one saved at `saved` (checked
+    /// against the weights) when that file exists, else one built now with `build_threads`
+    /// threads. Says what it attached.
+    pub fn attach_ivf(
+        &mut self,
+        params: retrieval::IvfParams,
+        saved: &Path,
+        build_threads: usize,
+    ) -> Result<String, String> {
+        let (emb, bias) = self.encoder.item_matrix();
+        let t0 = std::time::Instant::now();
+        let (index, how) = if saved.is_file() {
+            let i = retrieval::IvfIndex::open(saved, &emb, &bias, params)
+                .map_err(|e| format!("{}: {e}", saved.display()))?;
+            (i, "opened")
+        } else {
+            let i = retrieval::IvfIndex::build(&emb, &bias, params, build_threads)?;
+            (i, "built (save one with `seqserve index --kind ivf`)")
+        };
+        let said = format!(
+            "IVF {how} in {:.1} s: {} lists, {} read per query, {} MB",
+            t0.elapsed().as_secs_f64(),
+            index.lists(),
+            index.probe(),
+            index.bytes() >> 20
+        );
+        self.ann = Some(Box::new(retrieval::InvertedFile {
+            index,
+            fallback: self.exact.scan.strategy,
+        }));
+        Ok(said)
     }
 }
 

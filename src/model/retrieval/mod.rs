@@ -5,13 +5,16 @@
 //! * [`Exact`]: every item scored on the model's device, only B × k results leave it
 //!   (`exact.rs`; on the CPU over several threads and with a bf16 first pass for large catalogues,
 //!   `bf16.rs`, the answer still the f32 scan's); what evaluation always uses.
+//! * [`InvertedFile`]: k-means lists of the items, a query reads its best few lists in full
+//!   (`ivf.rs`); the approximate retrieval for very large catalogues, by default.
 //! * [`Approximate`]: an HNSW index proposes candidates, which are re-scored exactly (`ann.rs`);
-//!   an option per served model for very large catalogues.
+//!   the other approximate index (`retrieval.index_kind = "hnsw"`).
 //!
 //! Both rank with `rank::TopK`, the one tie policy.
 pub mod ann;
 pub mod bf16;
 pub mod exact;
+pub mod ivf;
 mod parallel;
 
 use super::RankSpec;
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 pub use ann::{AnnIndex, AnnParams, INDEX_FILE};
+pub use ivf::{IvfIndex, IvfParams, IVF_FILE};
 
 /// Which retrieval a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -78,6 +82,27 @@ pub struct Approximate {
 }
 
 impl Retriever for Approximate {
+    fn kind(&self) -> Retrieval {
+        Retrieval::Ann
+    }
+    fn retrieve(
+        &self,
+        z: &Tensor,
+        emb: &Tensor,
+        bias: &Tensor,
+        specs: &[RankSpec],
+    ) -> Vec<Vec<(usize, f32)>> {
+        self.index.retrieve(z, emb, bias, specs, self.fallback)
+    }
+}
+
+/// Approximate retrieval by an inverted file, with the exact scan as fallback.
+pub struct InvertedFile {
+    pub index: IvfIndex,
+    pub fallback: exact::Strategy,
+}
+
+impl Retriever for InvertedFile {
     fn kind(&self) -> Retrieval {
         Retrieval::Ann
     }

@@ -48,7 +48,7 @@ fn split_ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
 /// Runs `f` on each part, the first on this thread and the others on scoped threads, each with
 /// one libtorch intra-op thread (the parts are the parallelism); results in order. Tensors are not
 /// Sync, so each part carries its own (shallow) handles.
-fn in_parallel<C: Send, T: Send>(parts: Vec<C>, f: impl Fn(C) -> T + Sync) -> Vec<T> {
+pub(super) fn in_parallel<C: Send, T: Send>(parts: Vec<C>, f: impl Fn(C) -> T + Sync) -> Vec<T> {
     let prev = tch::get_num_threads();
     tch::set_num_threads(1);
     let mut parts = parts.into_iter();

@@ -2,7 +2,7 @@
 //! on its device with its retrieval; a fake in unit tests) and the worker settings.
 use crate::model::retrieval::Retrieval;
 use crate::model::Model;
-use crate::serve::config::RetrievalSection;
+use crate::serve::config::{IndexKind, RetrievalSection};
 use crate::serve::infer::queue::BatchingConfig;
 use crate::serve::infer::ranker::Ranker;
 use std::path::Path;
@@ -49,13 +49,27 @@ impl Opener for ModelOpener {
         tracing::info!(dir = %dir.display(), items = model.catalogue.len(), scan = %scan, "exact scan");
         if self.retrieval.mode == Retrieval::Ann {
             let path = self.retrieval.index_file(dir);
-            model
-                .attach_index(
-                    self.retrieval.params(),
-                    &path,
-                    crate::device::or_cpu_quota(0),
-                )
-                .map_err(|e| format!("approximate index: {e}"))?;
+            // The IVF scan's threads are the exact scan's (0 = the CPU quota); building uses all.
+            let threads = crate::device::or_cpu_quota(self.retrieval.scan_threads);
+            match self.retrieval.index_kind {
+                IndexKind::Ivf => {
+                    let said = model
+                        .attach_ivf(
+                            self.retrieval.ivf_params(threads),
+                            &path,
+                            crate::device::or_cpu_quota(0),
+                        )
+                        .map_err(|e| format!("approximate index: {e}"))?;
+                    tracing::info!(dir = %dir.display(), index = %said, "approximate retrieval");
+                }
+                IndexKind::Hnsw => model
+                    .attach_index(
+                        self.retrieval.params(),
+                        &path,
+                        crate::device::or_cpu_quota(0),
+                    )
+                    .map_err(|e| format!("approximate index: {e}"))?,
+            }
         }
         Ok(Box::new(model))
     }

@@ -405,14 +405,26 @@ async fn recommend(url: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
+async fn the_server_answers_with_a_saved_ivf_index_and_says_which_retrieval() {
+    saved_index_serves("ivf", IVF_FILE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_with_a_saved_hnsw_index_and_says_which_retrieval() {
+    saved_index_serves("hnsw", INDEX_FILE).await;
+}
+
+/// `seqserve index --kind KIND` writes FILE; a server with retrieval.index_kind = KIND answers
+/// from it with exact scores, and refuses to start on an index of other weights.
+async fn saved_index_serves(kind: &str, file: &str) {
+    let env = [("SEQSERVE__RETRIEVAL__INDEX_KIND", kind)];
     let dir = tempfile::tempdir().unwrap();
     common::random_model(400, 1, 8).save(dir.path()).unwrap();
-    let out = seqserve(&["index", "--threads", "1"], dir.path());
+    let out = seqserve(&["index", "--threads", "1", "--kind", kind], dir.path());
     common::assert_ran(&out);
-    assert!(dir.path().join(INDEX_FILE).is_file());
+    assert!(dir.path().join(file).is_file());
     // An existing index is refused before any work unless --force.
-    let again = seqserve(&["index"], dir.path());
+    let again = seqserve(&["index", "--kind", kind], dir.path());
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let cli = seqserve(
@@ -430,7 +442,7 @@ async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
     );
     let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
 
-    let s = common::server::Server::start_with_model(dir, &["--retrieval", "ann"]);
+    let s = common::server::Server::start_env(dir, &["--retrieval", "ann"], &env);
     let v = recommend(&s.url("/recommend")).await;
     assert_eq!(v["retrieval"], "ann", "{v}");
     let items = common::ranked_items(&v);
@@ -450,11 +462,13 @@ async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path();
     common::random_model(400, 1, 8).save(model_dir).unwrap();
-    assert!(seqserve(&["index", "--threads", "1"], model_dir)
-        .status
-        .success());
+    assert!(
+        seqserve(&["index", "--threads", "1", "--kind", kind], model_dir)
+            .status
+            .success()
+    );
     common::random_model(400, 1, 99).save(model_dir).unwrap();
-    assert!(model_dir.join(INDEX_FILE).is_file());
+    assert!(model_dir.join(file).is_file());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
         .args([
             "serve",
@@ -467,6 +481,7 @@ async fn the_server_answers_with_a_saved_index_and_says_which_retrieval() {
         ])
         .args(["--retrieval", "ann", "--model"])
         .arg(model_dir)
+        .envs(env)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -13,7 +13,8 @@
 //!    rate (a 2048×64×2048 product on all cores, measured at start) over 2·d·N FLOP a request;
 //! 3. the approximate indexes (SCALE_ANN: `ivf`, the server's default, and/or `hnsw`): build time,
 //!    in-process ANN requests/s at batch 32 and recall@10 against the exact ranking, over a sweep of
-//!    the lists read (IVF: half, once and twice the automatic 1%; SCALE_PROBES overrides) or of the
+//!    the lists read (IVF: half, once and twice the automatic setting, about 8k items read;
+//!    SCALE_PROBES overrides) or of the
 //!    search expansion (HNSW: SCALE_EFS);
 //! 4. the real server (`seqserve serve`, a child process): time from spawn to ready, RSS, and closed-loop
 //!    requests/s and p99 at 16 and 64 concurrent clients, with exact and with ANN retrieval (the
@@ -454,7 +455,7 @@ fn main() {
                     model.save_ivf(&index, &dir.join(IVF_FILE)).unwrap();
                     row["ivf_mb"] =
                         (std::fs::metadata(dir.join(IVF_FILE)).unwrap().len() as f64 / 1e6).into();
-                    let (lists, auto) = (index.lists(), ivf::auto_probe(index.lists()));
+                    let (lists, auto) = (index.lists(), ivf::auto_probe(index.lists(), n));
                     drop(index);
                     let ps = if probes.is_empty() {
                         vec![(auto / 2).max(1), auto, (2 * auto).min(lists)]

@@ -117,8 +117,8 @@ pub struct RetrievalSection {
     pub index_path: PathBuf,
     /// IVF lists when building at start; 0 = auto (8·√N).
     pub ivf_lists: usize,
-    /// IVF lists read per query: higher = better recall, slower; 0 = auto (128, or 1% of the
-    /// lists where that is more).
+    /// IVF lists read per query: higher = better recall, slower; 0 = auto (enough lists for
+    /// about 8,192 items, at least 16).
     pub ivf_probe: usize,
     /// HNSW graph degree (used when building at start).
     pub connectivity: usize,

@@ -443,7 +443,7 @@ impl Config {
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
         let h = &self.history;
-        let ranges: [(&str, u64, u64, u64); 45] = [
+        let ranges: [(&str, u64, u64, u64); 47] = [
             ("history.max_events", h.max_events as u64, 1, 100_000),
             ("history.max_users", h.max_users as u64, 1, 1_000_000_000),
             ("history.ttl_secs", h.ttl_secs, 0, 10 * 365 * 86_400),
@@ -565,6 +565,18 @@ impl Config {
                 self.retrieval.scan_threads as u64,
                 0,
                 cores,
+            ),
+            (
+                "retrieval.ivf_lists",
+                self.retrieval.ivf_lists as u64,
+                0,
+                10_000_000,
+            ),
+            (
+                "retrieval.ivf_probe",
+                self.retrieval.ivf_probe as u64,
+                0,
+                10_000_000,
             ),
             ("batching.max_batch_size", b.max_batch_size as u64, 1, 4096),
             ("batching.max_delay_us", b.max_delay_us, 0, 1_000_000),

@@ -209,6 +209,10 @@ fn start_server(dir: &Path, retrieval: Retrieval, ef: usize, kind: &str) -> Serv
         .arg(retrieval.name())
         .env("SEQSERVE__RETRIEVAL__EXPANSION_SEARCH", ef.to_string())
         .env("SEQSERVE__RETRIEVAL__INDEX_KIND", kind)
+        .env(
+            "SEQSERVE__BATCHING__MAX_BATCH_SIZE",
+            std::env::var("SCALE_MAX_BATCH").unwrap_or_else(|_| "32".into()),
+        )
         .env("SEQSERVE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

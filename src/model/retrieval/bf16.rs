@@ -272,37 +272,69 @@ fn scan_range(
 
 /// Whether an upper bound reaches the limit; a NaN never does (a NaN score is never a candidate,
 /// as in `TopK`).
-#[inline]
+#[inline(always)]
 fn reaches(upper: f32, limit: f32) -> bool {
     upper >= limit
 }
 
-#[inline]
+#[inline(always)]
 fn widen(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
-/// One block of one row (column j = item index at + j + 1). Lanes of 16 are tested against the
-/// largest δ first; only a lane that may hold a candidate is looked at item by item.
+/// One block of one row (column j = item index at + j + 1): on the widest vector unit the CPU has
+/// (the build targets a baseline x86-64, so only a function that enables AVX-512 or AVX2 may use
+/// it; chosen at run time).
 #[inline]
 fn scan_block(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
-    const LANE: usize = 16;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { scan_block_avx512(norms, abs_bias, row, s, at) };
+        }
+        if has!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { scan_block_avx2(norms, abs_bias, row, s, at) };
+        }
+    }
+    scan_block_body(norms, abs_bias, row, s, at)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_block_avx512(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
+    scan_block_body(norms, abs_bias, row, s, at)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_block_avx2(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
+    scan_block_body(norms, abs_bias, row, s, at)
+}
+
+/// Lanes of 32 scores are tested first: does any a_j + δ_max reach the limit? (An OR of
+/// comparisons, which the compiler turns into a few vector instructions; a lane's maximum would be a
+/// float reduction it may not reorder. Rounding is monotonic, so the test is the same as
+/// max_j(a_j) + δ_max ≥ L, and a NaN never passes it.) Only a lane that passes is looked at item
+/// by item.
+#[inline(always)]
+fn scan_block_body(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
+    const LANE: usize = 32;
+    let dm = row.delta_max;
     let mut l = row.limit();
     for (c, lane) in s.chunks(LANE).enumerate() {
-        let m = lane.iter().fold(f32::NEG_INFINITY, |m, &x| {
-            let v = widen(x);
-            if v > m {
-                v
-            } else {
-                m
-            }
-        });
-        if !reaches(m + row.delta_max, l) {
+        let mut hit = false;
+        for &x in lane {
+            hit |= reaches(widen(x) + dm, l);
+        }
+        if !hit {
             continue;
         }
         for (t, &x) in lane.iter().enumerate() {
             let a = widen(x);
-            if !reaches(a + row.delta_max, l) {
+            if !reaches(a + dm, l) {
                 continue;
             }
             let j = at + c * LANE + t; // 0-based row of the matrix

@@ -13,6 +13,10 @@
 #                               is the torch venv's (scripts/setup.sh), linked rather than downloaded
 #                               again: a second 4.7 GB copy for a test tool. `seqserve import recbole
 #                               --dataset-dir` and tests/import.rs runs RecBole with it.
+#   scripts/ops-tools.sh torchserve torchserve and torch-model-archiver 0.12.0 (the anchor of
+#                               scripts/bench.sh: the same weights served by TorchServe), torch
+#                               linked from the torch venv as for recbole; TorchServe's frontend is
+#                               Java: Debian's openjdk-17-jre-headless (scripts/need-debian.sh).
 # Prints the venv's bin directory.
 set -euo pipefail
 SET=${1:-ops}
@@ -22,7 +26,9 @@ case "$SET" in
     triton) PACKAGES=("tritonclient[http]==2.73.0") ;;
     recbole) PACKAGES=(recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14" "setuptools<81"
                        sympy networkx jinja2 filelock fsspec typing_extensions) ;;
-    *) echo "usage: $0 [ops|api|triton|recbole]" >&2; exit 2 ;;
+    torchserve) PACKAGES=(torchserve==0.12.0 torch-model-archiver==0.12.0 "numpy<3" packaging "setuptools>=77.0.3" pyyaml
+                          psutil pillow sympy networkx jinja2 filelock fsspec typing_extensions) ;;
+    *) echo "usage: $0 [ops|api|triton|recbole|torchserve]" >&2; exit 2 ;;
 esac
 CACHE_ROOT=${SEQSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/seqserve}
 VENV=$CACHE_ROOT/venv-$SET
@@ -45,13 +51,17 @@ link_torch() {
     "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
         | xargs -I{} sh -c "echo '$shim' > '{}/torch-from-seqserve-venv.pth'"
 }
+if [ "$SET" = torchserve ]; then
+    source "$(dirname "${BASH_SOURCE[0]}")/need-debian.sh"
+    need_debian java openjdk-17-jre-headless
+fi
 mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/.$SET-lock"
 command -v flock >/dev/null 2>&1 && flock 9
 if [ "$(cat "$STAMP" 2>/dev/null)" != "${PACKAGES[*]}" ]; then
     echo "[ops-tools] installing ${PACKAGES[*]} into $VENV" >&2
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" >&2
-    if [ "$SET" = recbole ]; then link_torch; fi
+    if [ "$SET" = recbole ] || [ "$SET" = torchserve ]; then link_torch; fi
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
     "$VENV/bin/python" -m pip install -q "${PACKAGES[@]}" >&2
     echo "${PACKAGES[*]}" >"$STAMP"

@@ -3,8 +3,9 @@ traced with torch.jit.trace, scoring the whole catalogue and taking the top 10, 
 HTTP. This is what a team would deploy in TorchServe; it reads every history in a max_len window
 (SASRec's usual deployment).
 
-Usage: torchscript_anchor.py MODEL_DIR [SECONDS] [THREADS]
-Prints one line: `torchscript batch 32: N seq/s (THREADS threads)`.
+Usage: torchscript_anchor.py MODEL_DIR [SECONDS] [THREADS] [SAVE_PATH]
+Prints one line: `torchscript batch 32: N seq/s (THREADS threads)`. With SAVE_PATH, the checked
+module is also saved there (scripts/torchserve-anchor.sh serves it with TorchServe).
 
 Before timing, its scores are checked against tests/python/reference.py (the per-query reference
 that tests hold seqserve's encoder to): an anchor that computed something else would be no anchor.
@@ -116,6 +117,8 @@ def main():
             rv, ri = torch.topk(ref, 10)
             if (rv - vals[r]).abs().max() > 1e-4 or not torch.equal(ri, idx[r]):
                 sys.exit(f"torchscript_anchor: history {r} scores differ from reference.py")
+        if len(sys.argv) > 4:
+            traced.save(sys.argv[4])
         for _ in range(5):
             traced(window(hists[:32]))
         t0, done, i = time.time(), 0, 0

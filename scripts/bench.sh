@@ -8,7 +8,9 @@ source scripts/env.sh
 MODEL=${1:-models/beauty-2l}
 # The anchor first, alone on the machine: the same weights traced with TorchScript, batch 32, all
 # cores (scripts/torchscript_anchor.py checks its scores against tests/python/reference.py).
-ANCHOR=$(python scripts/torchscript_anchor.py "$MODEL" "${BENCH_SECONDS:-5}" | tee /dev/stderr)
+# (Printed with echo, not `tee /dev/stderr`: tee truncates a stderr redirected to a file.)
+ANCHOR=$(python scripts/torchscript_anchor.py "$MODEL" "${BENCH_SECONDS:-5}")
+echo "$ANCHOR"
 # TorchServe serving the same TorchScript module (scripts/torchserve-anchor.sh: its batching, 2
 # workers of 1 thread); measured by the same client first, then idle. BENCH_TORCHSERVE=0 skips it.
 TS_ENV=()

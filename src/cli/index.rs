@@ -85,7 +85,29 @@ pub fn run(a: IndexArgs) -> Result<()> {
         std::process::id()
     ));
     let t0 = Instant::now();
-    let what = match a.kind {
+    let what = build_and_save(&a, &model, threads, &tmp).inspect_err(|_| {
+        // A failed write (a full disk) leaves no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    let built = t0.elapsed().as_secs_f64();
+    std::fs::rename(&tmp, &out).with_context(|| format!("renaming into {}", out.display()))?;
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{}: {what}, built in {built:.1} s with {threads} threads, {:.1} MB",
+        out.display(),
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Builds the index `a` asks for and writes it to `tmp`; says what it built.
+fn build_and_save(
+    a: &IndexArgs,
+    model: &Model,
+    threads: usize,
+    tmp: &std::path::Path,
+) -> Result<String> {
+    Ok(match a.kind {
         Kind::Ivf => {
             let n = model.catalogue.len();
             if a.lists > n {
@@ -100,7 +122,7 @@ pub fn run(a: IndexArgs) -> Result<()> {
                 .map_err(anyhow::Error::msg)
                 .context("building the index")?;
             model
-                .save_ivf(&index, &tmp)
+                .save_ivf(&index, tmp)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("writing {}", tmp.display()))?;
             format!(
@@ -121,7 +143,7 @@ pub fn run(a: IndexArgs) -> Result<()> {
                 .map_err(anyhow::Error::msg)
                 .context("building the index")?;
             index
-                .save(&tmp)
+                .save(tmp)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("writing {}", tmp.display()))?;
             format!(
@@ -131,14 +153,5 @@ pub fn run(a: IndexArgs) -> Result<()> {
                 a.expansion_add
             )
         }
-    };
-    let built = t0.elapsed().as_secs_f64();
-    std::fs::rename(&tmp, &out).with_context(|| format!("renaming into {}", out.display()))?;
-    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "{}: {what}, built in {built:.1} s with {threads} threads, {:.1} MB",
-        out.display(),
-        bytes as f64 / 1e6
-    );
-    Ok(())
+    })
 }

@@ -154,31 +154,9 @@ fn ann_recalls_the_exact_ranking_with_exact_scores_and_falls_back() {
     let exact = model.recommend(&refs, &sp);
     let ann = model.recommend_with(Retrieval::Ann, &refs, &sp);
     let full = model.score(&refs);
-    let (mut hit, mut total) = (0, 0);
-    for (((a, e), s), row) in ann.iter().zip(&exact).zip(&sp).zip(&full) {
-        assert_eq!(a.len(), e.len());
-        let excluded: HashSet<usize> = s.exclude.iter().copied().collect();
-        for &(i, score) in a {
-            assert!(!excluded.contains(&i), "excluded item {i} returned");
-            assert!(
-                (score - row[i - 1]).abs() < 1e-5,
-                "ANN scores are exact scores"
-            );
-        }
-        // Ranked best first under the tie policy.
-        assert!(a
-            .windows(2)
-            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
-        if s.candidates.is_some() {
-            assert_eq!(a, e, "re-ranking never goes through the index");
-        }
-        // Gathered rows are scored by a product and sum, the scan by a GEMM: equal to float
-        // rounding, not bit for bit.
-        let want: HashSet<usize> = e.iter().map(|x| x.0).collect();
-        hit += a.iter().filter(|x| want.contains(&x.0)).count();
-        total += want.len();
-    }
-    let recall = hit as f64 / total as f64;
+    // Gathered rows are scored by a product and sum, the scan by a GEMM: equal to float
+    // rounding, not bit for bit.
+    let recall = recall_against(&ann, &exact, &sp, &full);
     assert!(recall >= 0.95, "recall@10 {recall}");
 
     // Exclusions that leave fewer eligible items than k: the exact scan answers, in order.

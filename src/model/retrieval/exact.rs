@@ -149,7 +149,7 @@ fn retrieve_with(
 
 /// Each row's exclusions as a sorted, deduplicated list (binary-searched only for the few items that
 /// pass the running threshold).
-fn sorted_exclusions(spec: &RankSpec) -> Vec<usize> {
+pub(super) fn sorted_exclusions(spec: &RankSpec) -> Vec<usize> {
     let mut ex = spec.exclude.clone();
     ex.sort_unstable();
     ex.dedup();

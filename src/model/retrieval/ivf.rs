@@ -273,10 +273,7 @@ impl IvfIndex {
                 assign[li.items[pos] as usize - 1] = l as i64;
             }
         }
-        let check = augmented(
-            &emb.index_select(0, &check_rows(n)),
-            &bias.index_select(0, &check_rows(n)),
-        );
+        let check = check_vectors(emb, bias);
         Tensor::write_safetensors(
             &[
                 ("centroids", &self.centroids),
@@ -321,9 +318,7 @@ impl IvfIndex {
                 assign.size()
             ));
         }
-        let rows = check_rows(n as usize);
-        let want = augmented(&emb.index_select(0, &rows), &bias.index_select(0, &rows));
-        if !want.equal(&check.to_kind(Kind::Float)) {
+        if !check_vectors(emb, bias).equal(&check.to_kind(Kind::Float)) {
             return Err(
                 "the index was built for other weights (an earlier training?): rebuild it \
                         with `seqserve index --kind ivf`"
@@ -386,12 +381,7 @@ impl IvfIndex {
             let lists = self.probed_lists(&zr);
             let excl: Vec<Vec<usize>> = rows
                 .iter()
-                .map(|&r| {
-                    let mut e = specs[r].exclude.clone();
-                    e.sort_unstable();
-                    e.dedup();
-                    e
-                })
+                .map(|&r| exact::sorted_exclusions(&specs[r]))
                 .collect();
             let ks: Vec<usize> = rows.iter().map(|&r| specs[r].k).collect();
             let tops = self.lists.scan(self.threads, &zv, &lists, &ks, &excl);
@@ -583,6 +573,12 @@ fn scan_body<const FUSED: bool>(
             top.offer(item, s);
         }
     }
+}
+
+/// The [e, b] rows of [`check_rows`]: what a saved index keeps to recognise its weights.
+fn check_vectors(emb: &Tensor, bias: &Tensor) -> Tensor {
+    let rows = check_rows(emb.size()[0] as usize);
+    augmented(&emb.index_select(0, &rows), &bias.index_select(0, &rows))
 }
 
 /// The 16 rows (at most n) whose vectors a saved index keeps to recognise its weights.

@@ -230,9 +230,12 @@ fn ivf_reading_every_list_is_exact_and_recall_grows_with_the_lists_read() {
     let all = model.recommend_with(Retrieval::Ann, &refs, &sp);
     assert_same_lists(&all, &exact, 1e-5, "IVF reading all 64 lists");
     // Fewer lists read, fewer found; a quarter of them already finds most of the top 10 (random
-    // weights: no structure for the lists to follow, the hardest case).
+    // weights: no structure for the lists to follow, the hardest case). Not down to one list: a
+    // row whose lists hold fewer than k eligible items is answered by the exact scan, and k-means
+    // on random vectors leaves a few small lists whose centroids, long vectors, win many queries'
+    // single probe (seed 21: recall 0.60 reading 4 lists, 0.78 reading 1).
     let mut last = 1.0;
-    for probe in [16, 4, 1] {
+    for probe in [16, 4] {
         model.attach_ivf(params(probe), &path, 2).unwrap();
         let got = model.recommend_with(Retrieval::Ann, &refs, &sp);
         let r = recall_against(&got, &exact, &sp, &full);
@@ -245,10 +248,10 @@ fn ivf_reading_every_list_is_exact_and_recall_grows_with_the_lists_read() {
         }
         last = r;
     }
-    assert!(
-        last < 0.9,
-        "reading one list of 64 should miss items: {last}"
-    );
+    model.attach_ivf(params(1), &path, 2).unwrap();
+    let got = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    let one = recall_against(&got, &exact, &sp, &full);
+    assert!(one < 0.9, "reading one list of 64 should miss items: {one}");
 
     // A rebuilt index (deterministic k-means) answers like the saved one; one thread like two.
     let built = IvfParams {

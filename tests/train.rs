@@ -13,10 +13,8 @@ use tch::Device;
 
 /// libtorch's random generator (dropout, sampled negatives) is global to the process: tests that
 /// train hold this lock so that one run's draws are never interleaved with another's.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+    common::RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn config(data: &Path, out: &Path) -> TrainConfig {

@@ -6,7 +6,11 @@ use seqserve::model::{
     FORMAT_VERSION,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tch::{Device, Tensor};
+
+/// Held while a test seeds tch's generator and draws from it.
+pub static RNG: Mutex<()> = Mutex::new(());
 
 /// A small random model with behaviours and every kind of context feature. All weights (biases and
 /// LayerNorm gains included) are perturbed so that a parity test exercises every parameter.
@@ -36,6 +40,9 @@ pub fn random_model_arch(
     seed: i64,
     edit: impl FnOnce(&mut Architecture),
 ) -> Model {
+    // tch's generator is one for the process and the test harness runs tests on several threads:
+    // the lock keeps another test's draws from landing between this seed and these weights.
+    let _draws = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -88,8 +95,12 @@ pub fn random_model_arch(
     }
     let catalogue = Catalogue::new((1..=n_items).map(|i| format!("i{i}")).collect()).unwrap();
     let model = Model::new(manifest, catalogue, Device::Cpu).unwrap();
+    // By name: `variables()` is a HashMap, whose order (and so which variable gets which draw)
+    // changes from run to run.
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (_, mut v) in model.vs.variables() {
+        for (_, mut v) in vars {
             let noise = Tensor::randn_like(&v) * 0.3;
             v.copy_(&(&v + noise));
         }

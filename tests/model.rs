@@ -379,7 +379,7 @@ fn every_load_error_names_file_and_problem() {
 
 #[test]
 fn non_finite_weights_are_refused_naming_the_tensor() {
-    for bad in [f64::NAN, f64::INFINITY] {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         let model = random_model(10, 1, 3);
         let vars = model.vs.variables();
         let name = vars
@@ -394,6 +394,20 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         let d = tempfile::tempdir().unwrap();
         model.save(d.path()).unwrap();
         expect_err(d.path(), &format!("tensor {name} holds non-finite values"));
+    }
+    // One bad value among many: the item matrix of 301 × 16 floats is read in blocks of 4,096, so
+    // these land in the first block, the last (partial) one and across the boundary.
+    for (bad, at) in [(f64::NEG_INFINITY, 4815), (f64::NAN, 0), (f64::INFINITY, 4096)] {
+        let model = random_model(300, 1, 3);
+        let vars = model.vs.variables();
+        tch::no_grad(|| {
+            let t = vars["item_emb"].view(-1);
+            assert_eq!(t.size(), [4816]);
+            let _ = t.get(at).fill_(bad);
+        });
+        let d = tempfile::tempdir().unwrap();
+        model.save(d.path()).unwrap();
+        expect_err(d.path(), "tensor item_emb holds non-finite values");
     }
 }
 

@@ -286,6 +286,47 @@ fn ivf_reading_every_list_is_exact_and_recall_grows_with_the_lists_read() {
     assert_eq!(a[0].len(), 3);
 }
 
+/// From 2,048 lists on, items are assigned among their 8 nearest groups of centroids (ivf.rs,
+/// `assign`): the index must still recall the exact top 10 and rebuild the same, whatever the
+/// threads.
+#[test]
+fn ivf_with_grouped_assignment_recalls_and_rebuilds_the_same() {
+    let n = 40_000;
+    let mut model = random_model(n, 1, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(IVF_FILE);
+    let params = |probe, threads| IvfParams {
+        lists: 2048,
+        probe,
+        threads,
+    };
+    let index = model.build_ivf(params(0, 2), 2).unwrap();
+    assert_eq!((index.len(), index.lists()), (n, 2048));
+    model.save_ivf(&index, &path).unwrap();
+    let qs = queries(200, n as u64, 7);
+    let refs: Vec<&Query> = qs.iter().collect();
+    let sp = specs(&qs, 10, n as u64, 8);
+    let exact = model.recommend(&refs, &sp);
+    let full = model.score(&refs);
+    let mut last = 0.0;
+    for probe in [128, 512] {
+        model.attach_ivf(params(probe, 2), &path, 2).unwrap();
+        let got = model.recommend_with(Retrieval::Ann, &refs, &sp);
+        let r = recall_against(&got, &exact, &sp, &full);
+        eprintln!("grouped assignment: recall@10 {r:.4} reading {probe} of 2048 lists");
+        assert!(r >= last, "recall {r} reading {probe} lists, {last} reading fewer");
+        last = r;
+    }
+    assert!(last >= 0.9, "recall@10 {last} reading a quarter of the lists");
+    model
+        .attach_ivf(params(128, 1), &dir.path().join("absent"), 1)
+        .unwrap();
+    let rebuilt = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    model.attach_ivf(params(128, 2), &path, 2).unwrap();
+    let saved = model.recommend_with(Retrieval::Ann, &refs, &sp);
+    assert_same_lists(&rebuilt, &saved, 1e-9, "rebuilt on one thread");
+}
+
 #[test]
 fn a_stale_or_foreign_ivf_index_is_refused() {
     let n = 500;

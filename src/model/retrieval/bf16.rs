@@ -17,7 +17,7 @@
 //! assumption is checked when the copy is made ([`Items::new`]): a kernel that breaks the bound on
 //! a sample refuses the bf16 path, and the f32 scan answers.
 use super::super::rank::TopK;
-use super::parallel::{scan_ranges, RangePart};
+use super::parallel::{f32_slice, scan_ranges, RangePart};
 use tch::{Device, Kind, Tensor};
 
 /// bf16 keeps 8 significant bits: round-to-nearest is off by at most 2⁻⁹ of a value; 2⁻⁸ leaves
@@ -363,13 +363,3 @@ fn norm(v: &[f32]) -> f64 {
         * (1.0 + 1e-6)
 }
 
-/// A contiguous CPU f32 tensor's elements.
-fn f32_slice(t: &Tensor) -> &[f32] {
-    let n = t.numel();
-    if n == 0 {
-        return &[];
-    }
-    // SAFETY: callers pass contiguous CPU float tensors that outlive the returned slice (it
-    // borrows `t`), and nothing writes to them meanwhile.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
-}

@@ -18,7 +18,7 @@
 use super::super::rank::TopK;
 use super::super::RankSpec;
 use super::exact;
-use super::parallel::in_parallel;
+use super::parallel::{f32_slice, in_parallel};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -164,6 +164,178 @@ fn nearest(x: &Tensor, c: &Tensor, threads: usize) -> Vec<i64> {
     parts.concat()
 }
 
+/// From this many lists on, an item's list is looked for among the lists of its [`GROUP_PROBE`]
+/// nearest groups (the centroids clustered into √L groups) instead of among all of them.
+const GROUPED_FROM: usize = 2048;
+/// Groups searched per item: 8 of √L, about 8/√L of the centroids (5% at 25k lists).
+const GROUP_PROBE: usize = 8;
+
+/// The list of each row of `x`: its nearest centroid, or at [`GROUPED_FROM`] lists and more the
+/// nearest among its nearest groups' centroids. An item then and then lands in a list that is
+/// not its very nearest (the index stays correct, every score exact: only which items a query
+/// reads together changes). At 10M items, 25,298 lists, the exact search was 33 TFLOP of a
+/// 65-wide product, 24 minutes here.
+fn assign(x: &Tensor, c: &Tensor, threads: usize) -> Vec<i64> {
+    if (c.size()[0] as usize) < GROUPED_FROM {
+        nearest(x, c, threads)
+    } else {
+        nearest_grouped(x, c, threads)
+    }
+}
+
+/// Centroids grouped by k-means: group g's centroids are `members[offsets[g]..offsets[g + 1]]`.
+struct Groups {
+    /// (G, dim) row-major, and −|g|²/2 per group.
+    centres: Vec<f32>,
+    centre_half: Vec<f32>,
+    offsets: Vec<usize>,
+    members: Vec<u32>,
+    /// The centroids (L, dim) and −|c|²/2 per centroid.
+    cents: Vec<f32>,
+    cent_half: Vec<f32>,
+    dim: usize,
+}
+
+/// −|v|²/2 for each row of a (rows, dim) slice.
+fn neg_half_sq(v: &[f32], dim: usize) -> Vec<f32> {
+    v.chunks_exact(dim)
+        .map(|r| -0.5 * r.iter().map(|x| x * x).sum::<f32>())
+        .collect()
+}
+
+impl Groups {
+    fn new(c: &Tensor, threads: usize) -> Groups {
+        let (l, dim) = (c.size()[0] as usize, c.size()[1] as usize);
+        let g = ((l as f64).sqrt().ceil() as usize).min(l);
+        let centres_t = kmeans(c, g, threads);
+        let of = nearest(c, &centres_t, threads);
+        let mut offsets = vec![0usize; g + 1];
+        for &o in &of {
+            offsets[o as usize + 1] += 1;
+        }
+        for i in 0..g {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut next = offsets.clone();
+        let mut members = vec![0u32; l];
+        for (i, &o) in of.iter().enumerate() {
+            members[next[o as usize]] = i as u32;
+            next[o as usize] += 1;
+        }
+        let (centres, cents) = (f32_vec(&centres_t), f32_vec(c));
+        Groups {
+            centre_half: neg_half_sq(&centres, dim),
+            cent_half: neg_half_sq(&cents, dim),
+            centres,
+            cents,
+            offsets,
+            members,
+            dim,
+        }
+    }
+
+    /// The nearest centroid of `row` among the members of its [`GROUP_PROBE`] nearest groups (all
+    /// centroids if those groups are empty). Ties go to the lower index, as `argmax` does.
+    #[inline(always)]
+    fn nearest<const FUSED: bool>(&self, row: &[f32]) -> i64 {
+        let d = self.dim;
+        let mut best_groups = [(f32::NEG_INFINITY, usize::MAX); GROUP_PROBE];
+        for (gi, (c, h)) in self.centres.chunks_exact(d).zip(&self.centre_half).enumerate() {
+            let s = dot::<FUSED>(row, c) + h;
+            if s > best_groups[GROUP_PROBE - 1].0 {
+                let mut at = GROUP_PROBE - 1;
+                while at > 0 && s > best_groups[at - 1].0 {
+                    best_groups[at] = best_groups[at - 1];
+                    at -= 1;
+                }
+                best_groups[at] = (s, gi);
+            }
+        }
+        // Plain loops, no closures: a closure is a function of its own, compiled without the
+        // caller's target features, and its `mul_add` became a call to libm's fmaf (10x slower).
+        let mut best = (f32::NEG_INFINITY, u32::MAX);
+        for &(_, gi) in &best_groups {
+            if gi == usize::MAX {
+                continue;
+            }
+            for &m in &self.members[self.offsets[gi]..self.offsets[gi + 1]] {
+                let at = m as usize;
+                let s = dot::<FUSED>(row, &self.cents[at * d..(at + 1) * d]) + self.cent_half[at];
+                if s > best.0 || (s == best.0 && m < best.1) {
+                    best = (s, m);
+                }
+            }
+        }
+        if best.1 == u32::MAX {
+            for (m, (c, h)) in self.cents.chunks_exact(d).zip(&self.cent_half).enumerate() {
+                let s = dot::<FUSED>(row, c) + h;
+                if s > best.0 {
+                    best = (s, m as u32);
+                }
+            }
+        }
+        best.1 as i64
+    }
+}
+
+/// [`assign`] for many lists: rows split over `threads`, each row on its own (so the answer does
+/// not depend on the number of threads).
+fn nearest_grouped(x: &Tensor, c: &Tensor, threads: usize) -> Vec<i64> {
+    let groups = Groups::new(c, threads);
+    let x = x.to_kind(Kind::Float).contiguous();
+    let (n, d) = (x.size()[0] as usize, groups.dim);
+    if n == 0 {
+        return Vec::new();
+    }
+    let xv = f32_slice(&x);
+    let t = threads.clamp(1, n);
+    let parts: Vec<&[f32]> = (0..t)
+        .map(|i| &xv[n * i / t * d..n * (i + 1) / t * d])
+        .collect();
+    let run = |rows: &[f32]| -> Vec<i64> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("fma") {
+                // SAFETY: the CPU has AVX-512F and FMA (checked just above).
+                return unsafe { grouped_avx512(&groups, rows) };
+            }
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { grouped_avx2(&groups, rows) };
+            }
+        }
+        grouped_body::<false>(&groups, rows)
+    };
+    let out = if t == 1 {
+        vec![run(parts[0])]
+    } else {
+        in_parallel(parts, run)
+    };
+    out.concat()
+}
+
+#[inline(always)]
+fn grouped_body<const FUSED: bool>(g: &Groups, rows: &[f32]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(rows.len() / g.dim.max(1));
+    for r in rows.chunks_exact(g.dim) {
+        out.push(g.nearest::<FUSED>(r));
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn grouped_avx512(g: &Groups, rows: &[f32]) -> Vec<i64> {
+    grouped_body::<true>(g, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grouped_avx2(g: &Groups, rows: &[f32]) -> Vec<i64> {
+    grouped_body::<true>(g, rows)
+}
+
 /// k-means (L2) of the rows of `x` into `l` centroids, fitted on a sample of 16 rows per list (at
 /// least 65,536 rows, at most all): [`KMEANS_ROUNDS`] rounds from `l` distinct sampled rows. A list
 /// left empty keeps its previous centroid.
@@ -175,7 +347,7 @@ fn kmeans(x: &Tensor, l: usize, threads: usize) -> Tensor {
     let mut c = sample.narrow(0, 0, l as i64).copy();
     let dim = x.size()[1];
     for _ in 0..KMEANS_ROUNDS {
-        let assign = Tensor::from_slice(&nearest(&sample, &c, threads));
+        let assign = Tensor::from_slice(&assign(&sample, &c, threads));
         let sums = Tensor::zeros([l as i64, dim], (Kind::Float, Device::Cpu))
             .index_add(0, &assign, &sample);
         let counts = assign
@@ -207,7 +379,7 @@ impl IvfIndex {
         };
         let x = augmented(emb, bias);
         let centroids = kmeans(&x, lists, build_threads);
-        let assign = nearest(&x, &centroids, build_threads);
+        let assign = assign(&x, &centroids, build_threads);
         IvfIndex::from_assignment(emb, bias, centroids, &assign, params)
     }
 
@@ -241,9 +413,19 @@ impl IvfIndex {
             items[next[a as usize]] = (j + 1) as u32;
             next[a as usize] += 1;
         }
-        let order = Tensor::from_slice(&items.iter().map(|&i| i as i64 - 1).collect::<Vec<_>>());
-        let e = emb.to_device(Device::Cpu).to_kind(Kind::Float);
-        let b = bias.to_device(Device::Cpu).to_kind(Kind::Float);
+        // The item vectors in list order, gathered straight into the lists' memory (an
+        // index_select and then a copy out of it held the 10M-item matrix twice more, 2.5 GB
+        // and 2 s of opening).
+        let e = emb.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let b = bias.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let (ev, bv) = (f32_slice(&e), f32_slice(&b));
+        let mut list_emb = Vec::with_capacity(n * d);
+        let mut list_bias = Vec::with_capacity(n);
+        for &i in &items {
+            let j = i as usize - 1;
+            list_emb.extend_from_slice(&ev[j * d..(j + 1) * d]);
+            list_bias.push(bv[j]);
+        }
         let probe = match params.probe {
             0 => auto_probe(lists, n),
             p => p.min(lists),
@@ -254,8 +436,8 @@ impl IvfIndex {
                 dim: d,
                 offsets,
                 items,
-                emb: f32_vec(&e.index_select(0, &order)),
-                bias: f32_vec(&b.index_select(0, &order)),
+                emb: list_emb,
+                bias: list_bias,
             },
             probe,
             threads: params.threads.max(1),
@@ -618,4 +800,38 @@ fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows clustered around `k` random centres in `d` dimensions (a trained model's item vectors
+    /// are clustered too; isotropic noise would be the hardest case), from a fixed seed.
+    fn clustered(n: usize, k: usize, d: usize, spread: f64) -> Tensor {
+        let mut rng = Mix(7);
+        let mut unit = move || (rng.next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let centres: Vec<f32> = (0..k * d).map(|_| (4.0 * unit()) as f32).collect();
+        let mut v = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let c = (i * 7919) % k;
+            v.extend((0..d).map(|j| centres[c * d + j] + (spread * unit()) as f32));
+        }
+        Tensor::from_slice(&v).view([n as i64, d as i64])
+    }
+
+    #[test]
+    fn grouped_assignment_mostly_finds_the_nearest_centroid_whatever_the_threads() {
+        for (spread, want) in [(1.0, 0.95), (8.0, 0.0)] {
+            let x = clustered(20_000, 300, 17, spread);
+            let c = x.index_select(0, &Tensor::from_slice(&sample_indices(20_000, 2_500, &mut Mix(3))));
+            let exact = nearest(&x, &c, 2);
+            let grouped = nearest_grouped(&x, &c, 2);
+            assert_eq!(grouped, nearest_grouped(&x, &c, 1), "threads change the answer");
+            let same = exact.iter().zip(&grouped).filter(|(a, b)| a == b).count();
+            let share = same as f64 / exact.len() as f64;
+            eprintln!("spread {spread}: {share:.4} of rows in their nearest list");
+            assert!(share >= want, "spread {spread}: {share}");
+        }
+    }
 }

@@ -1,7 +1,24 @@
 //! The scan's parallelism: the item matrix cut into one contiguous range per thread, each range
 //! scanned on its own thread with one libtorch intra-op thread (shared by the f32 scan in
-//! `exact.rs` and the bf16 first pass in `bf16.rs`).
-use tch::Tensor;
+//! `exact.rs` and the bf16 first pass in `bf16.rs`), and the plain view of a tensor that the
+//! hand-written loops read.
+use tch::{Device, Kind, Tensor};
+
+/// A contiguous CPU f32 tensor's elements, read in place (no copy: at 10M items a copy is
+/// 2.5 GB and seconds). Panics on any other tensor, which would be a bug in the caller.
+pub fn f32_slice(t: &Tensor) -> &[f32] {
+    assert!(
+        t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous(),
+        "f32_slice needs a contiguous CPU float tensor"
+    );
+    let n = t.numel();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: checked just above: `n` f32 at the data pointer. The slice borrows `t`, which
+    // keeps the storage alive, and nothing writes to it meanwhile.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+}
 
 /// One thread's share of a scan: the queries and a contiguous range of the item matrix, whose
 /// first row is row `offset` of the whole matrix (item index offset + 1).

@@ -397,7 +397,11 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
     }
     // One bad value among many: the item matrix of 301 × 16 floats is read in blocks of 4,096, so
     // these land in the first block, the last (partial) one and across the boundary.
-    for (bad, at) in [(f64::NEG_INFINITY, 4815), (f64::NAN, 0), (f64::INFINITY, 4096)] {
+    for (bad, at) in [
+        (f64::NEG_INFINITY, 4815),
+        (f64::NAN, 0),
+        (f64::INFINITY, 4096),
+    ] {
         let model = random_model(300, 1, 3);
         let vars = model.vs.variables();
         tch::no_grad(|| {

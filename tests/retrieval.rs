@@ -314,10 +314,16 @@ fn ivf_with_grouped_assignment_recalls_and_rebuilds_the_same() {
         let got = model.recommend_with(Retrieval::Ann, &refs, &sp);
         let r = recall_against(&got, &exact, &sp, &full);
         eprintln!("grouped assignment: recall@10 {r:.4} reading {probe} of 2048 lists");
-        assert!(r >= last, "recall {r} reading {probe} lists, {last} reading fewer");
+        assert!(
+            r >= last,
+            "recall {r} reading {probe} lists, {last} reading fewer"
+        );
         last = r;
     }
-    assert!(last >= 0.9, "recall@10 {last} reading a quarter of the lists");
+    assert!(
+        last >= 0.9,
+        "recall@10 {last} reading a quarter of the lists"
+    );
     model
         .attach_ivf(params(128, 1), &dir.path().join("absent"), 1)
         .unwrap();

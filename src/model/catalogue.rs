@@ -218,7 +218,11 @@ mod tests {
     fn the_id_hash_spreads_sequential_ids() {
         // Catalogues are full of ids that differ in one digit: no two may share a hash, and the
         // bits the map reads (low bits: the bucket; top 7: the tag) must be evenly used.
-        for fmt in [|n: u32| format!("i{n}"), |n: u32| format!("B00{n:07}"), |n: u32| n.to_string()] {
+        for fmt in [
+            |n: u32| format!("i{n}"),
+            |n: u32| format!("B00{n:07}"),
+            |n: u32| n.to_string(),
+        ] {
             let hashes: Vec<u64> = (0..200_000).map(|n| id_hash(&fmt(n))).collect();
             let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
             assert_eq!(distinct.len(), hashes.len(), "{}", fmt(0));

@@ -137,7 +137,9 @@ impl Model {
         let (catalogue, model) = std::thread::scope(|s| {
             let reader = s.spawn(|| Catalogue::read(&items_path));
             let model = Model::load_weights_for(manifest, &manifest_path, &weights_path, device);
-            let catalogue = reader.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let catalogue = reader
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
             (catalogue, model)
         });
         let catalogue = catalogue?;

@@ -240,7 +240,12 @@ impl Groups {
     fn nearest<const FUSED: bool>(&self, row: &[f32]) -> i64 {
         let d = self.dim;
         let mut best_groups = [(f32::NEG_INFINITY, usize::MAX); GROUP_PROBE];
-        for (gi, (c, h)) in self.centres.chunks_exact(d).zip(&self.centre_half).enumerate() {
+        for (gi, (c, h)) in self
+            .centres
+            .chunks_exact(d)
+            .zip(&self.centre_half)
+            .enumerate()
+        {
             let s = dot::<FUSED>(row, c) + h;
             if s > best_groups[GROUP_PROBE - 1].0 {
                 let mut at = GROUP_PROBE - 1;
@@ -417,7 +422,10 @@ impl IvfIndex {
         // index_select and then a copy out of it held the 10M-item matrix twice more, 2.5 GB
         // and 2 s of opening).
         let e = emb.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-        let b = bias.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let b = bias
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
         let (ev, bv) = (f32_slice(&e), f32_slice(&b));
         let mut list_emb = Vec::with_capacity(n * d);
         let mut list_bias = Vec::with_capacity(n);
@@ -824,10 +832,17 @@ mod tests {
     fn grouped_assignment_mostly_finds_the_nearest_centroid_whatever_the_threads() {
         for (spread, want) in [(1.0, 0.95), (8.0, 0.0)] {
             let x = clustered(20_000, 300, 17, spread);
-            let c = x.index_select(0, &Tensor::from_slice(&sample_indices(20_000, 2_500, &mut Mix(3))));
+            let c = x.index_select(
+                0,
+                &Tensor::from_slice(&sample_indices(20_000, 2_500, &mut Mix(3))),
+            );
             let exact = nearest(&x, &c, 2);
             let grouped = nearest_grouped(&x, &c, 2);
-            assert_eq!(grouped, nearest_grouped(&x, &c, 1), "threads change the answer");
+            assert_eq!(
+                grouped,
+                nearest_grouped(&x, &c, 1),
+                "threads change the answer"
+            );
             let same = exact.iter().zip(&grouped).filter(|(a, b)| a == b).count();
             let share = same as f64 / exact.len() as f64;
             eprintln!("spread {spread}: {share:.4} of rows in their nearest list");

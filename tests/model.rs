@@ -104,9 +104,20 @@ fn scores_match_pytorch_reference() {
 fn every_encoder_option_matches_the_pytorch_reference() {
     // Each option on its own, then all of RecBole's together (post-LN, eps 1e-12, input
     // LayerNorm, no head), pmixer/SASRec.pytorch's (pre-LN, ReLU, eps 1e-8, positions counted from
-    // the newest item, attended padding, no head), and everything at once.
+    // the newest item, attended padding, no head), SASRec's original blocks and input scale (the
+    // SASRec+ reference's code), and everything at once.
     type Edit = fn(&mut Architecture);
-    let variants: [(&str, Edit); 8] = [
+    let variants: [(&str, Edit); 11] = [
+        ("item_input_scale 8", |a| a.item_input_scale = 8.0),
+        ("norm sasrec", |a| a.norm = Norm::Sasrec),
+        ("sasrec+ (antklen/sasrec-bert4rec-recsys23)", |a| {
+            a.norm = Norm::Sasrec;
+            a.item_input_scale = 8.0;
+            a.layer_norm_eps = 1e-8;
+            a.activation = Activation::Relu;
+            a.positions = Positions::FromOldest;
+            a.head = Head::None;
+        }),
         ("layer_norm_eps 1e-12", |a| a.layer_norm_eps = 1e-12),
         ("relu", |a| a.activation = Activation::Relu),
         ("positions from_newest", |a| {
@@ -214,11 +225,14 @@ fn padding_in_a_batch_does_not_change_scores() {
 fn packed_inference_equals_the_padded_encoder() {
     use seqserve::model::manifest::{Norm, Positions};
     for layers in [1, 2, 3] {
-        for norm in [Norm::Pre, Norm::Post] {
+        for norm in [Norm::Pre, Norm::Post, Norm::Sasrec] {
             for positions in [Positions::FromOldest, Positions::FromNewest] {
                 let model = random_model_arch(40, layers, 11, |a| {
                     a.norm = norm;
                     a.positions = positions;
+                    if norm == Norm::Sasrec {
+                        a.item_input_scale = 8.0;
+                    }
                 });
                 let qs = random_queries(9, 40, 8, layers as u64);
                 let refs: Vec<&Query> = qs.iter().collect();
@@ -542,7 +556,13 @@ fn a_model_trained_before_the_options_loads_and_scores_unchanged() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/beauty-2l-prev");
     let raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
-    for key in ["layer_norm_eps", "activation", "positions", "head"] {
+    for key in [
+        "layer_norm_eps",
+        "activation",
+        "positions",
+        "head",
+        "item_input_scale",
+    ] {
         assert!(raw["architecture"].get(key).is_none(), "{key} is new");
     }
     let model = Model::load(&dir, Device::Cpu).unwrap();
@@ -551,6 +571,17 @@ fn a_model_trained_before_the_options_loads_and_scores_unchanged() {
         (a.activation, a.positions, a.head, a.layer_norm_eps),
         (Activation::Gelu, Positions::FromOldest, Head::Linear, 1e-5)
     );
+    assert_eq!((a.norm, a.item_input_scale), (Norm::Pre, 1.0));
+    // Written back, the manifest gains no key it did not have (no `item_input_scale: 1`).
+    let written = serde_json::to_value(&model.manifest).unwrap();
+    assert!(written["architecture"].get("item_input_scale").is_none());
+    // A scale that is not a positive finite number is refused with its name.
+    for bad in [0.0, -8.0, f64::NAN, f64::INFINITY] {
+        let mut m = model.manifest.clone();
+        m.architecture.item_input_scale = bad;
+        let e = m.validate().unwrap_err();
+        assert!(e.contains("item_input_scale"), "{bad}: {e}");
+    }
     let n = model.catalogue.len() as u64;
     let mut rng = common::Lcg(11);
     let queries: Vec<Query> = (0..16)

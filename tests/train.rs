@@ -38,6 +38,8 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         max_len: 20,
         embedding_norm: false,
         norm: Norm::Pre,
+        layer_norm_eps: 1e-5,
+        item_input_scale: 1.0,
         activation: Default::default(),
         positions: Default::default(),
         head: Some(Default::default()),

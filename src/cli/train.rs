@@ -58,9 +58,18 @@ pub struct TrainArgs {
     /// the encoder of models trained before it existed).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     embedding_norm: bool,
-    /// pre: LayerNorm before attention/FFN and once at the end; post: after each residual sum.
+    /// pre: LayerNorm before attention/FFN and once at the end; post: after each residual sum;
+    /// sasrec: SASRec's original code (queries and the attention residual from LN1(x), keys and
+    /// values from x, the FFN residual from LN2 of the sum; a final LayerNorm).
     #[arg(long, value_enum, default_value = "post")]
     norm: Norm,
+    /// LayerNorm epsilon (SASRec's code uses 1e-8).
+    #[arg(long, default_value_t = seqserve::model::manifest::default_layer_norm_eps())]
+    layer_norm_eps: f64,
+    /// Factor on the item embeddings where they enter the encoder (scores keep the plain
+    /// matrix): `sqrt-d` (SASRec's code: sqrt(d_model)) or a positive number.
+    #[arg(long, default_value = "1", value_parser = parse_item_scale)]
+    item_input_scale: ItemScale,
     /// The feed-forward non-linearity.
     #[arg(long, value_enum, default_value = "gelu")]
     activation: Activation,
@@ -232,6 +241,11 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
         max_len: a.max_len,
         embedding_norm: a.embedding_norm,
         norm: a.norm,
+        layer_norm_eps: a.layer_norm_eps,
+        item_input_scale: match a.item_input_scale {
+            ItemScale::SqrtD => (a.d_model as f64).sqrt(),
+            ItemScale::Factor(f) => f,
+        },
         activation: a.activation,
         positions: a.positions,
         head: a.head,
@@ -266,4 +280,20 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
         command,
     };
     train(&cfg)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ItemScale {
+    SqrtD,
+    Factor(f64),
+}
+
+fn parse_item_scale(s: &str) -> Result<ItemScale, String> {
+    if s == "sqrt-d" {
+        return Ok(ItemScale::SqrtD);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(ItemScale::Factor(f)),
+        _ => Err(format!("expected `sqrt-d` or a positive number, got {s:?}")),
+    }
 }

@@ -275,6 +275,7 @@ fn imported_architecture(s: &Sizes, n_layers: usize) -> Architecture {
         positions: Default::default(),
         head: Head::None,
         padding: Padding::Masked,
+        item_input_scale: 1.0,
     }
 }
 

@@ -52,6 +52,7 @@ pub(super) fn convert(
         activation,
         positions: arch.positions,
         padding: arch.padding,
+        item_input_scale: 1.0,
         ..super::imported_architecture(&s, mapped.n_layers)
     };
     let (items, items_from) = match items_path {

@@ -1,5 +1,6 @@
 //! The SASRec-style encoder: item (+ behaviour) and position embeddings (optionally LayerNorm +
-//! dropout over their sum), n causal self-attention blocks (pre- or post-LayerNorm), then
+//! dropout over their sum; item embeddings optionally multiplied by `item_input_scale` first), n
+//! causal self-attention blocks (pre-LayerNorm, post-LayerNorm or SASRec's original code), then
 //! concat(sequence representation, context) → fully connected → z, and scores z · Eᵀ + b over the
 //! whole catalogue (item embeddings tied between input and output); or, with `head: none`, the
 //! references' y · Eᵀ with no head and no item bias.
@@ -62,8 +63,10 @@ pub struct Encoder {
     /// LayerNorm over the summed input embeddings (architecture.embedding_norm).
     emb_ln: Option<nn::LayerNorm>,
     norm: Norm,
-    /// Pre-LN only: post-LN blocks end normalised already.
+    /// Pre-LN and SASRec's blocks: post-LN blocks end normalised already.
     final_ln: Option<nn::LayerNorm>,
+    /// architecture.item_input_scale (1: no multiplication).
+    item_scale: f64,
     head: Option<nn::Linear>,
     activation: Activation,
     positions: Positions,
@@ -133,7 +136,7 @@ pub fn expected_shapes(m: &Manifest) -> std::collections::BTreeMap<String, Vec<i
     if a.embedding_norm {
         norm(&mut put, "emb_ln");
     }
-    if a.norm == Norm::Pre {
+    if a.norm != Norm::Post {
         norm(&mut put, "final_ln");
     }
     out
@@ -216,7 +219,8 @@ impl Encoder {
             blocks,
             emb_ln: a.embedding_norm.then(|| ln(p / "emb_ln")),
             norm: a.norm,
-            final_ln: (a.norm == Norm::Pre).then(|| ln(p / "final_ln")),
+            final_ln: (a.norm != Norm::Post).then(|| ln(p / "final_ln")),
+            item_scale: a.item_input_scale,
             head: (a.head == Head::Linear)
                 .then(|| lin(p / "head", d + m.context_width() as i64, d)),
             activation: a.activation,
@@ -263,7 +267,7 @@ impl Encoder {
         let nonpad = items.ne(0);
         // Padding columns get a position too; they are zeroed below.
         let pos = self.position_ids(&nonpad);
-        let mut x = Tensor::embedding(&self.item_emb, &items, 0, false, false)
+        let mut x = self.scaled(Tensor::embedding(&self.item_emb, &items, 0, false, false))
             + Tensor::embedding(&self.pos_emb, &pos, -1, false, false);
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &behaviours) {
             x += Tensor::embedding(emb, beh, 0, false, false);
@@ -284,34 +288,23 @@ impl Encoder {
         };
         let dh = self.d / self.heads;
         let n_blocks = self.blocks.len();
-        let post = self.norm == Norm::Post;
         for (i, blk) in self.blocks.iter().enumerate() {
-            // Pre-LN attends over LN1(x); post-LN over x itself and normalises after the residual sum.
-            let h = if post {
-                x.shallow_clone()
-            } else {
-                blk.ln1.forward(&x)
-            };
+            let (h, kv, base) = self.attention_inputs(blk, &x);
             // Queries: every position, or only the last one in the final block.
             let (xq, hq, mq, wq) = if last_only && i + 1 == n_blocks {
                 (
-                    x.narrow(1, w - 1, 1),
+                    base.narrow(1, w - 1, 1),
                     h.narrow(1, w - 1, 1),
                     mask.narrow(2, w - 1, 1),
                     1,
                 )
             } else {
-                (
-                    x.shallow_clone(),
-                    h.shallow_clone(),
-                    mask.shallow_clone(),
-                    w,
-                )
+                (base, h, mask.shallow_clone(), w)
             };
             let split = |t: Tensor, len: i64| t.view([bsz, len, self.heads, dh]).transpose(1, 2);
             let q = split(blk.q.forward(&hq), wq);
-            let k = split(blk.k.forward(&h), w);
-            let v = split(blk.v.forward(&h), w);
+            let k = split(blk.k.forward(&kv), w);
+            let v = split(blk.v.forward(&kv), w);
             let a = self
                 .attend(&q, &k, &v, &mq, train)
                 .transpose(1, 2)
@@ -363,13 +356,13 @@ impl Encoder {
                 .view([bsz, w, d])
         };
         let mut x =
-            Tensor::embedding(
+            self.scaled(Tensor::embedding(
                 &self.item_emb,
                 &pack(&b.items).squeeze_dim(1),
                 0,
                 false,
                 false,
-            ) + Tensor::embedding(&self.pos_emb, &pack(&pos).squeeze_dim(1), -1, false, false);
+            )) + Tensor::embedding(&self.pos_emb, &pack(&pos).squeeze_dim(1), -1, false, false);
         if let (Some(emb), Some(beh)) = (&self.behaviour_emb, &b.behaviours) {
             x += Tensor::embedding(emb, &pack(beh).squeeze_dim(1), 0, false, false);
         }
@@ -383,28 +376,23 @@ impl Encoder {
         let mask = masked_causal(&nonpad);
         let dh = d / self.heads;
         let n_blocks = self.blocks.len();
-        let post = self.norm == Norm::Post;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = if post {
-                x.shallow_clone()
-            } else {
-                blk.ln1.forward(&x)
-            };
+            let (h, kv, base) = self.attention_inputs(blk, &x);
             let heads = |t: Tensor, len: i64| t.view([bsz, len, self.heads, dh]).transpose(1, 2);
-            let k = heads(unpack(&blk.k.forward(&h)), w);
-            let v = heads(unpack(&blk.v.forward(&h)), w);
+            let k = heads(unpack(&blk.k.forward(&kv)), w);
+            let v = heads(unpack(&blk.v.forward(&kv)), w);
             let final_block = i + 1 == n_blocks;
             let (xq, q, mq, wq) = if final_block {
                 let hq = h.index_select(0, &last);
                 (
-                    x.index_select(0, &last),
+                    base.index_select(0, &last),
                     heads(blk.q.forward(&hq), 1),
                     mask.narrow(2, w - 1, 1),
                     1,
                 )
             } else {
                 (
-                    x.shallow_clone(),
+                    base,
                     heads(unpack(&blk.q.forward(&h)), w),
                     mask.shallow_clone(),
                     w,
@@ -445,6 +433,33 @@ impl Encoder {
         }
     }
 
+    /// The item embeddings as they enter the encoder (SASRec's code multiplies them by sqrt(d)).
+    fn scaled(&self, items: Tensor) -> Tensor {
+        if self.item_scale == 1.0 {
+            items
+        } else {
+            items * self.item_scale
+        }
+    }
+
+    /// A block's attention inputs from its stream `x`: (what the queries are projected from, what
+    /// the keys and values are projected from, the residual the attention output is added to).
+    /// Pre-LN: (LN1(x), LN1(x), x); post-LN: (x, x, x), normalising after the sum; SASRec's code:
+    /// (LN1(x), x, LN1(x)).
+    fn attention_inputs(&self, blk: &Block, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        match self.norm {
+            Norm::Post => (x.shallow_clone(), x.shallow_clone(), x.shallow_clone()),
+            Norm::Pre => {
+                let h = blk.ln1.forward(x);
+                (h.shallow_clone(), h, x.shallow_clone())
+            }
+            Norm::Sasrec => {
+                let h = blk.ln1.forward(x);
+                (h.shallow_clone(), x.shallow_clone(), h)
+            }
+        }
+    }
+
     /// The rest of a block after the attention residual `xr`: the FFN and its residual, with
     /// the LayerNorms where the norm placement puts them.
     fn feed_forward(&self, blk: &Block, xr: &Tensor, train: bool) -> Tensor {
@@ -456,11 +471,16 @@ impl Encoder {
             };
             self.drop(&blk.fc2.forward(&h), train)
         };
-        if self.norm == Norm::Post {
-            let xr = blk.ln1.forward(xr);
-            blk.ln2.forward(&(&xr + ffn(&xr)))
-        } else {
-            xr + ffn(&blk.ln2.forward(xr))
+        match self.norm {
+            Norm::Post => {
+                let xr = blk.ln1.forward(xr);
+                blk.ln2.forward(&(&xr + ffn(&xr)))
+            }
+            Norm::Pre => xr + ffn(&blk.ln2.forward(xr)),
+            Norm::Sasrec => {
+                let u = blk.ln2.forward(xr);
+                &u + ffn(&u)
+            }
         }
     }
 

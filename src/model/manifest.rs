@@ -74,6 +74,24 @@ pub struct Architecture {
     /// Whether padding columns are masked out of attention (absent: `masked`).
     #[serde(default)]
     pub padding: Padding,
+    /// Factor on the item embeddings where they enter the encoder (not where items are scored):
+    /// SASRec's original code multiplies them by sqrt(d_model), which changes how the tied
+    /// matrix trains. Absent in older models: 1.
+    /// Written only when it is not 1, so manifests (and training fingerprints) of models without
+    /// it stay byte for byte what they were.
+    #[serde(
+        default = "default_item_input_scale",
+        skip_serializing_if = "is_default_item_input_scale"
+    )]
+    pub item_input_scale: f64,
+}
+
+pub fn default_item_input_scale() -> f64 {
+    1.0
+}
+
+fn is_default_item_input_scale(s: &f64) -> bool {
+    *s == 1.0
 }
 
 pub fn default_layer_norm_eps() -> f64 {
@@ -188,9 +206,16 @@ pub enum Padding {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Norm {
+    /// LayerNorm before attention and FFN (residuals from the raw stream), one final LayerNorm.
     #[default]
     Pre,
+    /// LayerNorm after each residual sum (BERT, BSARec, RecBole).
     Post,
+    /// SASRec's original code (Kang & McAuley; pmixer/SASRec.pytorch before its norm_first
+    /// option; the SASRec+ reference): queries and the attention residual come from LN1(x) while
+    /// keys and values read x itself; the FFN and its residual both read LN2 of the sum; one final
+    /// LayerNorm.
+    Sasrec,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -383,6 +408,12 @@ impl Manifest {
             return Err(format!(
                 "architecture.layer_norm_eps must be in (0, 1), got {}",
                 a.layer_norm_eps
+            ));
+        }
+        if !(a.item_input_scale.is_finite() && a.item_input_scale > 0.0) {
+            return Err(format!(
+                "architecture.item_input_scale must be a positive finite number, got {}",
+                a.item_input_scale
             ));
         }
         if a.head == Head::None && !self.context.is_empty() {

@@ -103,6 +103,9 @@ pub struct TrainConfig {
     pub max_len: usize,
     pub embedding_norm: bool,
     pub norm: Norm,
+    pub layer_norm_eps: f64,
+    /// Factor on the item embeddings at the encoder's input (see `Architecture`).
+    pub item_input_scale: f64,
     pub activation: Activation,
     pub positions: Positions,
     /// None: `none` for a model without context features (scores y·Eᵀ, as the references), `linear`
@@ -180,7 +183,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             max_len: cfg.max_len,
             embedding_norm: cfg.embedding_norm,
             norm: cfg.norm,
-            layer_norm_eps: crate::model::manifest::default_layer_norm_eps(),
+            layer_norm_eps: cfg.layer_norm_eps,
             activation: cfg.activation,
             positions: cfg.positions,
             head: cfg.head.unwrap_or(if context.is_empty() {
@@ -189,6 +192,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
                 Head::Linear
             }),
             padding: Default::default(),
+            item_input_scale: cfg.item_input_scale,
         },
         behaviours: behaviours.clone(),
         context,

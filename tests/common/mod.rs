@@ -63,6 +63,7 @@ pub fn random_model_arch(
             positions: Default::default(),
             head: Default::default(),
             padding: Default::default(),
+            item_input_scale: 1.0,
         },
         behaviours: vec!["pv".into(), "cart".into(), "fav".into(), "buy".into()],
         context: vec![

@@ -34,14 +34,16 @@ def forward(m, w, q):
         pos = (before - 1).clamp(min=0)  # real items before each column
     else:
         pos = (nonpad.long().sum(1, keepdim=True) - before).clamp(min=0)  # real items after it
-    x = w["item_emb"][items] + w["pos_emb"][pos]
+    # SASRec's code multiplies the item embeddings by sqrt(d) on input (not where items are scored).
+    x = w["item_emb"][items] * arch.get("item_input_scale", 1.0) + w["pos_emb"][pos]
     if m.get("behaviours"):
         beh = torch.tensor([behs], dtype=torch.long)
         x = x + w["behaviour_emb"][beh]
     if arch.get("embedding_norm", False):
         x = F.layer_norm(x, (d,), w["emb_ln.weight"], w["emb_ln.bias"], eps)
     x = x * nonpad[..., None].float()
-    post = arch.get("norm", "pre") == "post"
+    norm = arch.get("norm", "pre")
+    post = norm == "post"
     causal = torch.tril(torch.ones(W, W, dtype=torch.bool))
     eye = torch.eye(W, dtype=torch.bool)
     if attended:  # padding keys take part like items: the causal mask only
@@ -62,7 +64,10 @@ def forward(m, w, q):
         p = f"blocks.{i}."
         h = x if post else ln(p + "ln1", x)
         split = lambda t: t.view(1, W, heads, dh).transpose(1, 2)
-        q_, k_, v_ = (split(lin(p + "attn." + n, h)) for n in ("q", "k", "v"))
+        # SASRec's code: keys and values from the raw stream, queries from LN1(x).
+        kv = x if norm == "sasrec" else h
+        q_ = split(lin(p + "attn.q", h))
+        k_, v_ = (split(lin(p + "attn." + n, kv)) for n in ("k", "v"))
         # Written out by hand (not scaled_dot_product_attention) to be an independent check.
         att = (q_ @ k_.transpose(-1, -2)) / math.sqrt(dh)
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
@@ -71,6 +76,9 @@ def forward(m, w, q):
         if post:
             x = ln(p + "ln1", x + lin(p + "attn.o", a))
             x = ln(p + "ln2", x + ffn(x))
+        elif norm == "sasrec":  # the attention residual from LN1(x), the FFN's from LN2 of the sum
+            u = ln(p + "ln2", h + lin(p + "attn.o", a))
+            x = u + ffn(u)
         else:
             x = x + lin(p + "attn.o", a)
             x = x + ffn(ln(p + "ln2", x))

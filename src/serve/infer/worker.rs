@@ -184,6 +184,7 @@ pub(crate) mod tests {
                 positions: Default::default(),
                 head: Default::default(),
                 padding: Default::default(),
+                item_input_scale: 1.0,
             },
             behaviours: vec![],
             context: vec![],

@@ -104,11 +104,12 @@ fn ranked_map(v: &Value) -> HashMap<String, f64> {
 const PMIXER_ITEMS: usize = 300;
 const PMIXER_MAXLEN: usize = 20;
 
-fn pmixer_checkpoint(dir: &Path) -> PathBuf {
-    let pt = dir.join("SASRec.epoch=1.pth");
+/// A random model of the layout `script` (tests/python) builds, saved as a state dict.
+fn layout_checkpoint(script: &str, dir: &Path) -> PathBuf {
+    let pt = dir.join(format!("{script}.epoch=1.pth"));
     python(
         &common::python(),
-        "pmixer_sasrec.py",
+        script,
         &[
             "make",
             pt.to_str().unwrap(),
@@ -130,9 +131,13 @@ fn pmixer_checkpoint(dir: &Path) -> PathBuf {
     pt
 }
 
-/// The shipped mapping with its head count set (the weights cannot tell it).
-fn pmixer_mapping(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(format!("{ROOT}/mappings/pmixer-sasrec.toml")).unwrap();
+fn pmixer_checkpoint(dir: &Path) -> PathBuf {
+    layout_checkpoint("pmixer_sasrec.py", dir)
+}
+
+/// A shipped mapping with its head count set (the weights cannot tell it).
+fn shipped_mapping(name: &str, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let text = std::fs::read_to_string(format!("{ROOT}/mappings/{name}")).unwrap();
     let text = text.replacen("n_heads = 1 ", "n_heads = 2 ", 1);
     assert!(
         text.contains("n_heads = 2 "),
@@ -143,12 +148,23 @@ fn pmixer_mapping(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     p
 }
 
-#[test]
-fn a_pmixer_state_dict_scores_as_its_pytorch_model_does() {
+fn pmixer_mapping(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    shipped_mapping("pmixer-sasrec.toml", dir, edit)
+}
+
+/// Imports a random model of `script`'s layout with the shipped `mapping`, checks the manifest
+/// with `check`, and compares its scores with the PyTorch model's on histories of every length
+/// from `min_len` (shorter than the window, exactly it, longer: truncated).
+fn state_dict_scores_as_pytorch(
+    script: &str,
+    mapping: &str,
+    min_len: usize,
+    check: impl Fn(&Value),
+) {
     let tmp = tempfile::tempdir().unwrap();
-    let pt = pmixer_checkpoint(tmp.path());
-    let mapping = pmixer_mapping(tmp.path(), |t| t);
-    let out = tmp.path().join("models/pmixer");
+    let pt = layout_checkpoint(script, tmp.path());
+    let mapping = shipped_mapping(mapping, tmp.path(), |t| t);
+    let out = tmp.path().join("models/imported");
     let o = seqserve(
         &[
             "import",
@@ -178,23 +194,21 @@ fn a_pmixer_state_dict_scores_as_its_pytorch_model_does() {
         (a["max_len"].as_u64(), a["ffn_dim"].as_u64()),
         (Some(20), Some(32))
     );
-    assert_eq!(a["norm"], "pre");
     assert_eq!(a["activation"], "relu");
-    assert_eq!(a["positions"], "from_newest");
-    assert_eq!(a["padding"], "attended");
     assert_eq!(a["head"], "none");
     assert_eq!(m["imported"]["from"], "state_dict");
     assert_eq!(
         m["imported"]["checkpoint_sha256"].as_str().unwrap().len(),
         64
     );
+    check(a);
 
-    // Histories of every length: empty, shorter than the window, exactly it, longer (truncated).
     let mut rng = common::Lcg(11);
     let histories: Vec<Vec<i64>> = (0..60)
         .map(|q| {
             let len = [0, 1, PMIXER_MAXLEN, PMIXER_MAXLEN + 7][q % 4]
-                .max(rng.next(30) as usize * (q % 2));
+                .max(rng.next(30) as usize * (q % 2))
+                .max(min_len);
             (0..len)
                 .map(|_| 1 + rng.next(PMIXER_ITEMS as u64) as i64)
                 .collect()
@@ -205,7 +219,7 @@ fn a_pmixer_state_dict_scores_as_its_pytorch_model_does() {
     let scores_file = tmp.path().join("scores.json");
     python(
         &common::python(),
-        "pmixer_sasrec.py",
+        script,
         &[
             "score",
             pt.to_str().unwrap(),
@@ -255,10 +269,31 @@ fn a_pmixer_state_dict_scores_as_its_pytorch_model_does() {
         assert!(ties_only, "top-10 differs beyond ties");
     }
     eprintln!(
-        "pmixer: max |seqserve - pytorch| = {worst:e} over {} histories × {PMIXER_ITEMS} items; identical top-10 for {exact}",
+        "{script}: max |seqserve - pytorch| = {worst:e} over {} histories × {PMIXER_ITEMS} items; identical top-10 for {exact}",
         histories.len()
     );
     assert!(worst <= 1e-4, "max |Δ| {worst}");
+}
+
+#[test]
+fn a_pmixer_state_dict_scores_as_its_pytorch_model_does() {
+    state_dict_scores_as_pytorch("pmixer_sasrec.py", "pmixer-sasrec.toml", 0, |a| {
+        assert_eq!(a["norm"], "pre");
+        assert_eq!(a["positions"], "from_newest");
+        assert_eq!(a["padding"], "attended");
+    });
+}
+
+/// The SASRec+ reference's own code (antklen/sasrec-bert4rec-recsys23): SASRec's original blocks
+/// (`norm: sasrec`), right-padded batches read at the last real item. An empty history is left
+/// out: that code gives it the last LayerNorm of a zero vector (see the mapping).
+#[test]
+fn a_sasrec_plus_state_dict_scores_as_its_pytorch_model_does() {
+    state_dict_scores_as_pytorch("sasrec_plus.py", "sasrec-plus.toml", 1, |a| {
+        assert_eq!(a["norm"], "sasrec");
+        assert_eq!(a["positions"], "from_oldest");
+        assert_eq!(a["padding"], "masked");
+    });
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! ```toml
 //! [architecture]            # state dicts only; RecBole's comes from its checkpoint
 //! n_heads = 1
-//! norm = "pre"              # pre | post
+//! norm = "pre"              # pre | post | sasrec
 //! activation = "relu"       # gelu | relu
 //! layer_norm_eps = 1e-8
 //! embedding_norm = false

@@ -83,7 +83,8 @@ pub(super) fn convert(
 }
 
 /// Code whose items are multiplied by a constant on input only (SASRec's `seqs *= sqrt(d)`) has
-/// different input and output item matrices; ours are tied. Exact all the same in a pre-LN model:
+/// different input and output item matrices; ours are tied. Exact all the same in a model that
+/// ends in a LayerNorm (pre-LN, SASRec's original blocks):
 /// E' = s·E gives the blocks the input they had, and dividing the final LayerNorm's gain and bias
 /// by s makes y' = y/s, so y'·E'ᵀ = y·Eᵀ.
 fn fold_item_scale(
@@ -91,9 +92,11 @@ fn fold_item_scale(
     scale: f64,
     norm: Norm,
 ) -> Result<(), String> {
-    if norm != Norm::Pre {
+    if norm == Norm::Post {
         return Err(
-            "[input] item_scale needs norm = \"pre\": it is folded into the final LayerNorm".into(),
+            "[input] item_scale needs norm = \"pre\" or \"sasrec\": it is folded into \
+                    the final LayerNorm, which post-LN blocks do not have"
+                .into(),
         );
     }
     for (name, factor) in [

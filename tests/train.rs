@@ -483,3 +483,35 @@ fn the_head_defaults_to_none_without_context_and_linear_with_it() {
         );
     }
 }
+
+/// `--init normal-identity-head`: the linear head starts as z = y (identity on the sequence part),
+/// where `normal` draws it N(0, 0.02). With a learning rate too small to move anything, the saved
+/// head is still what the initialisation made.
+#[test]
+fn the_identity_head_initialisation_starts_the_head_as_z_equals_y() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let head_of = |init: Init, out: &str| {
+        let mut cfg = config(&data, &dir.path().join(out));
+        cfg.head = Some(Head::Linear);
+        cfg.recipe.init = init;
+        cfg.recipe.learning_rate = 1e-12;
+        cfg.recipe.max_epochs = 1;
+        cfg.skip_test = true;
+        let model = train(&cfg).unwrap().model;
+        let w = model.vs.variables()["head.weight"].copy();
+        let d = model.manifest.architecture.d_model as i64;
+        assert_eq!(w.size(), vec![d, d]);
+        f64::try_from(
+            (w - tch::Tensor::eye(d, (tch::Kind::Float, Device::Cpu)))
+                .abs()
+                .max(),
+        )
+        .unwrap()
+    };
+    let identity = head_of(Init::NormalIdentityHead, "identity");
+    assert!(identity < 1e-6, "max |W - I| = {identity}");
+    let normal = head_of(Init::Normal, "normal");
+    assert!(normal > 0.5, "a N(0, 0.02) head is far from I: {normal}");
+}

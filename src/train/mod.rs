@@ -67,6 +67,10 @@ pub enum Init {
     /// The references' (SASRec, BSARec, RecBole): every Linear weight and embedding N(0, 0.02),
     /// biases 0, LayerNorm gains 1 and shifts 0.
     Normal,
+    /// `normal`, and the linear head (models with context) starts as the identity on the sequence
+    /// part and zero on the context part: the model starts as the references' y·Eᵀ and learns
+    /// what the context adds, instead of first learning to pass y through N(0, 0.02) weights.
+    NormalIdentityHead,
 }
 
 /// Batch composition.
@@ -201,8 +205,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         imported: None,
     };
     let mut model = Model::new(manifest, catalogue, cfg.device).map_err(anyhow::Error::msg)?;
-    if r.init == Init::Normal {
-        init_normal(&model);
+    if r.init != Init::Torch {
+        init_normal(&model, r.init == Init::NormalIdentityHead);
     }
 
     let splits = examples::splits(&data, &cfg.split)?;
@@ -776,7 +780,7 @@ fn train_step(
 /// The references' initialisation (see [`Init::Normal`]), by variable name: LayerNorm parameters
 /// (`ln1`, `ln2`, `emb_ln`, `final_ln`) keep their 1 / 0, other biases become 0, every other
 /// weight N(0, 0.02).
-fn init_normal(model: &Model) {
+fn init_normal(model: &Model, identity_head: bool) {
     // In name order: the store's map iterates in a random order, and the draws must not depend
     // on it.
     let vars: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
@@ -790,6 +794,13 @@ fn init_normal(model: &Model) {
             }
             if name.ends_with(".bias") || name == "item_bias" {
                 let _ = v.zero_();
+            } else if identity_head && name == "head.weight" {
+                // (d, d + context width): z = y at the start.
+                let d = v.size()[0];
+                let _ = v.zero_();
+                let _ = v
+                    .narrow(1, 0, d)
+                    .copy_(&Tensor::eye(d, (v.kind(), v.device())));
             } else {
                 let _ = v.normal_(0.0, 0.02);
             }

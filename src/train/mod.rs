@@ -278,6 +278,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             st.epochs_done
         );
     }
+    let epochs_before = st.epoch_seconds.len();
     // Data-parallel threads: each takes a share of every batch with one libtorch thread. At d 64
     // the operations are too small for libtorch's intra-op threads to use a second core (1.3x on
     // two), where two threads on halves of the batch nearly double the rate.
@@ -440,7 +441,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             |_| {},
         )))
     };
-    let wall = started.elapsed().as_secs_f64();
+    // A run resumed over several sittings: the earlier sittings' epochs count too (their time
+    // outside epochs is lost with them; this sitting's is in `started`).
+    let wall = started.elapsed().as_secs_f64()
+        + st.epoch_seconds[..epochs_before.min(st.epoch_seconds.len())]
+            .iter()
+            .sum::<f64>();
     let spe = st.epoch_seconds.iter().sum::<f64>() / st.epoch_seconds.len().max(1) as f64;
     model.manifest.training = Some(TrainingRecord {
         data: std::iter::once(cfg.data.display().to_string())
@@ -798,8 +804,7 @@ fn init_normal(model: &Model, identity_head: bool) {
                 // (d, d + context width): z = y at the start.
                 let d = v.size()[0];
                 let _ = v.zero_();
-                let _ = v
-                    .narrow(1, 0, d)
+                v.narrow(1, 0, d)
                     .copy_(&Tensor::eye(d, (v.kind(), v.device())));
             } else {
                 let _ = v.normal_(0.0, 0.02);

@@ -19,9 +19,9 @@ padding; per block: x = LN(seqs); seqs += MHA(x, x, x) under the causal mask onl
 masked); seqs += FFN(LN(seqs)) with FFN = conv2(relu(conv1(.))) of 1x1 Conv1d; then a last
 LayerNorm; scores = output at the last column · item_emb (unscaled). LayerNorm eps 1e-8.
 """
-import argparse
 import json
 
+import sasrec_layout
 import torch
 from torch import nn
 
@@ -76,24 +76,11 @@ class SASRec(nn.Module):
 def make(a):
     torch.manual_seed(a.seed)
     m = SASRec(a.items, a.d, a.blocks, a.heads, a.maxlen)
-    with torch.no_grad():
-        # Every parameter away from its initial value (LayerNorm gains and biases included), so
-        # that a wrong mapping of any of them shows.
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-        m.item_emb.weight[0] = 0
-        m.pos_emb.weight[0] = 0
-    torch.save(m.state_dict(), a.out)
+    sasrec_layout.save_perturbed(m, a.out, [m.item_emb, m.pos_emb])
 
 
 def score(a):
-    state = torch.load(a.checkpoint, weights_only=True)
-    n_items, d = state["item_emb.weight"].shape
-    maxlen = state["pos_emb.weight"].shape[0] - 1
-    blocks = len({k.split(".")[1] for k in state if k.startswith("attention_layers.")})
-    m = SASRec(n_items - 1, d, blocks, a.heads, maxlen)
-    m.load_state_dict(state)
-    m.eval()
+    m, maxlen = sasrec_layout.load(a.checkpoint, SASRec, a.heads, 1)
     rows = []
     for h in json.load(open(a.histories))["histories"]:
         h = h[-maxlen:]
@@ -128,18 +115,7 @@ def evil(a):
     torch.save({"item_emb.weight": torch.zeros(2, 2), "x": Evil(a.marker)}, a.out)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("make")
-    s.add_argument("out")
-    for k in ("items", "d", "blocks", "heads", "maxlen", "seed"):
-        s.add_argument(f"--{k}", type=int, required=True)
-    s = sub.add_parser("score")
-    s.add_argument("checkpoint")
-    s.add_argument("histories")
-    s.add_argument("out")
-    s.add_argument("--heads", type=int, required=True)
+def more_commands(sub):
     s = sub.add_parser("edit")
     s.add_argument("checkpoint")
     s.add_argument("out")
@@ -149,9 +125,7 @@ def main():
     s = sub.add_parser("evil")
     s.add_argument("out")
     s.add_argument("marker")
-    a = p.parse_args()
-    {"make": make, "score": score, "edit": edit, "evil": evil}[a.cmd](a)
 
 
 if __name__ == "__main__":
-    main()
+    sasrec_layout.main({"make": make, "score": score, "edit": edit, "evil": evil}, more_commands)

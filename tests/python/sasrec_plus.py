@@ -16,9 +16,9 @@ sits after the real items, so no real item sees it); seqs = LN2(seqs); seqs = se
 FFN = conv2(relu(conv1(.))) of 1x1 Conv1d of width d; padding rows zeroed; a last LayerNorm; all
 LayerNorm eps 1e-8. Scores = output at the last real item · item_emb (unscaled, tied).
 """
-import argparse
 import json
 
+import sasrec_layout
 import torch
 from torch import nn
 
@@ -70,23 +70,11 @@ class SASRec(nn.Module):
 def make(a):
     torch.manual_seed(a.seed)
     m = SASRec(a.items, a.d, a.blocks, a.heads, a.maxlen)
-    with torch.no_grad():
-        # Every parameter away from its initial value (LayerNorm gains and biases included), so
-        # that a wrong mapping of any of them shows.
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-        m.item_emb.weight[0] = 0
-    torch.save(m.state_dict(), a.out)
+    sasrec_layout.save_perturbed(m, a.out, [m.item_emb])
 
 
 def score(a):
-    state = torch.load(a.checkpoint, weights_only=True)
-    n_items, d = state["item_emb.weight"].shape
-    maxlen = state["pos_emb.weight"].shape[0]
-    blocks = len({k.split(".")[1] for k in state if k.startswith("attention_layers.")})
-    m = SASRec(n_items - 1, d, blocks, a.heads, maxlen)
-    m.load_state_dict(state)
-    m.eval()
+    m, maxlen = sasrec_layout.load(a.checkpoint, SASRec, a.heads, 0)
     hs = [h[-maxlen:] for h in json.load(open(a.histories))["histories"]]
     width = max(1, max(len(h) for h in hs))
     ids = torch.tensor([h + [0] * (width - len(h)) for h in hs], dtype=torch.long)
@@ -98,21 +86,5 @@ def score(a):
     json.dump({"scores": scores.tolist()}, open(a.out, "w"))
 
 
-def main():
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("make")
-    s.add_argument("out")
-    for k in ("items", "d", "blocks", "heads", "maxlen", "seed"):
-        s.add_argument(f"--{k}", type=int, required=True)
-    s = sub.add_parser("score")
-    s.add_argument("checkpoint")
-    s.add_argument("histories")
-    s.add_argument("out")
-    s.add_argument("--heads", type=int, required=True)
-    a = p.parse_args()
-    {"make": make, "score": score}[a.cmd](a)
-
-
 if __name__ == "__main__":
-    main()
+    sasrec_layout.main({"make": make, "score": score})

@@ -3,7 +3,7 @@ mod common;
 
 use seqserve::data::Split;
 use seqserve::model::{Head, HistoryEvent, Model, Norm, Positions, RankSpec};
-use seqserve::train::loss::{LossConfig, LossKind, Sampling};
+use seqserve::train::loss::{LogitsPrecision, LossConfig, LossKind, Sampling};
 use seqserve::train::optim::Schedule;
 use seqserve::train::{checkpoint, train, Batches, Init, Recipe, Targets, TrainConfig};
 use std::collections::BTreeMap;
@@ -55,6 +55,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
                 negatives: 16,
                 sampling: Sampling::Uniform,
                 label_smoothing: 0.0,
+                logits_precision: Default::default(),
             },
             targets: Targets::All,
             max_epochs: 4,
@@ -514,4 +515,35 @@ fn the_identity_head_initialisation_starts_the_head_as_z_equals_y() {
     assert!(identity < 1e-6, "max |W - I| = {identity}");
     let normal = head_of(Init::Normal, "normal");
     assert!(normal > 0.5, "a N(0, 0.02) head is far from I: {normal}");
+}
+
+/// `logits_precision: bf16` (the catalogue product in bfloat16, f32 accumulation) learns the
+/// pattern as f32 does, is recorded in the recipe, and is in effect: with one thread (bit-for-bit
+/// reproducible) the same run in f32 ends with other weights. An f32 recipe does not write the
+/// field, so older manifests' fingerprints are unchanged.
+#[test]
+fn bf16_logits_learn_the_pattern_and_are_recorded() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let run = |out: &str, precision: LogitsPrecision| {
+        let mut cfg = config(&data, &dir.path().join(out));
+        cfg.recipe.loss.logits_precision = precision;
+        train(&cfg).unwrap()
+    };
+    let bf16 = run("bf16", LogitsPrecision::Bf16);
+    let f32 = run("f32", LogitsPrecision::F32);
+    let m = bf16.model.manifest.metrics.clone().unwrap();
+    assert!(m.test["hr@10"] > 0.6, "test hr@10 {}", m.test["hr@10"]);
+    let recipe = |r: &seqserve::train::TrainOutcome| {
+        r.model.manifest.training.clone().unwrap().recipe.unwrap()
+    };
+    assert_eq!(
+        recipe(&bf16)["loss"]["logits_precision"].as_str(),
+        Some("bf16")
+    );
+    assert!(recipe(&f32)["loss"].get("logits_precision").is_none());
+    let item = |r: &seqserve::train::TrainOutcome| r.model.vs.variables()["item_emb"].copy();
+    let diff = (item(&bf16) - item(&f32)).abs().max().double_value(&[]);
+    assert!(diff > 0.0, "bf16 and f32 runs ended with the same weights");
 }

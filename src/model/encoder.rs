@@ -570,8 +570,14 @@ impl Encoder {
 
     /// Scores (M, n_items) over the whole catalogue: column j is item index j + 1.
     pub fn logits(&self, z: &Tensor) -> Tensor {
-        let e = self.item_emb.narrow(0, 1, self.n_items);
-        let scores = z.matmul(&e.tr());
+        self.logits_in(z, Kind::Float)
+    }
+
+    /// [`Encoder::logits`] with the product's operands in `kind` (training's bf16 option), the
+    /// scores returned in f32.
+    pub fn logits_in(&self, z: &Tensor, kind: Kind) -> Tensor {
+        let e = self.item_emb.narrow(0, 1, self.n_items).to_kind(kind);
+        let scores = z.to_kind(kind).matmul(&e.tr()).to_kind(Kind::Float);
         if self.has_item_bias() {
             scores + self.item_bias.narrow(0, 1, self.n_items)
         } else {

@@ -21,6 +21,25 @@ pub enum Sampling {
     Popularity,
 }
 
+/// The precision of the full loss's catalogue product (M × d by d × n_items, forward and both
+/// backward products): the largest matrix products of a training step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogitsPrecision {
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16, products accumulated in f32 and the logits taken back to f32
+    /// before the softmax (mixed precision as on GPUs): 2.5-3.7x faster products on a CPU with
+    /// AVX512-BF16 (one thread, 128 rows by 12k items), the softmax and the loss unchanged.
+    Bf16,
+}
+
+impl LogitsPrecision {
+    fn is_f32(&self) -> bool {
+        *self == LogitsPrecision::F32
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {
     pub kind: LossKind,
@@ -29,6 +48,10 @@ pub struct LossConfig {
     /// Full loss only: smoothing spreads mass over every class, and the sampled loss masks
     /// accidental hits with -inf.
     pub label_smoothing: f64,
+    /// Absent in older manifests (f32), and not written when f32 so that their training
+    /// fingerprints are unchanged.
+    #[serde(default, skip_serializing_if = "LogitsPrecision::is_f32")]
+    pub logits_precision: LogitsPrecision,
 }
 
 /// What the loss needs besides the batch: the sampling distribution of negatives.
@@ -71,8 +94,17 @@ impl Loss {
         let ls = self.cfg.label_smoothing;
         match self.cfg.kind {
             LossKind::Full => {
-                enc.logits(z)
-                    .cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, ls)
+                let kind = match self.cfg.logits_precision {
+                    LogitsPrecision::F32 => Kind::Float,
+                    LogitsPrecision::Bf16 => Kind::BFloat16,
+                };
+                enc.logits_in(z, kind).cross_entropy_loss::<Tensor>(
+                    y,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    ls,
+                )
             }
             LossKind::Sampled => {
                 let n = self.cfg.negatives as i64;

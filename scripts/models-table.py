@@ -8,7 +8,7 @@ import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DEFAULT = ["beauty-2l", "beauty-1l", "ml1m-ctx"]
+DEFAULT = ["beauty-2l", "beauty-1l", "ml1m-ctx", "ml1m-1l"]
 
 
 def row(name):

@@ -13,24 +13,28 @@ S=target/release/seqserve
 # data-parallel threads (faster than one; but only one-thread runs are bit-reproducible). beauty-2l was trained
 # so; the other models were trained by the previous defaults (row 6, `--threads 1`), which their
 # manifests record in full (training.recipe, architecture) until they are retrained.
-BEAUTY="--data $D/amazon_s3rec/Beauty.txt --threads 2"
+# The shipped models were trained before `--logits-precision` (f32); the option's default is bf16
+# on CPUs that multiply it natively, so the full-softmax recipes name f32 to reproduce them.
+BEAUTY="--data $D/amazon_s3rec/Beauty.txt --threads 2 --logits-precision f32"
 # ML-1M (ml1m-ctx): the SASRec+ reference's code point by point (README, "ML-1M: the reference's
 # code"): SASRec's original blocks, item embeddings x sqrt(d) on input, FFN 64 with ReLU, eps 1e-8,
 # positions from the oldest item, dropout 0.1, batch 128 users with a target at every position of
 # their last 201 items, random batches, Adam 1e-3 constant, the full softmax over 3,706 items; the
-# context head started as the identity. Shipped from a run ended with --finish at epoch 61 (best 55).
+# context head started as the identity. Shipped from a run ended with --finish at epoch 61 (best 55);
+# ml1m-1l, its one-layer twin for the seed's question, likewise (--stop-after 61, then --finish;
+# best 59).
 ML1M="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat --max-len 200 \
       --heads 1 --d-model 64 --ffn-dim 64 --activation relu --dropout 0.1 --norm sasrec \
       --layer-norm-eps 1e-8 --item-input-scale sqrt-d --positions from-oldest --embedding-norm false \
       --init normal-identity-head --targets all --loss full --batch-size 128 --lr 0.001 \
-      --batches random --epochs 150 --patience 15 --threads 2"
+      --batches random --epochs 150 --patience 15 --threads 2 --logits-precision f32"
 # The leave-last-3 ML-1M pair (previous recipe, not yet retrained) reads the most recent 100 items
 # with sampled softmax over 512 uniform negatives and trains at most 30 epochs, to fit this 2-core
 # machine's time budget.
 ML1M_LL3="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat --max-len 100 \
       --dropout 0.2 --targets all --batch-size 64 --loss sampled --negatives 512 --epochs 30 --threads 1 \
       --split leave-last-3"
-ALL="beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-ll3-2l ml1m-ll3-1l"
+ALL="beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-1l ml1m-ll3-2l ml1m-ll3-1l"
 [ $# -gt 0 ] || set -- $ALL
 for m in "$@"; do
   case $m in
@@ -38,6 +42,7 @@ for m in "$@"; do
     beauty-2l) $S train $BEAUTY --layers 2 --force --out models/beauty-2l ;;
     beauty-1l) $S train $BEAUTY --layers 1 --force --out models/beauty-1l ;;
     ml1m-ctx)  $S train $ML1M --layers 2 --force --out models/ml1m-ctx ;;
+    ml1m-1l)   $S train $ML1M --layers 1 --force --out models/ml1m-1l ;;
     # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
     # comparison of `seqserve evaluate` (README).
     beauty-ll3-2l) $S train $BEAUTY --layers 2 --split leave-last-3 --force --out models/beauty-ll3-2l ;;

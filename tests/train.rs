@@ -546,4 +546,23 @@ fn bf16_logits_learn_the_pattern_and_are_recorded() {
     let item = |r: &seqserve::train::TrainOutcome| r.model.vs.variables()["item_emb"].copy();
     let diff = (item(&bf16) - item(&f32)).abs().max().double_value(&[]);
     assert!(diff > 0.0, "bf16 and f32 runs ended with the same weights");
+    // A paused run's checkpoint says which precision it started with (what `train --resume`
+    // keeps when the command does not name one); an f32 run's says f32, no checkpoint nothing.
+    for (name, precision) in [
+        ("paused-bf16", LogitsPrecision::Bf16),
+        ("paused-f32", LogitsPrecision::F32),
+    ] {
+        let mut cfg = config(&data, &dir.path().join(name));
+        cfg.recipe.loss.logits_precision = precision;
+        cfg.stop_after = Some(1);
+        train(&cfg).unwrap();
+        assert_eq!(
+            checkpoint::logits_precision_of(&dir.path().join(name)),
+            Some(precision)
+        );
+    }
+    assert_eq!(
+        checkpoint::logits_precision_of(&dir.path().join("none")),
+        None
+    );
 }

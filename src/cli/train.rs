@@ -121,9 +121,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
     /// Precision of the full loss's product with the catalogue (the step's largest): f32, or bf16
-    /// operands with f32 accumulation and f32 logits (faster on CPUs with AVX512-BF16 and on GPUs).
-    #[arg(long, value_enum, default_value = "f32")]
-    logits_precision: LogitsPrecision,
+    /// operands with f32 accumulation and f32 logits. Default: bf16 on a CPU that multiplies bf16
+    /// natively (AVX512-BF16 or AMX; elsewhere libtorch emulates it, slower than f32), f32
+    /// otherwise and on CUDA. The manifest records which one ran.
+    #[arg(long, value_enum)]
+    logits_precision: Option<LogitsPrecision>,
     #[arg(long, default_value_t = 80)]
     epochs: usize,
     /// Stop after this many epochs without a new best of the smoothed validation F1@K.
@@ -216,10 +218,30 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The loss precision asked for; by default the one a resumed run started with, else bf16 where
+/// the CPU multiplies it natively.
+fn logits_precision(a: &TrainArgs, device: tch::Device) -> LogitsPrecision {
+    if let Some(p) = a.logits_precision {
+        return p;
+    }
+    if a.resume || a.finish {
+        if let Some(p) = seqserve::train::checkpoint::logits_precision_of(&a.out) {
+            return p;
+        }
+    }
+    // Only the full loss has the catalogue product the option is about.
+    if a.loss == LossKind::Full && device == tch::Device::Cpu && seqserve::device::cpu_has_bf16() {
+        LogitsPrecision::Bf16
+    } else {
+        LogitsPrecision::F32
+    }
+}
+
 /// Trains from parsed arguments; `command` is recorded in the manifest as how to reproduce it.
 pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
     let device = seqserve::device::parse_device(&a.device)?;
     let threads = seqserve::device::configure_threads(a.threads);
+    let precision = logits_precision(&a, device);
     let name = a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
@@ -265,7 +287,7 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
                 negatives: a.negatives,
                 sampling: a.negative_sampling,
                 label_smoothing: a.label_smoothing,
-                logits_precision: a.logits_precision,
+                logits_precision: precision,
             },
             targets: a.targets,
             max_epochs: a.epochs,

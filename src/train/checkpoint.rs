@@ -115,6 +115,20 @@ pub fn load(dir: &Path, fingerprint: &str) -> Result<Checkpoint> {
     })
 }
 
+/// The loss precision recorded by the checkpoint of a run trained to `out` (f32 where its recipe
+/// has none: a run from before the option), or None without a readable checkpoint. Lets a resumed
+/// run keep the precision it started with when the command leaves it to the default.
+pub fn logits_precision_of(out: &Path) -> Option<crate::train::loss::LogitsPrecision> {
+    let text = std::fs::read_to_string(dir_for(out).join(STATE)).ok()?;
+    let state: State = serde_json::from_str(&text).ok()?;
+    let fp: serde_json::Value = serde_json::from_str(&state.fingerprint).ok()?;
+    let recorded = &fp["recipe"]["loss"]["logits_precision"];
+    if recorded.is_null() {
+        return Some(Default::default());
+    }
+    serde_json::from_value(recorded.clone()).ok()
+}
+
 /// Removes the checkpoint once the model it was for has been written.
 pub fn remove(dir: &Path) {
     if dir.exists() {

@@ -2,10 +2,16 @@
 # Reproduces the shipped models in models/ from ../shared/data (the exact command is also recorded in
 # each model.json under training.command).
 # Usage: scripts/train-models.sh [NAME ...]   (default: every model below, in order)
+#        scripts/train-models.sh --print NAME   (NAME's train flags without --out/--force, for
+#        scripts/bench-recipes.sh, which times an epoch of each recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
-cargo build --release --quiet
+PRINT=""
+if [ "${1:-}" = --print ]; then PRINT=1; shift; [ $# -eq 1 ] || { echo "--print takes one NAME" >&2; exit 1; }; fi
+if [ -z "$PRINT" ]; then
+  source scripts/env.sh
+  cargo build --release --quiet
+fi
 D=../shared/data
 [ -d "$D" ] || { echo "../shared/data is absent: the shipped models are trained on it" >&2; exit 1; }
 S=target/release/seqserve
@@ -36,19 +42,26 @@ ML1M_LL3="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users
       --split leave-last-3"
 ALL="beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-1l ml1m-ll3-2l ml1m-ll3-1l"
 [ $# -gt 0 ] || set -- $ALL
-for m in "$@"; do
-  case $m in
+# Each model's flags (besides --out and --force).
+recipe() {
+  case $1 in
     # Leave-one-out (the published protocol): the service's models.
-    beauty-2l) $S train $BEAUTY --layers 2 --force --out models/beauty-2l ;;
-    beauty-1l) $S train $BEAUTY --layers 1 --force --out models/beauty-1l ;;
-    ml1m-ctx)  $S train $ML1M --layers 2 --force --out models/ml1m-ctx ;;
-    ml1m-1l)   $S train $ML1M --layers 1 --force --out models/ml1m-1l ;;
+    beauty-2l) echo "$BEAUTY --layers 2" ;;
+    beauty-1l) echo "$BEAUTY --layers 1" ;;
+    ml1m-ctx)  echo "$ML1M --layers 2" ;;
+    ml1m-1l)   echo "$ML1M --layers 1" ;;
     # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
     # comparison of `seqserve evaluate` (README).
-    beauty-ll3-2l) $S train $BEAUTY --layers 2 --split leave-last-3 --force --out models/beauty-ll3-2l ;;
-    beauty-ll3-1l) $S train $BEAUTY --layers 1 --split leave-last-3 --force --out models/beauty-ll3-1l ;;
-    ml1m-ll3-2l)   $S train $ML1M_LL3 --layers 2 --force --out models/ml1m-ll3-2l ;;
-    ml1m-ll3-1l)   $S train $ML1M_LL3 --layers 1 --force --out models/ml1m-ll3-1l ;;
-    *) echo "unknown model $m (known: $ALL)" >&2; exit 1 ;;
+    beauty-ll3-2l) echo "$BEAUTY --layers 2 --split leave-last-3" ;;
+    beauty-ll3-1l) echo "$BEAUTY --layers 1 --split leave-last-3" ;;
+    ml1m-ll3-2l)   echo "$ML1M_LL3 --layers 2" ;;
+    ml1m-ll3-1l)   echo "$ML1M_LL3 --layers 1" ;;
+    *) echo "unknown model $1 (known: $ALL)" >&2; return 1 ;;
   esac
+}
+if [ -n "$PRINT" ]; then recipe "$1"; exit; fi
+for m in "$@"; do
+  flags=$(recipe "$m")
+  # shellcheck disable=SC2086 # the flags are words
+  $S train $flags --force --out "models/$m"
 done

@@ -28,8 +28,8 @@ pub enum Sampling {
 pub enum LogitsPrecision {
     #[default]
     F32,
-    /// Operands rounded to bfloat16, products accumulated in f32 and the logits taken back to f32
-    /// before the softmax (mixed precision as on GPUs): 2.5-3.7x faster products on a CPU with
+    /// Operands and the product's result in bfloat16 (the GEMM accumulates in f32), the logits
+    /// taken back to f32 before the softmax (mixed precision as on GPUs): 2.5-3.7x faster products on a CPU with
     /// AVX512-BF16 (one thread, 128 rows by 12k items), the softmax and the loss unchanged.
     Bf16,
 }

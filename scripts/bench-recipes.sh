@@ -11,7 +11,8 @@ EPOCHS=${EPOCHS:-2}
 [ -d ../shared/data ] || { echo "bench-recipes: no ../shared/data (the recipes train on it)" >&2; exit 1; }
 cargo build --release --quiet
 S=target/release/seqserve
-[ $# -gt 0 ] || set -- beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-1l ml1m-ll3-2l ml1m-ll3-1l
+# shellcheck disable=SC2046 # the names are words
+[ $# -gt 0 ] || set -- $(scripts/train-models.sh --list)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 echo "# s/epoch of each shipped recipe: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), $(nproc) CPUs, $EPOCHS epochs each"
@@ -23,8 +24,9 @@ for m in "$@"; do
     # shellcheck disable=SC2086 # the flags are words
     $S train $flags --stop-after "$EPOCHS" --skip-test --out "$WORK/$m" >"$WORK/$m.log" 2>&1 ||
         { tail -5 "$WORK/$m.log" >&2; exit 1; }
-    train=$(grep -E '^epoch +[0-9]+ +loss' "$WORK/$m.log" | sed -E 's/.* train ([0-9.]+)s.*/\1/' | paste -sd/)
-    total=$(grep -E '^epoch +[0-9]+ +loss' "$WORK/$m.log" | sed -E 's/.* total ([0-9.]+)s.*/\1/' | paste -sd/)
+    # One pass over the epoch lines: "train/train total/total".
+    read -r train total < <(sed -nE 's/^epoch +[0-9]+ +loss .* train ([0-9.]+)s +total ([0-9.]+)s.*/\1 \2/p' \
+        "$WORK/$m.log" | awk '{t = t sep $1; v = v sep $2; sep = "/"} END {print t, v}')
     recorded=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["training"]["seconds_per_epoch"])' \
         "models/$m/model.json" 2>/dev/null || echo "-")
     echo "| $m | $train | $total | $recorded |"

@@ -4,11 +4,13 @@
 # Usage: scripts/train-models.sh [NAME ...]   (default: every model below, in order)
 #        scripts/train-models.sh --print NAME   (NAME's train flags without --out/--force, for
 #        scripts/bench-recipes.sh, which times an epoch of each recipe)
+#        scripts/train-models.sh --list         (the models' names, one line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRINT=""
+if [ "${1:-}" = --list ]; then LIST=1; else LIST=""; fi
 if [ "${1:-}" = --print ]; then PRINT=1; shift; [ $# -eq 1 ] || { echo "--print takes one NAME" >&2; exit 1; }; fi
-if [ -z "$PRINT" ]; then
+if [ -z "$PRINT$LIST" ]; then
   source scripts/env.sh
   cargo build --release --quiet
 fi
@@ -41,6 +43,7 @@ ML1M_LL3="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users
       --dropout 0.2 --targets all --batch-size 64 --loss sampled --negatives 512 --epochs 30 --threads 1 \
       --split leave-last-3"
 ALL="beauty-2l beauty-1l beauty-ll3-2l beauty-ll3-1l ml1m-ctx ml1m-1l ml1m-ll3-2l ml1m-ll3-1l"
+if [ -n "$LIST" ]; then echo "$ALL"; exit; fi
 [ $# -gt 0 ] || set -- $ALL
 # Each model's flags (besides --out and --force).
 recipe() {

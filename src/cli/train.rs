@@ -121,8 +121,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
     /// Precision of the full loss's product with the catalogue (the step's largest): f32, or bf16
-    /// operands and scores (accumulated in f32), the softmax in f32. Default: bf16 on a CPU that multiplies bf16
-    /// natively (AVX512-BF16 or AMX; elsewhere libtorch emulates it, slower than f32), f32
+    /// operands and scores (accumulated in f32), the softmax in f32. Default: bf16 on a CPU that
+    /// multiplies bf16 natively (AVX512-BF16 or AMX; elsewhere libtorch emulates it, slower than f32), f32
     /// otherwise and on CUDA. The manifest records which one ran.
     #[arg(long, value_enum)]
     logits_precision: Option<LogitsPrecision>,

@@ -29,8 +29,9 @@ pub enum LogitsPrecision {
     #[default]
     F32,
     /// Operands and the product's result in bfloat16 (the GEMM accumulates in f32), the logits
-    /// taken back to f32 before the softmax (mixed precision as on GPUs): 2.5-3.7x faster products on a CPU with
-    /// AVX512-BF16 (one thread, 128 rows by 12k items), the softmax and the loss unchanged.
+    /// taken back to f32 before the softmax (mixed precision as on GPUs): 2.4-3.8x faster products
+    /// on a CPU with AVX512-BF16 (one thread, 128 rows by 12k items), the softmax and the loss
+    /// unchanged.
     Bf16,
 }
 

@@ -55,6 +55,23 @@ pub struct LossConfig {
     pub logits_precision: LogitsPrecision,
 }
 
+/// A batch part's loss: its backward pass, and the gradient it leaves for the caller to add.
+pub struct Computed {
+    pub loss: Tensor,
+    /// d loss / d item matrix (rows 1..=n_items of `item_emb`) from the scores, when the loss
+    /// computed it by hand instead of through autograd (the fused bf16 loss).
+    pub item_grad: Option<Tensor>,
+}
+
+impl From<Tensor> for Computed {
+    fn from(loss: Tensor) -> Computed {
+        Computed {
+            loss,
+            item_grad: None,
+        }
+    }
+}
+
 /// What the loss needs besides the batch: the sampling distribution of negatives.
 pub struct Loss {
     cfg: LossConfig,
@@ -84,14 +101,16 @@ impl Loss {
     }
 
     /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss
-    /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None).
+    /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None). Its backward pass
+    /// reaches every parameter except, with the fused bf16 loss, the item matrix's share from the
+    /// scores: [`Computed::item_grad`], which the trainer adds after the backward pass.
     pub fn compute(
         &self,
         enc: &Encoder,
         z: &Tensor,
         y: &Tensor,
         negatives: Option<&Tensor>,
-    ) -> Tensor {
+    ) -> Computed {
         let ls = self.cfg.label_smoothing;
         match self.cfg.kind {
             LossKind::Full => {
@@ -99,13 +118,23 @@ impl Loss {
                     LogitsPrecision::F32 => Kind::Float,
                     LogitsPrecision::Bf16 => Kind::BFloat16,
                 };
-                enc.logits_in(z, kind).cross_entropy_loss::<Tensor>(
+                if kind == Kind::BFloat16 && z.device() == tch::Device::Cpu && !enc.has_item_bias()
+                {
+                    // The same loss, forward and backward fused over the scores (fused_ce.rs).
+                    let (e, _) = enc.item_matrix();
+                    let (loss, de) = super::fused_ce::cross_entropy_bf16(z, &e, y, ls);
+                    return Computed {
+                        loss,
+                        item_grad: Some(de),
+                    };
+                }
+                Computed::from(enc.logits_in(z, kind).cross_entropy_loss::<Tensor>(
                     y,
                     None,
                     Reduction::Mean,
                     -100,
                     ls,
-                )
+                ))
             }
             LossKind::Sampled => {
                 let n = self.cfg.negatives as i64;
@@ -125,7 +154,13 @@ impl Loss {
                 neg_logits = neg_logits.masked_fill(&hit, f64::NEG_INFINITY);
                 let logits = Tensor::cat(&[pos, neg_logits], 1);
                 let target = y.zeros_like();
-                logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, -100, ls)
+                Computed::from(logits.cross_entropy_loss::<Tensor>(
+                    &target,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    ls,
+                ))
             }
         }
     }

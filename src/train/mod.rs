@@ -4,6 +4,7 @@
 //! and a checkpoint each epoch so a run can be resumed (`--resume`) with the same result.
 pub mod checkpoint;
 pub mod examples;
+mod fused_ce;
 pub mod loss;
 pub mod optim;
 mod schema;
@@ -681,21 +682,31 @@ fn batch_step(
             .sum()
     };
     if workers <= 1 {
-        let loss = train_step(model, loss, data, samples, batch, negatives);
-        loss.backward();
-        return loss.double_value(&[]);
+        let c = train_step(model, loss, data, samples, batch, negatives);
+        c.loss.backward();
+        if let Some(g) = &c.item_grad {
+            add_item_grad(model, g, 1.0);
+        }
+        return c.loss.double_value(&[]);
     }
     let total = targets(batch).max(1) as f64;
     let size = batch.len().div_ceil(workers);
     let parts: Vec<&[usize]> = batch.chunks(size).collect();
     let shared = Shared((model, loss, negatives));
+    // The item matrix's gradient from a fused loss is added by hand: one thread at a time.
+    let item_grad_lock = std::sync::Mutex::new(());
     let run = |i: usize, part: &[usize]| -> f64 {
         let (model, loss_fn, negatives) = shared.get();
         tch::set_num_threads(1);
         crate::model::Encoder::seed_dropout(seed.wrapping_add(i as u64 * 0x2545_f491_4f6c_dd1d));
         let weight = targets(part) as f64 / total;
-        let loss = train_step(model, loss_fn, data, samples, part, negatives) * weight;
+        let c = train_step(model, loss_fn, data, samples, part, negatives);
+        let loss = c.loss * weight;
         loss.backward();
+        if let Some(g) = &c.item_grad {
+            let _turn = item_grad_lock.lock().unwrap_or_else(|e| e.into_inner());
+            add_item_grad(model, g, weight);
+        }
         loss.double_value(&[])
     };
     std::thread::scope(|s| {
@@ -714,6 +725,20 @@ fn batch_step(
         }
         sum
     })
+}
+
+/// Adds `weight · g` to the gradient of the item matrix (rows 1..=n_items of the item
+/// embeddings): a fused loss's share, which autograd did not see ([`loss::Computed`]).
+fn add_item_grad(model: &Model, g: &Tensor, weight: f64) {
+    let grad = model.encoder.item_matrix_grad();
+    if grad.defined() && fused_ce::accumulate(&grad, g, weight) {
+        return;
+    }
+    // No gradient yet (or not a plain CPU one): let autograd create and add it.
+    let (e, _) = model.encoder.item_matrix();
+    (e * (g.to_kind(tch::Kind::Float) * weight))
+        .sum(tch::Kind::Float)
+        .backward();
 }
 
 /// Read-only access to the model, the loss and the batch's negatives from the threads of one
@@ -740,7 +765,7 @@ fn train_step(
     samples: &[Sample],
     batch: &[usize],
     negatives: Option<&Tensor>,
-) -> Tensor {
+) -> loss::Computed {
     let batch: Vec<Sample> = batch.iter().map(|&i| samples[i]).collect();
     let queries: Vec<Query> = batch
         .iter()

@@ -156,6 +156,14 @@ impl AdamW {
                 std::slice::from_raw_parts_mut(self.v.data_ptr() as *mut f32, total),
             )
         };
+        let c = Consts {
+            b1,
+            b2,
+            eps,
+            step,
+            inv_sqrt_bc2,
+            decay: 1.0,
+        };
         for p in &self.params {
             let range = p.offset as usize..(p.offset + p.numel) as usize;
             let (w, m, v) = (&mut w[range.clone()], &mut m[range.clone()], &mut v[range]);
@@ -164,6 +172,7 @@ impl AdamW {
             } else {
                 1.0
             };
+            let c = Consts { decay, ..c };
             let g = p.var.grad();
             let g = if g.defined() {
                 g.contiguous()
@@ -173,13 +182,20 @@ impl AdamW {
             // SAFETY: a contiguous float32 CPU tensor of the parameter's numel elements, alive
             // for this scope.
             let g = unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, w.len()) };
-            for i in 0..w.len() {
-                let gi = g[i];
-                let mi = b1 * m[i] + (1.0 - b1) * gi;
-                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                w[i] = w[i] * decay - step * mi / (vi.sqrt() * inv_sqrt_bc2 + eps);
+            // The item matrix is most of the parameters: its halves are updated on two threads
+            // (the update is the serial part of a step, the other core idle otherwise).
+            if w.len() >= PARALLEL_FROM {
+                let half = w.len() / 2;
+                let (w0, w1) = w.split_at_mut(half);
+                let (m0, m1) = m.split_at_mut(half);
+                let (v0, v1) = v.split_at_mut(half);
+                let (g0, g1) = g.split_at(half);
+                std::thread::scope(|s| {
+                    s.spawn(|| adamw(w1, m1, v1, g1, c));
+                    adamw(w0, m0, v0, g0, c);
+                });
+            } else {
+                adamw(w, m, v, g, c);
             }
         }
     }
@@ -302,5 +318,64 @@ mod tests {
             assert!((w.double_value(&[0, 0]) - wr).abs() < 1e-6, "step {t}");
             assert!((b.double_value(&[0]) - br).abs() < 1e-6, "step {t}");
         }
+    }
+}
+
+/// Parameters of at least this many elements are updated by two threads.
+const PARALLEL_FROM: usize = 1 << 18;
+
+/// One AdamW step's constants (for one parameter: `decay` is its weight decay factor).
+#[derive(Clone, Copy)]
+struct Consts {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step: f32,
+    inv_sqrt_bc2: f32,
+    decay: f32,
+}
+
+/// The AdamW step of a slice of parameters, on the widest vector unit the CPU has (the crate is
+/// built for baseline x86-64; chosen at run time). Each element's arithmetic is the same whatever
+/// unit runs it (no reduction, no reordering), so the result does not depend on the CPU.
+fn adamw(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { adamw_avx512(w, m, v, g, c) };
+        }
+        if has!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { adamw_avx2(w, m, v, g, c) };
+        }
+    }
+    adamw_body(w, m, v, g, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adamw_avx512(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
+    adamw_body(w, m, v, g, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adamw_avx2(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
+    adamw_body(w, m, v, g, c)
+}
+
+#[inline(always)]
+fn adamw_body(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
+    let n = w.len();
+    let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
+    for i in 0..n {
+        let gi = g[i];
+        let mi = c.b1 * m[i] + (1.0 - c.b1) * gi;
+        let vi = c.b2 * v[i] + (1.0 - c.b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] * c.decay - c.step * mi / (vi.sqrt() * c.inv_sqrt_bc2 + c.eps);
     }
 }

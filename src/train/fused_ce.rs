@@ -15,12 +15,19 @@ use tch::{Kind, Tensor};
 /// columns), label smoothing `ls` as libtorch's `cross_entropy`: `(1 − ls)·(lse − x_y) + ls·(lse −
 /// mean x)`. Scores are the bf16 product of z and e (f32 accumulation, bf16 result), exactly as
 /// the autograd path's; the softmax is computed in f32 from them and its gradient rounded to bf16,
-/// as that path feeds it to the backward products. Returns the loss, a scalar whose value is the
-/// loss's and whose gradient flows into `z`, and the loss's gradient with respect to `e` (N, d,
-/// bf16), which the caller adds to the item matrix's gradient itself ([`accumulate`]): through
-/// autograd it would take five passes over a matrix of the catalogue's size per step and thread.
-/// CPU tensors only.
-pub fn cross_entropy_bf16(z: &Tensor, e: &Tensor, y: &Tensor, ls: f64) -> (Tensor, Tensor) {
+/// as that path feeds it to the backward products. With a per-item bias `b` (N, f32) the scores
+/// are the product plus b, added in f32 as that path does. Returns the loss, a scalar whose value
+/// is the loss's and whose gradient flows into `z` (and `b`), and the loss's gradient with respect
+/// to `e` (N, d, bf16), which the caller adds to the item matrix's gradient itself
+/// ([`accumulate`]): through autograd it would take five passes over a matrix of the catalogue's
+/// size per step and thread. CPU tensors only.
+pub fn cross_entropy_bf16(
+    z: &Tensor,
+    e: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    ls: f64,
+) -> (Tensor, Tensor) {
     let (m, _) = z.size2().expect("z is (M, d)");
     let (n, _) = e.size2().expect("e is (N, d)");
     let zb = z.detach().to_kind(Kind::BFloat16);
@@ -29,6 +36,10 @@ pub fn cross_entropy_bf16(z: &Tensor, e: &Tensor, y: &Tensor, ls: f64) -> (Tenso
     let targets = Vec::<i64>::try_from(y.to_kind(Kind::Int64).to_device(tch::Device::Cpu))
         .expect("targets are a vector of item columns");
     let grad = Tensor::empty([m, n], (Kind::BFloat16, tch::Device::Cpu));
+    let bias = b.map(|b| {
+        Vec::<f32>::try_from(b.detach().to_kind(Kind::Float)).expect("the bias is a vector")
+    });
+    let mut db = vec![0f32; if bias.is_some() { n as usize } else { 0 }];
     let total = {
         // SAFETY: both tensors are contiguous bf16 CPU tensors of M × N elements that nothing else
         // references while this block runs (`scores` and `grad` were created above).
@@ -38,13 +49,20 @@ pub fn cross_entropy_bf16(z: &Tensor, e: &Tensor, y: &Tensor, ls: f64) -> (Tenso
         let g = unsafe {
             std::slice::from_raw_parts_mut(grad.data_ptr() as *mut u16, (m * n) as usize)
         };
-        rows(s, g, &targets, n as usize, ls as f32)
+        let bias = Bias {
+            b: bias.as_deref().unwrap_or_default(),
+            db: &mut db,
+        };
+        rows(s, g, &targets, n as usize, ls as f32, bias)
     };
     let dz = grad.matmul(&eb).to_kind(Kind::Float);
     let de = grad.tr().matmul(&zb);
     // sum(z ⊙ dz) has gradient dz with respect to z; its value is replaced by the loss's so that
     // callers can weight and report it as any loss.
-    let surrogate = (z * dz).sum(Kind::Float);
+    let mut surrogate = (z * dz).sum(Kind::Float);
+    if let Some(b) = b {
+        surrogate += (b * Tensor::from_slice(&db)).sum(Kind::Float);
+    }
     let loss = Tensor::from(total / m as f64).to_kind(Kind::Float);
     (&surrogate - surrogate.detach() + loss, de)
 }
@@ -81,58 +99,94 @@ pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
 /// Every row's loss (summed, f64) and its gradient of the mean loss (bf16, into `g`), on the
 /// widest vector unit the CPU has (the crate is built for baseline x86-64, so only a function that
 /// enables AVX-512 or AVX2 may use it; chosen at run time).
-fn rows(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32) -> f64 {
+fn rows(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32, bias: Bias) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { rows_avx512(s, g, targets, n, ls) };
+            return unsafe { rows_avx512(s, g, targets, n, ls, bias) };
         }
         if has!("avx2") && has!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { rows_avx2(s, g, targets, n, ls) };
+            return unsafe { rows_avx2(s, g, targets, n, ls, bias) };
         }
     }
-    rows_body(s, g, targets, n, ls)
+    rows_any(s, g, targets, n, ls, bias)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows_avx512(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32) -> f64 {
-    rows_body(s, g, targets, n, ls)
+unsafe fn rows_avx512(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
+    rows_any(s, g, t, n, ls, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32) -> f64 {
-    rows_body(s, g, targets, n, ls)
+unsafe fn rows_avx2(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
+    rows_any(s, g, t, n, ls, b)
+}
+
+/// A per-item bias added to the scores (empty: none) and its gradient, summed over the rows.
+struct Bias<'a> {
+    b: &'a [f32],
+    db: &'a mut [f32],
+}
+
+#[inline(always)]
+fn rows_any(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
+    if b.b.is_empty() {
+        rows_body::<false>(s, g, t, n, ls, b)
+    } else {
+        rows_body::<true>(s, g, t, n, ls, b)
+    }
 }
 
 /// Per row, three passes while it sits in cache: maximum and sum of the scores; exp(x − max) into
-/// a scratch row, and their sum; the gradient (p − (1 − ls)·onehot − ls/N) / M written as bf16.
+/// a scratch row, and their sum; the gradient (p − (1 − ls)·onehot − ls/N) / M written as bf16
+/// (and, with a bias, summed into its gradient in f32).
 #[inline(always)]
-fn rows_body(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32) -> f64 {
+fn rows_body<const BIAS: bool>(
+    s: &[u16],
+    g: &mut [u16],
+    targets: &[i64],
+    n: usize,
+    ls: f32,
+    bias: Bias,
+) -> f64 {
     let m = targets.len();
     let mut scratch = vec![0f32; n];
     let scale = 1.0 / m as f32;
     let mut total = 0f64;
+    let (b, db) = (&bias.b[..if BIAS { n } else { 0 }], bias.db);
     for (r, &y) in targets.iter().enumerate() {
         let y = y as usize;
         assert!(y < n, "target column {y} out of {n} items");
         let x = &s[r * n..(r + 1) * n];
-        let (max, sum_x) = max_and_sum(x);
-        let sum_e = exp_shifted(x, max, &mut scratch);
+        let (max, sum_x) = max_and_sum::<BIAS>(x, b);
+        let sum_e = exp_shifted::<BIAS>(x, b, max, &mut scratch);
         let lse = max + sum_e.ln();
-        let loss = (1.0 - ls) * (lse - widen(x[y])) + ls * (lse - sum_x / n as f32);
+        let x_y = widen(x[y]) + if BIAS { b[y] } else { 0.0 };
+        let loss = (1.0 - ls) * (lse - x_y) + ls * (lse - sum_x / n as f32);
         total += loss as f64;
         let out = &mut g[r * n..(r + 1) * n];
-        let (a, b) = (scale / sum_e, ls * scale / n as f32);
-        for (o, &e) in out.iter_mut().zip(&scratch) {
-            *o = narrow(e * a - b);
+        let (a, c) = (scale / sum_e, ls * scale / n as f32);
+        if BIAS {
+            for ((o, &e), d) in out.iter_mut().zip(&scratch).zip(db.iter_mut()) {
+                let v = e * a - c;
+                *o = narrow(v);
+                *d += v;
+            }
+        } else {
+            for (o, &e) in out.iter_mut().zip(&scratch) {
+                *o = narrow(e * a - c);
+            }
         }
         // The target's entry: p_y − (1 − ls) − ls/N, from the same p_y as the others.
         out[y] = narrow((scratch[y] / sum_e - (1.0 - ls) - ls / n as f32) * scale);
+        if BIAS {
+            db[y] -= (1.0 - ls) * scale;
+        }
     }
     total
 }
@@ -152,25 +206,50 @@ fn narrow(x: f32) -> u16 {
 
 const LANES: usize = 16;
 
+/// Scores `i·LANES..(i+1)·LANES` of a row (`c` their bf16 products): plus the items' biases when
+/// there are any. Fixed-size lanes, so that the loops over them vectorise.
+#[inline(always)]
+fn lane<const BIAS: bool>(c: &[u16], b: &[f32], i: usize) -> [f32; LANES] {
+    let c: &[u16; LANES] = c.try_into().expect("a full lane");
+    let mut v = [0f32; LANES];
+    for k in 0..LANES {
+        v[k] = widen(c[k]);
+    }
+    if BIAS {
+        let b: &[f32; LANES] = b[i * LANES..(i + 1) * LANES]
+            .try_into()
+            .expect("a full lane");
+        for k in 0..LANES {
+            v[k] += b[k];
+        }
+    }
+    v
+}
+
+/// Score j of a row, one at a time (the lanes' remainder).
+#[inline(always)]
+fn score<const BIAS: bool>(x: u16, b: &[f32], j: usize) -> f32 {
+    widen(x) + if BIAS { b[j] } else { 0.0 }
+}
+
 /// The row's maximum and sum, in lanes so that the compiler can vectorise them (one accumulator
 /// would be a float reduction it may not reorder).
 #[inline(always)]
-fn max_and_sum(x: &[u16]) -> (f32, f32) {
+fn max_and_sum<const BIAS: bool>(x: &[u16], b: &[f32]) -> (f32, f32) {
     let mut mx = [f32::NEG_INFINITY; LANES];
     let mut sm = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
+    let full = x.len() - x.len() % LANES;
+    for (i, c) in x[..full].chunks_exact(LANES).enumerate() {
+        let v = lane::<BIAS>(c, b, i);
         for k in 0..LANES {
-            let v = widen(c[k]);
-            mx[k] = if v > mx[k] { v } else { mx[k] };
-            sm[k] += v;
+            mx[k] = if v[k] > mx[k] { v[k] } else { mx[k] };
+            sm[k] += v[k];
         }
     }
     let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum: f32 = sm.iter().sum();
-    for &v in rest {
-        let v = widen(v);
+    for j in full..x.len() {
+        let v = score::<BIAS>(x[j], b, j);
         max = max.max(v);
         sum += v;
     }
@@ -179,23 +258,24 @@ fn max_and_sum(x: &[u16]) -> (f32, f32) {
 
 /// exp(x − max) of each score into `out`, and their sum (in lanes, as above).
 #[inline(always)]
-fn exp_shifted(x: &[u16], max: f32, out: &mut [f32]) -> f32 {
+fn exp_shifted<const BIAS: bool>(x: &[u16], b: &[f32], max: f32, out: &mut [f32]) -> f32 {
     let mut sm = [0f32; LANES];
-    let n = x.len() - x.len() % LANES;
-    for (c, o) in x[..n]
+    let full = x.len() - x.len() % LANES;
+    let lanes = x[..full]
         .chunks_exact(LANES)
-        .zip(out[..n].chunks_exact_mut(LANES))
-    {
+        .zip(out[..full].chunks_exact_mut(LANES));
+    for (i, (c, o)) in lanes.enumerate() {
+        let v = lane::<BIAS>(c, b, i);
         for k in 0..LANES {
-            let e = exp(widen(c[k]) - max);
+            let e = exp(v[k] - max);
             o[k] = e;
             sm[k] += e;
         }
     }
     let mut sum: f32 = sm.iter().sum();
-    for (&v, o) in x[n..].iter().zip(&mut out[n..]) {
-        *o = exp(widen(v) - max);
-        sum += *o;
+    for j in full..x.len() {
+        out[j] = exp(score::<BIAS>(x[j], b, j) - max);
+        sum += out[j];
     }
     sum
 }
@@ -259,35 +339,45 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    /// The fused loss and its gradients against libtorch's autograd of the same bf16 product:
-    /// the loss to float rounding, the gradients to bf16's (the gradient is rounded to bf16
-    /// before the backward products in both, and an exp that differs in the last bit can round
-    /// one of its entries the other way).
+    /// The fused loss and its gradients against libtorch's autograd of the same bf16 product
+    /// (plus a bias, when there is one): the loss to float rounding, the gradients to bf16's (the
+    /// gradient is rounded to bf16 before the backward products in both, and an exp that differs in
+    /// the last bit can round one of its entries the other way).
     #[test]
     fn loss_and_gradients_match_autograd() {
         tch::manual_seed(7);
-        for &(m, n, d, ls) in &[
-            (37i64, 1001i64, 16i64, 0.0f64),
-            (64, 517, 32, 0.1),
-            (5, 17, 8, 0.0),
-        ] {
+        let cases = [
+            (37i64, 1001i64, 16i64, 0.0f64, false),
+            (64, 517, 32, 0.1, false),
+            (5, 17, 8, 0.0, false),
+            (37, 1001, 16, 0.0, true),
+            (64, 517, 32, 0.1, true),
+        ];
+        for &(m, n, d, ls, with_bias) in &cases {
             let opts = (Kind::Float, tch::Device::Cpu);
             let z0 = Tensor::randn([m, d], opts) * 0.7;
             let e0 = Tensor::randn([n, d], opts) * 0.7;
+            let b0 = Tensor::randn([n], opts);
             let y = Tensor::randint(n, [m], (Kind::Int64, tch::Device::Cpu));
 
             let z = z0.copy().set_requires_grad(true);
             let e = e0.copy().set_requires_grad(true);
-            let want = z
+            let b = b0.copy().set_requires_grad(true);
+            let mut scores = z
                 .to_kind(Kind::BFloat16)
                 .matmul(&e.to_kind(Kind::BFloat16).tr())
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
+                .to_kind(Kind::Float);
+            if with_bias {
+                scores = scores + &b;
+            }
+            let want =
+                scores.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
             want.backward();
 
             let z2 = z0.copy().set_requires_grad(true);
             let e2 = e0.copy().set_requires_grad(true);
-            let (got, de) = cross_entropy_bf16(&z2, &e2, &y, ls);
+            let b2 = b0.copy().set_requires_grad(true);
+            let (got, de) = cross_entropy_bf16(&z2, &e2, with_bias.then_some(&b2), &y, ls);
             got.backward();
             assert!(
                 !e2.grad().defined(),
@@ -298,7 +388,13 @@ mod tests {
 
             let (w, g) = (want.double_value(&[]), got.double_value(&[]));
             assert!((w - g).abs() < 1e-5 * w.abs().max(1.0), "loss {g} vs {w}");
-            for (a, b, what) in [(z.grad(), z2.grad(), "dz"), (e.grad(), e2_grad, "de")] {
+            let mut pairs = vec![(z.grad(), z2.grad(), "dz"), (e.grad(), e2_grad, "de")];
+            if with_bias {
+                pairs.push((b.grad(), b2.grad(), "db"));
+            } else {
+                assert!(!b2.grad().defined());
+            }
+            for (a, b, what) in pairs {
                 let scale = a.abs().max().double_value(&[]);
                 let diff = (&a - &b).abs().max().double_value(&[]);
                 assert!(

@@ -118,11 +118,11 @@ impl Loss {
                     LogitsPrecision::F32 => Kind::Float,
                     LogitsPrecision::Bf16 => Kind::BFloat16,
                 };
-                if kind == Kind::BFloat16 && z.device() == tch::Device::Cpu && !enc.has_item_bias()
-                {
+                if kind == Kind::BFloat16 && z.device() == tch::Device::Cpu {
                     // The same loss, forward and backward fused over the scores (fused_ce.rs).
-                    let (e, _) = enc.item_matrix();
-                    let (loss, de) = super::fused_ce::cross_entropy_bf16(z, &e, y, ls);
+                    let (e, b) = enc.item_matrix();
+                    let b = enc.has_item_bias().then_some(&b);
+                    let (loss, de) = super::fused_ce::cross_entropy_bf16(z, &e, b, y, ls);
                     return Computed {
                         loss,
                         item_grad: Some(de),

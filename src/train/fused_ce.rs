@@ -248,8 +248,8 @@ fn max_and_sum<const BIAS: bool>(x: &[u16], b: &[f32]) -> (f32, f32) {
     }
     let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum: f32 = sm.iter().sum();
-    for j in full..x.len() {
-        let v = score::<BIAS>(x[j], b, j);
+    for (j, &xj) in x.iter().enumerate().skip(full) {
+        let v = score::<BIAS>(xj, b, j);
         max = max.max(v);
         sum += v;
     }
@@ -368,7 +368,7 @@ mod tests {
                 .matmul(&e.to_kind(Kind::BFloat16).tr())
                 .to_kind(Kind::Float);
             if with_bias {
-                scores = scores + &b;
+                scores += &b;
             }
             let want =
                 scores.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);

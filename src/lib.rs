@@ -11,6 +11,7 @@ pub mod importer;
 pub mod model;
 pub mod progress;
 pub mod serve;
+mod simd;
 pub mod train;
 
 pub use error::{DataError, InputError, ModelError};

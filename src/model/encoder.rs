@@ -686,34 +686,10 @@ struct Draw {
     keep: f32,
 }
 
-/// Fills a dropout mask on the widest vector unit the CPU has (the crate is built for baseline
-/// x86-64; chosen at run time). Integer arithmetic: the mask is the same on every CPU.
-fn fill_mask(buf: &mut [f32], d: Draw) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { fill_mask_avx512(buf, d) };
-        }
-        if has!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { fill_mask_avx2(buf, d) };
-        }
-    }
-    fill_mask_body(buf, d)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fill_mask_avx512(buf: &mut [f32], d: Draw) {
-    fill_mask_body(buf, d)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fill_mask_avx2(buf: &mut [f32], d: Draw) {
-    fill_mask_body(buf, d)
+crate::simd::multiversion! {
+    /// Fills a dropout mask on the widest vector unit the CPU has (integer arithmetic: the mask is
+    /// the same on every CPU).
+    fn fill_mask(buf: &mut [f32], d: Draw) = fill_mask_body;
 }
 
 #[inline(always)]

@@ -96,35 +96,10 @@ pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
     true
 }
 
-/// Every row's loss (summed, f64) and its gradient of the mean loss (bf16, into `g`), on the
-/// widest vector unit the CPU has (the crate is built for baseline x86-64, so only a function that
-/// enables AVX-512 or AVX2 may use it; chosen at run time).
-fn rows(s: &[u16], g: &mut [u16], targets: &[i64], n: usize, ls: f32, bias: Bias) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { rows_avx512(s, g, targets, n, ls, bias) };
-        }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { rows_avx2(s, g, targets, n, ls, bias) };
-        }
-    }
-    rows_any(s, g, targets, n, ls, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rows_avx512(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
-    rows_any(s, g, t, n, ls, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
-    rows_any(s, g, t, n, ls, b)
+crate::simd::multiversion! {
+    /// Every row's loss (summed, f64) and its gradient of the mean loss (bf16, into `g`), on the
+    /// widest vector unit the CPU has.
+    fn rows(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any;
 }
 
 /// A per-item bias added to the scores (empty: none) and its gradient, summed over the rows.

@@ -335,35 +335,10 @@ struct Consts {
     decay: f32,
 }
 
-/// The AdamW step of a slice of parameters, on the widest vector unit the CPU has (the crate is
-/// built for baseline x86-64; chosen at run time). Each element's arithmetic is the same whatever
-/// unit runs it (no reduction, no reordering), so the result does not depend on the CPU.
-fn adamw(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { adamw_avx512(w, m, v, g, c) };
-        }
-        if has!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { adamw_avx2(w, m, v, g, c) };
-        }
-    }
-    adamw_body(w, m, v, g, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn adamw_avx512(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
-    adamw_body(w, m, v, g, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn adamw_avx2(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
-    adamw_body(w, m, v, g, c)
+crate::simd::multiversion! {
+    /// The AdamW step of a slice of parameters, on the widest vector unit the CPU has (each
+    /// element's arithmetic is the same whatever unit runs it: no reduction, no reordering).
+    fn adamw(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) = adamw_body;
 }
 
 #[inline(always)]

@@ -282,36 +282,11 @@ fn widen(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
-/// One block of one row (column j = item index at + j + 1): on the widest vector unit the CPU has
-/// (the build targets a baseline x86-64, so only a function that enables AVX-512 or AVX2 may use
-/// it; chosen at run time).
-#[inline]
-fn scan_block(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { scan_block_avx512(norms, abs_bias, row, s, at) };
-        }
-        if has!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { scan_block_avx2(norms, abs_bias, row, s, at) };
-        }
-    }
-    scan_block_body(norms, abs_bias, row, s, at)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn scan_block_avx512(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
-    scan_block_body(norms, abs_bias, row, s, at)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scan_block_avx2(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) {
-    scan_block_body(norms, abs_bias, row, s, at)
+crate::simd::multiversion! {
+    /// One block of one row (column j = item index at + j + 1), on the widest vector unit the CPU
+    /// has.
+    fn scan_block(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at: usize) =
+        scan_block_body;
 }
 
 /// Lanes of 32 scores are tested first: does any a_j + δ_max reach the limit? (An OR of

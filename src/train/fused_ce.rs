@@ -7,8 +7,9 @@
 //! back to bf16 for the product's backward. Profiled on Beauty's default recipe they cost about a
 //! fifth of an epoch, more than the bf16 products themselves. Here the scores are read once per row
 //! while the row sits in cache (maximum, exp and sum, then the gradient written straight as bf16),
-//! and the two backward products are taken by hand; autograd only sees a surrogate whose gradients
-//! with respect to z and the item matrix are those products.
+//! and the two backward products are taken by hand: autograd only sees a surrogate whose gradient
+//! with respect to z (and the item bias) is the product's, and the item matrix's share is returned
+//! for the trainer to add to its gradient.
 use tch::{Kind, Tensor};
 
 /// Mean cross-entropy of rows `z` (M, d) against item rows `e` (N, d) with targets `y` (M, item

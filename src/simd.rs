@@ -37,3 +37,34 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// bf16 (as its bits) to f32: exact (bf16 is f32's upper half).
+#[inline(always)]
+pub(crate) fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// f32 to bf16 bits, rounded to nearest even as libtorch's cast (finite values only).
+#[inline(always)]
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn bf16_rounding_is_libtorchs() {
+        let xs = Tensor::randn([4096], (Kind::Float, tch::Device::Cpu)) * 3.0;
+        let want = Vec::<f32>::try_from(xs.to_kind(Kind::BFloat16).to_kind(Kind::Float)).unwrap();
+        let got: Vec<f32> = Vec::<f32>::try_from(&xs)
+            .unwrap()
+            .iter()
+            .map(|&v| bf16_to_f32(f32_to_bf16(v)))
+            .collect();
+        assert_eq!(got, want);
+    }
+}

@@ -10,6 +10,7 @@
 //! and the two backward products are taken by hand: autograd only sees a surrogate whose gradient
 //! with respect to z (and the item bias) is the product's, and the item matrix's share is returned
 //! for the trainer to add to its gradient.
+use crate::simd::{bf16_to_f32, f32_to_bf16};
 use tch::{Kind, Tensor};
 
 /// Mean cross-entropy of rows `z` (M, d) against item rows `e` (N, d) with targets `y` (M, item
@@ -92,7 +93,7 @@ pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
     };
     let w = weight as f32;
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d += w * widen(s);
+        *d += w * bf16_to_f32(s);
     }
     true
 }
@@ -142,7 +143,7 @@ fn rows_body<const BIAS: bool>(
         let (max, sum_x) = max_and_sum::<BIAS>(x, b);
         let sum_e = exp_shifted::<BIAS>(x, b, max, &mut scratch);
         let lse = max + sum_e.ln();
-        let x_y = widen(x[y]) + if BIAS { b[y] } else { 0.0 };
+        let x_y = bf16_to_f32(x[y]) + if BIAS { b[y] } else { 0.0 };
         let loss = (1.0 - ls) * (lse - x_y) + ls * (lse - sum_x / n as f32);
         total += loss as f64;
         let out = &mut g[r * n..(r + 1) * n];
@@ -150,34 +151,21 @@ fn rows_body<const BIAS: bool>(
         if BIAS {
             for ((o, &e), d) in out.iter_mut().zip(&scratch).zip(db.iter_mut()) {
                 let v = e * a - c;
-                *o = narrow(v);
+                *o = f32_to_bf16(v);
                 *d += v;
             }
         } else {
             for (o, &e) in out.iter_mut().zip(&scratch) {
-                *o = narrow(e * a - c);
+                *o = f32_to_bf16(e * a - c);
             }
         }
         // The target's entry: p_y − (1 − ls) − ls/N, from the same p_y as the others.
-        out[y] = narrow((scratch[y] / sum_e - (1.0 - ls) - ls / n as f32) * scale);
+        out[y] = f32_to_bf16((scratch[y] / sum_e - (1.0 - ls) - ls / n as f32) * scale);
         if BIAS {
             db[y] -= (1.0 - ls) * scale;
         }
     }
     total
-}
-
-/// bf16 (as its bits) to f32: exact.
-#[inline(always)]
-fn widen(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
-
-/// f32 to bf16, rounded to nearest even (as libtorch's cast; finite values only).
-#[inline(always)]
-fn narrow(x: f32) -> u16 {
-    let b = x.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 const LANES: usize = 16;
@@ -189,7 +177,7 @@ fn lane<const BIAS: bool>(c: &[u16], b: &[f32], i: usize) -> [f32; LANES] {
     let c: &[u16; LANES] = c.try_into().expect("a full lane");
     let mut v = [0f32; LANES];
     for k in 0..LANES {
-        v[k] = widen(c[k]);
+        v[k] = bf16_to_f32(c[k]);
     }
     if BIAS {
         let b: &[f32; LANES] = b[i * LANES..(i + 1) * LANES]
@@ -205,7 +193,7 @@ fn lane<const BIAS: bool>(c: &[u16], b: &[f32], i: usize) -> [f32; LANES] {
 /// Score j of a row, one at a time (the lanes' remainder).
 #[inline(always)]
 fn score<const BIAS: bool>(x: u16, b: &[f32], j: usize) -> f32 {
-    widen(x) + if BIAS { b[j] } else { 0.0 }
+    bf16_to_f32(x) + if BIAS { b[j] } else { 0.0 }
 }
 
 /// The row's maximum and sum, in lanes so that the compiler can vectorise them (one accumulator
@@ -301,18 +289,6 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
-    }
-
-    #[test]
-    fn narrow_rounds_to_nearest_even_as_libtorch() {
-        let xs = Tensor::randn([4096], (Kind::Float, tch::Device::Cpu)) * 3.0;
-        let want = Vec::<f32>::try_from(xs.to_kind(Kind::BFloat16).to_kind(Kind::Float)).unwrap();
-        let got: Vec<f32> = Vec::<f32>::try_from(&xs)
-            .unwrap()
-            .iter()
-            .map(|&v| widen(narrow(v)))
-            .collect();
-        assert_eq!(got, want);
     }
 
     /// The fused loss and its gradients against libtorch's autograd of the same bf16 product

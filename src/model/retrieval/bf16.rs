@@ -18,6 +18,7 @@
 //! a sample refuses the bf16 path, and the f32 scan answers.
 use super::super::rank::TopK;
 use super::parallel::{f32_slice, scan_ranges, RangePart};
+use crate::simd::bf16_to_f32;
 use tch::{Device, Kind, Tensor};
 
 /// bf16 keeps 8 significant bits: round-to-nearest is off by at most 2⁻⁹ of a value; 2⁻⁸ leaves
@@ -277,11 +278,6 @@ fn reaches(upper: f32, limit: f32) -> bool {
     upper >= limit
 }
 
-#[inline(always)]
-fn widen(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
-
 crate::simd::multiversion! {
     /// One block of one row (column j = item index at + j + 1), on the widest vector unit the CPU
     /// has.
@@ -302,13 +298,13 @@ fn scan_block_body(norms: &[f32], abs_bias: &[f32], row: &mut Row, s: &[u16], at
     for (c, lane) in s.chunks(LANE).enumerate() {
         let mut hit = false;
         for &x in lane {
-            hit |= reaches(widen(x) + dm, l);
+            hit |= reaches(bf16_to_f32(x) + dm, l);
         }
         if !hit {
             continue;
         }
         for (t, &x) in lane.iter().enumerate() {
-            let a = widen(x);
+            let a = bf16_to_f32(x);
             if !reaches(a + dm, l) {
                 continue;
             }

@@ -70,6 +70,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
         threads: 1,
         resume: false,
         stop_after: None,
+        phase_times: false,
         finish: false,
         command: "test".into(),
     }

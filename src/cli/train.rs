@@ -154,6 +154,11 @@ pub struct TrainArgs {
     /// Train at most N epochs in this sitting, then leave the checkpoint for --resume.
     #[arg(long)]
     stop_after: Option<usize>,
+    /// After each epoch, print where its training time went: the step's one-thread parts (zeroing
+    /// gradients, the optimizer update), the data-parallel part, and worker 0's split of it
+    /// (batch, encoder forward, loss, backward, item gradient, waiting for the other workers).
+    #[arg(long)]
+    phase_times: bool,
     /// auto | cpu | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
@@ -303,6 +308,7 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
         skip_test: a.skip_test,
         resume: a.resume,
         stop_after: a.stop_after,
+        phase_times: a.phase_times,
         finish: a.finish,
         command,
     };

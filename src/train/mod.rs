@@ -7,14 +7,15 @@ pub mod examples;
 mod fused_ce;
 pub mod loss;
 pub mod optim;
+mod phases;
 mod schema;
+mod step;
 
 use crate::data::{read_inputs, LogFormat, ReadOptions, Split};
 use crate::eval::{self, EvalOptions};
 use crate::model::manifest::{EpochRecord, MetricsRecord, TrainingRecord};
 use crate::model::{
-    to_tensors, Activation, Architecture, Head, Manifest, Model, Norm, Positions, Query,
-    FORMAT_VERSION,
+    Activation, Architecture, Head, Manifest, Model, Norm, Positions, Query, FORMAT_VERSION,
 };
 use anyhow::{bail, Context, Result};
 use examples::{Part, TrainSequence};
@@ -127,6 +128,8 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Write the checkpoint and return after this many epochs in this sitting (None: run to the end).
     pub stop_after: Option<usize>,
+    /// Print where each epoch's training time went ([`phases`]), for work on the trainer's speed.
+    pub phase_times: bool,
     /// Resume and end the run now: the checkpoint's best epoch becomes the model, without training
     /// further (a time budget ran out; recorded in the manifest as how the run stopped).
     pub finish: bool,
@@ -310,6 +313,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         let batches = make_batches(&samples, r.batch_size, r.batches, &mut rng);
         let bar = crate::progress::Progress::new(batches.len() as u64, &format!("epoch {epoch}"));
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        let mut times = phases::Epoch::default();
+        let inputs = step::Inputs {
+            model: &model,
+            loss: &loss_fn,
+            data: &train_queries,
+            samples: &samples,
+        };
         for batch in &batches {
             let lr = optim::learning_rate(
                 r.learning_rate,
@@ -320,22 +330,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
                 r.min_lr_ratio,
             );
             let negatives = loss_fn.draw_negatives();
+            let mut clock = Instant::now();
             opt.zero_grad();
+            times.zero_grad += phases::lap(&mut clock);
             // Seeds the threads' dropout streams of this step (one worker keeps the epoch's).
             let step_seed = epoch_seed
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 .wrapping_add(opt.step as u64);
-            let l = batch_step(
-                &model,
-                &loss_fn,
-                &train_queries,
-                &samples,
-                batch,
-                negatives.as_ref(),
-                workers,
-                step_seed,
-            );
+            let (l, worker0) =
+                step::batch_step(inputs, workers, batch, negatives.as_ref(), step_seed);
+            times.parallel += phases::lap(&mut clock);
+            times.worker0 += worker0;
             opt.update(lr);
+            times.update += phases::lap(&mut clock);
             if !l.is_finite() {
                 bail!("loss became {l} at epoch {epoch}: lower the learning rate");
             }
@@ -346,6 +353,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         }
         bar.finish();
         let train_secs = t0.elapsed().as_secs_f64();
+        if cfg.phase_times {
+            eprintln!("epoch {epoch:>3}  {times}");
+        }
         // Validation ranks the whole catalogue in large batches: libtorch's own threads.
         tch::set_num_threads(cfg.threads.max(1) as i32);
         let vres = eval::evaluate_cases(&model, &valid, &eval_opts, |_| {});
@@ -648,164 +658,6 @@ fn make_batches(
     }
     batches.shuffle(rng);
     batches
-}
-
-/// The forward and backward passes of one batch, its gradients accumulated into the parameters.
-/// With several `workers`, the batch is shared between threads: each runs its part (with one
-/// libtorch thread and its own dropout stream, seeded from `seed` and its index), its loss
-/// weighted by its share of the batch's targets, so that the gradients the threads accumulate are
-/// exactly the whole batch's mean-loss gradient. Two-thread runs are not bit-reproducible: two
-/// runs of the same command were seen to differ in the last bits from the first epoch (the cause is
-/// not pinned down: concurrent accumulation into shared gradients, or BLAS results that depend on
-/// buffer alignment), drifting apart slightly over epochs; one-thread runs reproduce exactly.
-/// Returns the batch's mean loss.
-#[allow(clippy::too_many_arguments)]
-fn batch_step(
-    model: &Model,
-    loss: &Loss,
-    data: &[(Query, Vec<i64>)],
-    samples: &[Sample],
-    batch: &[usize],
-    negatives: Option<&Tensor>,
-    workers: usize,
-    seed: u64,
-) -> f64 {
-    let targets = |part: &[usize]| -> usize {
-        part.iter()
-            .map(|&i| {
-                let s = samples[i];
-                data[s.seq].1[s.first..s.end]
-                    .iter()
-                    .filter(|&&t| t > 0)
-                    .count()
-            })
-            .sum()
-    };
-    if workers <= 1 {
-        let c = train_step(model, loss, data, samples, batch, negatives);
-        c.loss.backward();
-        if let Some(g) = &c.item_grad {
-            add_item_grad(model, g, 1.0);
-        }
-        return c.loss.double_value(&[]);
-    }
-    let total = targets(batch).max(1) as f64;
-    let size = batch.len().div_ceil(workers);
-    let parts: Vec<&[usize]> = batch.chunks(size).collect();
-    let shared = Shared((model, loss, negatives));
-    // The item matrix's gradient from a fused loss is added by hand: one thread at a time.
-    let item_grad_lock = std::sync::Mutex::new(());
-    let run = |i: usize, part: &[usize]| -> f64 {
-        let (model, loss_fn, negatives) = shared.get();
-        tch::set_num_threads(1);
-        crate::model::Encoder::seed_dropout(seed.wrapping_add(i as u64 * 0x2545_f491_4f6c_dd1d));
-        let weight = targets(part) as f64 / total;
-        let c = train_step(model, loss_fn, data, samples, part, negatives);
-        let loss = c.loss * weight;
-        loss.backward();
-        if let Some(g) = &c.item_grad {
-            let _turn = item_grad_lock.lock().unwrap_or_else(|e| e.into_inner());
-            add_item_grad(model, g, weight);
-        }
-        loss.double_value(&[])
-    };
-    std::thread::scope(|s| {
-        let others: Vec<_> = parts
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(i, part)| {
-                let run = &run;
-                s.spawn(move || run(i, part))
-            })
-            .collect();
-        let mut sum = run(0, parts[0]);
-        for h in others {
-            sum += h.join().unwrap_or(f64::NAN);
-        }
-        sum
-    })
-}
-
-/// Adds `weight · g` to the gradient of the item matrix (rows 1..=n_items of the item
-/// embeddings): a fused loss's share, which autograd did not see ([`loss::Computed`]).
-fn add_item_grad(model: &Model, g: &Tensor, weight: f64) {
-    let grad = model.encoder.item_matrix_grad();
-    if grad.defined() && fused_ce::accumulate(&grad, g, weight) {
-        return;
-    }
-    // No gradient yet (or not a plain CPU one): let autograd create and add it.
-    let (e, _) = model.encoder.item_matrix();
-    (e * (g.to_kind(tch::Kind::Float) * weight))
-        .sum(tch::Kind::Float)
-        .backward();
-}
-
-/// Read-only access to the model, the loss and the batch's negatives from the threads of one
-/// step. libtorch tensors are safe to read from several threads at once; the one write during a
-/// backward pass, gradient accumulation into the parameters, is serialised per parameter by
-/// autograd's AccumulateGrad.
-struct Shared<'a>((&'a Model, &'a Loss, Option<&'a Tensor>));
-
-// SAFETY: see the type's doc: the threads only read the wrapped values (parameters, the sampling
-// distribution, the negatives); autograd locks each parameter's gradient while accumulating.
-unsafe impl Sync for Shared<'_> {}
-
-impl<'a> Shared<'a> {
-    fn get(&self) -> (&'a Model, &'a Loss, Option<&'a Tensor>) {
-        self.0
-    }
-}
-
-/// Loss of one batch, at the sampled target positions (every non-padding one, or a prefix's last).
-fn train_step(
-    model: &Model,
-    loss: &Loss,
-    data: &[(Query, Vec<i64>)],
-    samples: &[Sample],
-    batch: &[usize],
-    negatives: Option<&Tensor>,
-) -> loss::Computed {
-    let batch: Vec<Sample> = batch.iter().map(|&i| samples[i]).collect();
-    let queries: Vec<Query> = batch
-        .iter()
-        .map(|s| {
-            let q = &data[s.seq].0;
-            Query {
-                items: q.items[..s.end].to_vec(),
-                behaviours: q.behaviours.get(..s.end).unwrap_or_default().to_vec(),
-                context: q.context.clone(),
-            }
-        })
-        .collect();
-    let refs: Vec<&Query> = queries.iter().collect();
-    let tb = to_tensors(&refs, &model.manifest, model.device);
-    let (b, w) = tb.items.size2().expect("2-d");
-    // Targets aligned with the left-padded inputs (0 = no target at that column).
-    let mut targets = vec![0i64; (b * w) as usize];
-    for (r, s) in batch.iter().enumerate() {
-        let t = &data[s.seq].1[s.first..s.end];
-        let start = r * w as usize + (w as usize - t.len());
-        targets[start..start + t.len()].copy_from_slice(t);
-    }
-    let targets = Tensor::from_slice(&targets).to(model.device);
-    if batch.iter().all(|s| s.first + 1 == s.end) {
-        // One target per row, at the last column: the final block computes that column alone.
-        let h = model.encoder.hidden_last(&tb, true).select(1, 0);
-        let c = model.encoder.context_vector(&tb);
-        let z = model.encoder.project(&h, c.as_ref());
-        let y = targets.view([b, w]).select(1, w - 1) - 1;
-        return loss.compute(&model.encoder, &z, &y, negatives);
-    }
-    let h = model.encoder.hidden(&tb, true);
-    let d = h.size()[2];
-    let keep = targets.gt(0).nonzero().squeeze_dim(1);
-    let h_sel = h.view([-1, d]).index_select(0, &keep);
-    let c = model.encoder.context_vector(&tb);
-    let c_sel = c.map(|c| c.index_select(0, &keep.divide_scalar_mode(w, "floor")));
-    let z = model.encoder.project(&h_sel, c_sel.as_ref());
-    let y = targets.index_select(0, &keep) - 1;
-    loss.compute(&model.encoder, &z, &y, negatives)
 }
 
 /// The references' initialisation (see [`Init::Normal`]), by variable name: LayerNorm parameters

@@ -30,14 +30,15 @@ BEAUTY_BF16="--data $D/amazon_s3rec/Beauty.txt --threads 2 --logits-precision bf
 # code"): SASRec's original blocks, item embeddings x sqrt(d) on input, FFN 64 with ReLU, eps 1e-8,
 # positions from the oldest item, dropout 0.1, batch 128 users with a target at every position of
 # their last 201 items, random batches, Adam 1e-3 constant, the full softmax over 3,706 items; the
-# context head started as the identity. Shipped from a run ended with --finish at epoch 61 (best 55);
-# ml1m-1l, its one-layer twin for the seed's question, likewise (--stop-after 61, then --finish;
-# best 59).
+# context head started as the identity. ml1m-ctx retrained 2026-12-06 with the fused bf16 loss (twice
+# as fast an epoch) to its early stop (epoch 86, best 71); the one before (f32, ended with --finish at
+# epoch 61, best 55) is models/ml1m-ctx-prev. ml1m-1l, the one-layer twin of that previous run for the
+# seed's question, likewise f32 (--stop-after 61, then --finish; best 59).
 ML1M="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat --max-len 200 \
       --heads 1 --d-model 64 --ffn-dim 64 --activation relu --dropout 0.1 --norm sasrec \
       --layer-norm-eps 1e-8 --item-input-scale sqrt-d --positions from-oldest --embedding-norm false \
       --init normal-identity-head --targets all --loss full --batch-size 128 --lr 0.001 \
-      --batches random --epochs 150 --patience 15 --threads 2 --logits-precision f32"
+      --batches random --epochs 150 --patience 15 --threads 2"
 # The leave-last-3 ML-1M pair (previous recipe, not yet retrained) reads the most recent 100 items
 # with sampled softmax over 512 uniform negatives and trains at most 30 epochs, to fit this 2-core
 # machine's time budget.
@@ -53,8 +54,8 @@ recipe() {
     # Leave-one-out (the published protocol): the service's models.
     beauty-2l) echo "$BEAUTY --layers 2" ;;
     beauty-1l) echo "$BEAUTY --layers 1" ;;
-    ml1m-ctx)  echo "$ML1M --layers 2" ;;
-    ml1m-1l)   echo "$ML1M --layers 1" ;;
+    ml1m-ctx)  echo "$ML1M --logits-precision bf16 --layers 2" ;;
+    ml1m-1l)   echo "$ML1M --logits-precision f32 --layers 1" ;;
     # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
     # comparison of `seqserve evaluate` (README).
     beauty-ll3-2l) echo "$BEAUTY_BF16 --layers 2 --split leave-last-3" ;;

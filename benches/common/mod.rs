@@ -2,6 +2,7 @@
 //! HTTP load generator.
 #![allow(dead_code)]
 use seqserve::model::HistoryEvent;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,6 +98,58 @@ pub async fn closed_loop(
     (rps, all, errors)
 }
 
+/// CPU seconds (user + system) this process's threads have used so far, summed by thread name.
+/// The load generator, the server's HTTP runtime and its model worker run in this one process on
+/// the same cores, so their shares of a measurement say what each request costs and how close a
+/// rate is to what the cores can give at all. Threads that libtorch or OpenMP start inherit the name
+/// of the thread that started them, so a model worker's helpers count as that worker.
+pub fn thread_cpu() -> BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // "tid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3 (state).
+        let cpu = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *by_name
+            .entry(stat[open + 1..close].to_string())
+            .or_insert(0.0) += (cpu(11) + cpu(12)) / ticks;
+    }
+    by_name
+}
+
+/// CPU seconds used between two `thread_cpu` readings, by thread name (threads that ended in
+/// between are lost with their time: the benchmarks' threads live for the whole run).
+pub fn cpu_since(before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut now = thread_cpu();
+    for (name, secs) in now.iter_mut() {
+        *secs -= before.get(name).copied().unwrap_or(0.0);
+    }
+    now.retain(|_, s| *s > 0.0);
+    now
+}
+
+/// The name of the in-process server's runtime threads (HTTP, JSON, queueing), as `thread_cpu`
+/// reports them; its model worker's threads are named `seqserve-model-…`.
+pub const SERVER_THREADS: &str = "server-http";
+/// The name benchmarks give their load generator's runtime threads.
+pub const CLIENT_THREADS: &str = "bench-client";
+
 /// The real server, in this process on its own 2-thread runtime, on a free loopback port.
 pub struct InProcessServer {
     pub addr: std::net::SocketAddr,
@@ -111,6 +164,7 @@ impl InProcessServer {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name(SERVER_THREADS)
                 .enable_all()
                 .build()
                 .unwrap();

@@ -12,7 +12,7 @@
 //! Prints a markdown table. Histories are random catalogue items (lengths 1..=50, fixed seed).
 mod common;
 
-use common::{closed_loop, cpu_since, percentile, thread_cpu, Lcg};
+use common::{closed_loop, cpu_since, machine_busy, percentile, thread_cpu, Lcg};
 use seqserve::model::{Model, Query, RankSpec};
 use seqserve::serve::config::Config;
 use std::collections::BTreeMap;
@@ -123,31 +123,6 @@ async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
         .expect("JSON answer")
 }
 
-/// The machine's busy CPU seconds so far, all processes (/proc/stat's first line: everything but
-/// idle and iowait), to count what TorchServe's own processes use.
-fn machine_busy() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already inside user).
-    let busy: f64 = v
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, x)| x)
-        .sum();
-    busy / ticks
-}
-
 /// One closed-loop point's CPU, in µs per answered request: [load generator, the server's HTTP
 /// runtime, its model worker(s), everything else on the machine (TorchServe's processes when it is
 /// the server measured; otherwise other load, which should be ~0 on a quiet machine)].
@@ -188,7 +163,8 @@ async fn measured_point(
             client / n,
             http / n,
             model / n,
-            (ours - client - http - model + rest) / n,
+            // Rounding can leave a sum a hair below its parts.
+            ((ours - client - http - model).max(0.0) + rest) / n,
         ],
     };
     (rps, lat, err, cpu)

@@ -104,8 +104,7 @@ pub async fn closed_loop(
 /// rate is to what the cores can give at all. Threads that libtorch or OpenMP start inherit the name
 /// of the thread that started them, so a model worker's helpers count as that worker.
 pub fn thread_cpu() -> BTreeMap<String, f64> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = clock_ticks();
     let mut by_name = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return by_name;
@@ -131,6 +130,35 @@ pub fn thread_cpu() -> BTreeMap<String, f64> {
             .or_insert(0.0) += (cpu(11) + cpu(12)) / ticks;
     }
     by_name
+}
+
+/// The machine's busy CPU seconds so far, all processes (/proc/stat's first line: everything but
+/// idle and iowait), to count what another server's processes (TorchServe's) use.
+pub fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let busy: f64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy / clock_ticks()
+}
+
+/// The kernel's clock ticks per second, the unit of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }
 
 /// CPU seconds used between two `thread_cpu` readings, by thread name (threads that ended in

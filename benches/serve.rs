@@ -233,10 +233,14 @@ fn main() {
     if let Some(v) = knob("BENCH_MAX_DELAY_US") {
         cfg.batching.max_delay_us = v;
     }
+    if let Some(v) = knob("BENCH_WORKERS") {
+        cfg.batching.workers_per_model = v as usize;
+    }
     println!(
-        "server: max_batch_size {}, max_delay_us {}, worker threads {}\n",
+        "server: max_batch_size {}, max_delay_us {}, workers per model {} (0 = auto), intra-op threads each {}\n",
         cfg.batching.max_batch_size,
         cfg.batching.max_delay_us,
+        cfg.batching.workers_per_model,
         seqserve::device::serving_threads(cfg.model.intra_op_threads)
     );
     // An evaluation to run beside live traffic (step 4): a holdout of random cases in a temp dir.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# How several models share the cores: closed-loop wrk (64 connections) on one model, and on two
-# models at once (a 50/50 split, so both workers are busy), with each worker's libtorch intra-op
-# threads set to 1, 2 and auto (0). One run, side by side.
+# How models share the cores: closed-loop wrk (64 connections) on one model, and on two models at
+# once (a 50/50 split, so both are busy), with each worker's libtorch intra-op threads and each
+# version's worker threads (batching.workers_per_model) set to 1, 2 and auto (0). One run, side by
+# side.
 # Usage: scripts/bench-threads.sh   Env: SECONDS_PER_POINT (10), PORT (18481)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,9 @@ with open(sys.argv[2], "w") as f:
     f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
     f.write("local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
 EOF
-point() { # repo split threads
+point() { # repo split threads label workers
     SEQSERVE__SPLITS__ab=$2 "$BIN" serve --repository "$WORK/$1" --default-model ab --threads "$3" \
-        --host 127.0.0.1 --port "$PORT" --log-format json 2>/dev/null &
+        --workers-per-model "$5" --host 127.0.0.1 --port "$PORT" --log-format json 2>/dev/null &
     SERVER=$!
     wait_ready "$PORT" 60
     wrk -t1 -c64 -d2s -s "$WORK/load.lua" "http://127.0.0.1:$PORT" >/dev/null
@@ -43,10 +44,17 @@ point() { # repo split threads
     p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
     non=$(echo "$out" | awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}')
     kill $SERVER; wait $SERVER 2>/dev/null || true; SERVER=
-    echo "| $4 | $3 | $rate | $p99 | $non |"
+    echo "| $4 | $3 | $5 | $rate | $p99 | $non |"
 }
-echo "| models busy | intra-op threads per worker | req/s | p99 | non-2xx |"
-echo "|---|---|---|---|---|"
-for t in 1 2 0; do point one "beauty-2l=1" "$t" "beauty-2l alone"; done
-for t in 1 2 0; do point two "beauty-1l=50,beauty-2l=50" "$t" "beauty-1l + beauty-2l (50/50)"; done
-echo "(threads 0 = auto: (CPU quota - 1) / models at start, at least 1; CPU quota here: $(nproc))"
+echo "| models busy | intra-op threads per worker | workers per model | req/s | p99 | non-2xx |"
+echo "|---|---|---|---|---|---|"
+for tw in "1 1" "2 1" "1 2" "0 0"; do
+    read -r t w <<<"$tw"
+    point one "beauty-2l=1" "$t" "beauty-2l alone" "$w"
+done
+for tw in "1 1" "2 1" "1 2" "0 0"; do
+    read -r t w <<<"$tw"
+    point two "beauty-1l=50,beauty-2l=50" "$t" "beauty-1l + beauty-2l (50/50)" "$w"
+done
+echo "(threads 0 = auto: (CPU quota - 1) / models at start, at least 1; workers 0 = auto: CPU quota /"
+echo " models at start / threads, at least 1; CPU quota here: $(nproc))"

@@ -145,8 +145,11 @@ fn ann_recalls_the_exact_ranking_with_exact_scores_and_falls_back() {
     index.save(&path).unwrap();
     // Without an attached index, "ann" is answered exactly.
     assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Exact);
+    assert!(model.concurrent_ranking());
     model.attach_index(AnnParams::default(), &path, 2).unwrap();
     assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Ann);
+    // usearch's searches need contexts reserved per thread: one worker for an HNSW model.
+    assert!(!model.concurrent_ranking());
 
     let qs = queries(200, n as u64, 5);
     let refs: Vec<&Query> = qs.iter().collect();
@@ -225,8 +228,13 @@ fn ivf_reading_every_list_is_exact_and_recall_grows_with_the_lists_read() {
     let exact = model.recommend(&refs, &sp);
     let full = model.score(&refs);
     // Every list read: the exact answer (scores summed in another order: ids equal, scores close).
+    assert!(
+        model.concurrent_ranking(),
+        "the exact scan ranks on several threads at once"
+    );
     model.attach_ivf(params(64), &path, 2).unwrap();
     assert_eq!(model.retriever(Retrieval::Ann).kind(), Retrieval::Ann);
+    assert!(model.concurrent_ranking(), "so does the inverted file");
     let all = model.recommend_with(Retrieval::Ann, &refs, &sp);
     assert_same_lists(&all, &exact, 1e-5, "IVF reading all 64 lists");
     // Fewer lists read, fewer found; a quarter of them already finds most of the top 10 (random
@@ -445,7 +453,10 @@ async fn the_server_answers_with_a_saved_hnsw_index_and_says_which_retrieval() {
 /// `seqserve index --kind KIND` writes FILE; a server with retrieval.index_kind = KIND answers
 /// from it with exact scores, and refuses to start on an index of other weights.
 async fn saved_index_serves(kind: &str, file: &str) {
-    let env = [("SEQSERVE__RETRIEVAL__INDEX_KIND", kind)];
+    let env = [
+        ("SEQSERVE__RETRIEVAL__INDEX_KIND", kind),
+        ("SEQSERVE__BATCHING__WORKERS_PER_MODEL", "2"),
+    ];
     let dir = tempfile::tempdir().unwrap();
     common::random_model(400, 1, 8).save(dir.path()).unwrap();
     let out = seqserve(&["index", "--threads", "1", "--kind", kind], dir.path());
@@ -473,6 +484,18 @@ async fn saved_index_serves(kind: &str, file: &str) {
     let s = common::server::Server::start_env(dir, &["--retrieval", "ann"], &env);
     let v = recommend(&s.url("/recommend")).await;
     assert_eq!(v["retrieval"], "ann", "{v}");
+    // Two workers asked for: the inverted file gets them, HNSW one (see Model::concurrent_ranking).
+    let models: serde_json::Value = reqwest::get(s.url("/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let want = if kind == "ivf" { 2 } else { 1 };
+    assert_eq!(
+        models["models"][0]["versions"][0]["workers"], want,
+        "{models}"
+    );
     let items = common::ranked_items(&v);
     assert_eq!(items.len(), 7);
     // Every score the index path returns is the exact score of that item.

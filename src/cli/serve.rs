@@ -36,6 +36,9 @@ pub struct ServeArgs {
     max_delay_us: Option<u64>,
     #[arg(long)]
     max_queue_size: Option<usize>,
+    /// Worker threads per model version (0 = fill the CPU quota with `--threads` each).
+    #[arg(long)]
+    workers_per_model: Option<usize>,
     /// human | json
     #[arg(long)]
     log_format: Option<String>,
@@ -76,6 +79,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
     put(
         "batching.max_queue_size",
         a.max_queue_size.map(|v| v.to_string()),
+    );
+    put(
+        "batching.workers_per_model",
+        a.workers_per_model.map(|v| v.to_string()),
     );
     put("logging.format", a.log_format);
     put("retrieval.mode", a.retrieval);

@@ -376,6 +376,14 @@ impl Model {
     }
 
     /// The retriever that answers `mode`.
+    /// Whether several threads may rank with this model at once: the encoder's forward pass only
+    /// reads the weights (inference runs under no_grad and changes no tensor in place), so it is
+    /// the retrievers that decide.
+    pub fn concurrent_ranking(&self) -> bool {
+        use retrieval::Retriever;
+        self.exact.concurrent() && self.ann.as_ref().is_none_or(|a| a.concurrent())
+    }
+
     pub fn retriever(&self, mode: retrieval::Retrieval) -> &dyn retrieval::Retriever {
         match (mode, &self.ann) {
             (retrieval::Retrieval::Ann, Some(a)) => a.as_ref(),

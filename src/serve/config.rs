@@ -200,6 +200,13 @@ pub struct BatchingSection {
     /// Evaluation batches run when no live request waits, or after waiting this long (so evaluations
     /// progress on a busy server, one small batch per interval).
     pub background_max_wait_ms: u64,
+    /// Model worker threads per loaded version, sharing its queue and its weights: while one runs a
+    /// batch, the next collects the following one and runs beside it. Each has
+    /// `model.intra_op_threads` libtorch threads. 0 = auto: as many as fill the CPU quota with
+    /// that many threads each, shared between the models loaded at start (2 on 2 cores, 1 where
+    /// one worker's threads take all but one core). A version whose retrieval cannot rank on
+    /// several threads at once (HNSW) gets 1.
+    pub workers_per_model: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,6 +357,7 @@ impl Default for BatchingSection {
             max_delay_us: 500,
             max_queue_size: 1024,
             background_max_wait_ms: 50,
+            workers_per_model: 0,
         }
     }
 }
@@ -443,7 +451,7 @@ impl Config {
             .unwrap_or(1) as u64;
         let (s, b, l, a) = (&self.server, &self.batching, &self.limits, &self.admin);
         let h = &self.history;
-        let ranges: [(&str, u64, u64, u64); 47] = [
+        let ranges: [(&str, u64, u64, u64); 48] = [
             ("history.max_events", h.max_events as u64, 1, 100_000),
             ("history.max_users", h.max_users as u64, 1, 1_000_000_000),
             ("history.ttl_secs", h.ttl_secs, 0, 10 * 365 * 86_400),
@@ -579,6 +587,12 @@ impl Config {
                 10_000_000,
             ),
             ("batching.max_batch_size", b.max_batch_size as u64, 1, 4096),
+            (
+                "batching.workers_per_model",
+                b.workers_per_model as u64,
+                0,
+                64,
+            ),
             ("batching.max_delay_us", b.max_delay_us, 0, 1_000_000),
             (
                 "batching.max_queue_size",

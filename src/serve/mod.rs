@@ -52,6 +52,18 @@ fn worker_threads(configured: usize, models: usize) -> usize {
     }
 }
 
+/// Worker threads per model version: the configured count, or (auto) as many as fill the CPU
+/// quota's share of each model loaded at start with `threads` intra-op threads each, at least 1.
+/// On 2 cores that is 2 workers of 1 thread: one worker leaves ~0.4 of a core idle while it
+/// collects batches (README, "Where the CPU goes" under Benchmark).
+fn workers_per_model(configured: usize, threads: usize, models: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        (crate::device::cpu_quota() / models.max(1) / threads.max(1)).max(1)
+    }
+}
+
 /// Loads what the configuration names: `model.path`, or every model of `model.repository` at its
 /// newest version that loads (an older one when the newest fails, so a bad upload cannot stop a
 /// restart); then the default model and the configured splits.
@@ -163,14 +175,16 @@ pub async fn run(
         Some(Repository::open(&cfg.model.repository).map_err(anyhow::Error::msg)?)
     };
     let n_models = repository.as_ref().map_or(1, |r| r.models().len());
+    let threads = worker_threads(cfg.model.intra_op_threads, n_models);
     let settings = LoadSettings {
-        threads: worker_threads(cfg.model.intra_op_threads, n_models),
+        threads,
         batching: BatchingConfig {
             max_batch_size: cfg.batching.max_batch_size,
             retrieval: cfg.retrieval.mode,
             background_max_wait: Duration::from_millis(cfg.batching.background_max_wait_ms),
             max_delay: Duration::from_micros(cfg.batching.max_delay_us),
             max_queue_size: cfg.batching.max_queue_size,
+            workers: workers_per_model(cfg.batching.workers_per_model, threads, n_models),
         },
     };
     let opener = ModelOpener {

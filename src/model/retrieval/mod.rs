@@ -53,6 +53,11 @@ pub trait Retriever {
         bias: &Tensor,
         specs: &[RankSpec],
     ) -> Vec<Vec<(usize, f32)>>;
+    /// Whether several threads may call `retrieve` at once (a version's worker threads share one
+    /// model). Only a retriever whose `retrieve` reads nothing but data fixed at load says yes.
+    fn concurrent(&self) -> bool {
+        false
+    }
 }
 
 /// Exact top-k on the model's device.
@@ -72,6 +77,11 @@ impl Retriever for Exact {
         specs: &[RankSpec],
     ) -> Vec<Vec<(usize, f32)>> {
         exact::retrieve_scan(&self.scan, z, emb, bias, specs)
+    }
+    /// The scan reads the item tensors and its bf16 copy; its own threads set their own libtorch
+    /// thread count (per thread) and write only their own top lists.
+    fn concurrent(&self) -> bool {
+        true
     }
 }
 
@@ -94,6 +104,8 @@ impl Retriever for Approximate {
     ) -> Vec<Vec<(usize, f32)>> {
         self.index.retrieve(z, emb, bias, specs, self.fallback)
     }
+    // Not concurrent: usearch takes a per-thread search context from the slots reserved when the
+    // index was built or opened, and a restored view reserves none for extra threads.
 }
 
 /// Approximate retrieval by an inverted file, with the exact scan as fallback.
@@ -114,5 +126,9 @@ impl Retriever for InvertedFile {
         specs: &[RankSpec],
     ) -> Vec<Vec<(usize, f32)>> {
         self.index.retrieve(z, emb, bias, specs, self.fallback)
+    }
+    /// The lists, centroids and probe count are fixed at load; each call's top lists are its own.
+    fn concurrent(&self) -> bool {
+        true
     }
 }

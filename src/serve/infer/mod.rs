@@ -166,7 +166,7 @@ pub(crate) mod tests {
         let mut cfg = config(8, 1, queue);
         cfg.max_queue_size = queue;
         let (tx, rx) = std::sync::mpsc::channel();
-        let (q, _t) = worker::start(
+        let q = worker::start(
             Box::new(Fake::new(Duration::from_millis(delay_ms))),
             cfg,
             metrics.clone(),
@@ -174,7 +174,8 @@ pub(crate) mod tests {
             1,
             move || tx.send(()).unwrap(),
         )
-        .unwrap();
+        .unwrap()
+        .queue;
         rx.recv().unwrap();
         (q, metrics)
     }

@@ -104,6 +104,9 @@ pub struct BatchingConfig {
     pub background_max_wait: Duration,
     pub max_delay: Duration,
     pub max_queue_size: usize,
+    /// Worker threads wanted for the queue (sharing one model's weights); 1 where the model cannot
+    /// rank on several threads at once.
+    pub workers: usize,
 }
 
 /// The handlers' side of the queue. Cloneable; when every clone is dropped the worker drains and
@@ -134,6 +137,27 @@ pub struct Intake {
     max_batch_size: usize,
     max_delay: Duration,
     background_max_wait: Duration,
+}
+
+/// The queue's running estimate of what one job costs, written by its workers.
+pub struct CostMeter {
+    cost: Arc<AtomicU64>,
+    workers: u64,
+}
+
+impl CostMeter {
+    /// Records what a batch of `jobs` cost (exponential moving average per job). With several
+    /// workers running batches side by side, a job costs the queue its time divided among them.
+    pub fn learn(&self, jobs: usize, took: Duration) {
+        let sample = took.as_nanos() as u64 / (jobs.max(1) as u64 * self.workers.max(1));
+        let old = self.cost.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 4 + sample) / 5
+        };
+        self.cost.store(new, Ordering::Relaxed);
+    }
 }
 
 /// What the worker runs next.
@@ -261,16 +285,13 @@ impl Intake {
         }
     }
 
-    /// Records what a batch of `jobs` cost (exponential moving average per job).
-    pub fn learn(&self, jobs: usize, took: Duration) {
-        let sample = took.as_nanos() as u64 / jobs.max(1) as u64;
-        let old = self.cost.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            (old * 4 + sample) / 5
-        };
-        self.cost.store(new, Ordering::Relaxed);
+    /// What `workers` worker threads use to report their batches' cost, without holding the
+    /// intake.
+    pub fn meter(&self, workers: usize) -> CostMeter {
+        CostMeter {
+            cost: self.cost.clone(),
+            workers: workers as u64,
+        }
     }
 
     fn took_one(&self) {
@@ -323,6 +344,7 @@ pub(crate) mod tests {
             background_max_wait: Duration::from_millis(50),
             max_delay: Duration::from_millis(max_delay_ms),
             max_queue_size,
+            workers: 1,
         }
     }
 

@@ -6,7 +6,8 @@ use crate::model::retrieval::Retrieval;
 use crate::model::{Catalogue, Manifest, Model, Query, RankSpec};
 use std::sync::Arc;
 
-/// A model that ranks a batch of queries, owned by one worker thread.
+/// A model that ranks a batch of queries, owned by one version's worker threads (several rank at
+/// once only where [`Ranker::concurrent_ranking`] says it is safe).
 pub trait Ranker: Send + 'static {
     /// What requests are validated against (behaviours, context schema, max_len).
     fn manifest(&self) -> &Manifest;
@@ -23,8 +24,13 @@ pub trait Ranker: Send + 'static {
         queries: &[&Query],
         specs: &[RankSpec],
     ) -> Vec<Vec<(usize, f32)>>;
-    /// Called once on the worker thread before anything else (per-thread settings).
+    /// Called once on each worker thread before anything else (per-thread settings).
     fn init_thread(&self, _threads: usize) {}
+    /// Whether `rank` may run on several threads at once (it then must only read the ranker).
+    /// No by default: a version then has one worker whatever `batching.workers_per_model` says.
+    fn concurrent_ranking(&self) -> bool {
+        false
+    }
 }
 
 impl Ranker for Model {
@@ -56,5 +62,9 @@ impl Ranker for Model {
     /// libtorch's intra-op thread count is per thread: each worker sets its own.
     fn init_thread(&self, threads: usize) {
         tch::set_num_threads(threads as i32);
+    }
+
+    fn concurrent_ranking(&self) -> bool {
+        Model::concurrent_ranking(self)
     }
 }

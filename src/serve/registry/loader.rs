@@ -173,7 +173,11 @@ impl Registry {
         let catalogue = ranker.catalogue();
         let device = ranker.device_name();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let (queue, worker) = worker::start(
+        let worker::Started {
+            queue,
+            thread: worker,
+            workers,
+        } = worker::start(
             ranker,
             s.batching.clone(),
             self.metrics.clone(),
@@ -204,6 +208,7 @@ impl Registry {
             device,
             retrieval,
             threads: s.threads,
+            workers,
             loaded_at_unix: unix_now(),
             load_seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         }))

@@ -37,7 +37,10 @@ pub struct Served {
     pub device: String,
     /// "exact" or "ann": how live requests are ranked.
     pub retrieval: &'static str,
+    /// Intra-op threads of each worker thread.
     pub threads: usize,
+    /// Worker threads ranking for this version.
+    pub workers: usize,
     pub loaded_at_unix: u64,
     pub load_seconds: f64,
 }

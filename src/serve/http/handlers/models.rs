@@ -52,6 +52,9 @@ pub struct VersionInfo {
     /// "exact" or "ann".
     retrieval: String,
     intra_op_threads: usize,
+    /// Worker threads ranking for this version (`batching.workers_per_model`, or 1 where its
+    /// retrieval cannot rank on several threads at once), each with `intra_op_threads`.
+    workers: usize,
     queue_depth: usize,
     loaded_at_unix: u64,
     load_seconds: f64,
@@ -77,6 +80,7 @@ fn describe_version(s: &Served, is_default: bool) -> VersionInfo {
         device: s.device.clone(),
         retrieval: s.retrieval.to_string(),
         intra_op_threads: s.threads,
+        workers: s.workers,
         queue_depth: s.queue.depth(),
         loaded_at_unix: s.loaded_at_unix,
         load_seconds: s.load_seconds,

@@ -380,8 +380,8 @@ impl Model {
     /// reads the weights (inference runs under no_grad and changes no tensor in place), so it is
     /// the retrievers that decide.
     pub fn concurrent_ranking(&self) -> bool {
-        use retrieval::Retriever;
-        self.exact.concurrent() && self.ann.as_ref().is_none_or(|a| a.concurrent())
+        retrieval::Retriever::concurrent(&self.exact)
+            && self.ann.as_ref().is_none_or(|a| a.concurrent())
     }
 
     pub fn retriever(&self, mode: retrieval::Retrieval) -> &dyn retrieval::Retriever {

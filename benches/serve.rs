@@ -147,10 +147,10 @@ async fn measured_point(
     let (rps, lat, err) = closed_loop(url, bodies, conc, secs).await;
     let (used, busy) = (cpu_since(&before), machine_busy() - busy0);
     let sum = |f: &dyn Fn(&str) -> bool| {
+        // A fold from +0.0: an empty f64 sum is -0.0, which prints as "-0".
         used.iter()
             .filter(|(n, _)| f(n))
-            .map(|(_, s)| s)
-            .sum::<f64>()
+            .fold(0.0, |a, (_, s)| a + s)
     };
     let client = sum(&|n| n == common::CLIENT_THREADS);
     let http = sum(&|n| n == common::SERVER_THREADS);

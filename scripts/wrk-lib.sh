@@ -1,17 +1,23 @@
 # Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh). Needs CONN (connections), WORK
 # (where write_load_lua puts load.lua) and URL.
 
-# write_load_lua ITEMS_FILE SEED [user]: $WORK/load.lua posts 200 /recommend bodies (histories of 3
-# to 20 of the catalogue's ids, k 10, each with "user": "u<i>" when asked), pausing WRK_DELAY_MS
-# between a connection's requests.
+# write_load_lua ITEMS_FILE SEED [user]: $WORK/load.lua posts 200 bodies (histories of 3 to 20
+# distinct catalogue ids, k 10, each with "user": "u<i>" when asked) to WRK_PATH (/recommend unless
+# set when wrk runs), pausing WRK_DELAY_MS between a connection's requests. LOAD_LENGTHS=1-50 draws
+# 512 histories of 1 to 50 ids with repeats instead, the bench serve binary's load.
 write_load_lua() {
-    python3 - "$1" "$WORK/load.lua" "$2" "${3:-}" <<'EOF'
+    python3 - "$1" "$WORK/load.lua" "$2" "${3:-}" "${LOAD_LENGTHS:-}" <<'EOF'
 import json, random, sys
 items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
 rng = random.Random(int(sys.argv[3]))
 bodies = []
-for i in range(200):
-    body = {"history": rng.sample(items, rng.randint(3, 20)), "k": 10}
+for i in range(512 if sys.argv[5] else 200):
+    if sys.argv[5]:
+        lo, hi = map(int, sys.argv[5].split("-"))
+        history = [rng.choice(items) for _ in range(rng.randint(lo, hi))]
+    else:
+        history = rng.sample(items, rng.randint(3, 20))
+    body = {"history": history, "k": 10}
     if sys.argv[4] == "user":
         body["user"] = f"u{i}"
     bodies.append(json.dumps(body))
@@ -19,7 +25,8 @@ with open(sys.argv[2], "w") as f:
     f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
     f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
     f.write("local n = 0\nlocal pause = tonumber(os.getenv('WRK_DELAY_MS') or '0')\n")
-    f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
+    f.write("local path = os.getenv('WRK_PATH') or '/recommend'\n")
+    f.write("request = function()\n  n = n + 1\n  return wrk.format(nil, path, nil, bodies[(n % #bodies) + 1])\nend\n")
     # wrk truncates delays to whole ms: carry the fraction so the mean delay is exact.
     f.write("local carry = 0\ndelay = function()\n  carry = carry + pause\n  local d = math.floor(carry)\n  carry = carry - d\n  return d\nend\n")
 EOF

@@ -39,10 +39,10 @@ if [ "${BENCH_WRK:-1}" != 0 ] && [ "${BENCH_TORCHSERVE:-1}" != 0 ]; then
     LOAD_LENGTHS=1-50 write_load_lua "$MODEL/items.txt" 7
     # wrk_point URL_ROOT PATH CONC: "req/s p99_ms errors" (errors: non-2xx answers + socket errors)
     wrk_point() {
-        local out
+        local out sock=0
         out=$(URL=$1 CONN=$3 WRK_PATH=$2 wrk_run "${BENCH_SECONDS:-5}" 0)
-        echo "$(echo "$out" | rate) $(echo "$out" | p99) \
-            $(( $(echo "$out" | non2xx) + $(echo "$out" | awk '/Socket errors/ {n=1} END {print n+0}') ))"
+        [ "$(echo "$out" | sockerr)" = none ] || sock=1
+        echo "$(echo "$out" | rate) $(echo "$out" | p99) $(( $(echo "$out" | non2xx) + sock ))"
     }
     echo
     echo "| wrk closed loop | concurrency | TorchServe req/s | p99 ms | errors | seqserve req/s | p99 ms | errors |"

@@ -1,4 +1,4 @@
-# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh). Needs CONN (connections), WORK
+# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh, bench.sh's TorchServe comparison). Needs CONN (connections), WORK
 # (where write_load_lua puts load.lua) and URL.
 
 # write_load_lua ITEMS_FILE SEED [user]: $WORK/load.lua posts 200 bodies (histories of 3 to 20
@@ -11,10 +11,10 @@ import json, random, sys
 items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
 rng = random.Random(int(sys.argv[3]))
 bodies = []
-for i in range(512 if sys.argv[5] else 200):
-    if sys.argv[5]:
-        lo, hi = map(int, sys.argv[5].split("-"))
-        history = [rng.choice(items) for _ in range(rng.randint(lo, hi))]
+lengths = tuple(map(int, sys.argv[5].split("-"))) if sys.argv[5] else None
+for i in range(512 if lengths else 200):
+    if lengths:
+        history = [rng.choice(items) for _ in range(rng.randint(*lengths))]
     else:
         history = rng.sample(items, rng.randint(3, 20))
     body = {"history": history, "k": 10}

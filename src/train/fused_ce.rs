@@ -1,15 +1,17 @@
-//! The full softmax cross-entropy over the catalogue with bf16 products, its forward and backward
-//! passes fused into one pass over the scores (training's `--logits-precision bf16` on the CPU).
+//! The full softmax cross-entropy over the catalogue, its forward and backward passes fused into
+//! one pass over the scores (training's full loss on the CPU, f32 or `--logits-precision bf16`).
 //!
-//! Through autograd the same loss is a chain of whole-matrix passes over the M × N scores: the
-//! product's bf16 result cast to f32, log-softmax (exp), the NLL's gradient as a zero-filled
-//! matrix with one entry set per row, log-softmax's backward (exp again), and that gradient cast
-//! back to bf16 for the product's backward. Profiled on Beauty's default recipe they cost about a
-//! fifth of an epoch, more than the bf16 products themselves. Here the scores are read once per row
-//! while the row sits in cache (maximum, exp and sum, then the gradient written straight as bf16),
-//! and the two backward products are taken by hand: autograd only sees a surrogate whose gradient
-//! with respect to z (and the item bias) is the product's, and the item matrix's share is returned
-//! for the trainer to add to its gradient.
+//! Through autograd the same loss is a chain of whole-matrix passes over the M × N scores: (in
+//! bf16, the product's result cast to f32), the bias added, log-softmax (exp), the NLL's gradient
+//! as a zero-filled matrix with one entry set per row, log-softmax's backward (exp again), and (in
+//! bf16) that gradient cast back for the product's backward. Profiled on Beauty's default recipe
+//! they cost about a fifth of an epoch with bf16 products, and as much as the three f32 products
+//! themselves on a CPU without bf16 (one thread, 128 rows by 12k items: 17.8 ms through autograd
+//! against 8.1 for the products alone). Here the scores are read while a row sits in cache
+//! (maximum, exp and sum, then the gradient written over the row's scores), and the two backward
+//! products are taken by hand: autograd only sees a surrogate whose gradient with respect to z
+//! (and the item bias) is the product's, and the item matrix's share is returned for the trainer
+//! to add to its gradient.
 use crate::simd::{bf16_to_f32, f32_to_bf16};
 use tch::{Kind, Tensor};
 
@@ -30,35 +32,65 @@ pub fn cross_entropy_bf16(
     y: &Tensor,
     ls: f64,
 ) -> (Tensor, Tensor) {
+    fused(z, e, b, y, ls, Kind::BFloat16)
+}
+
+/// [`cross_entropy_bf16`] with f32 products, scores and gradients (the item gradient is f32).
+pub fn cross_entropy_f32(
+    z: &Tensor,
+    e: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    ls: f64,
+) -> (Tensor, Tensor) {
+    fused(z, e, b, y, ls, Kind::Float)
+}
+
+fn fused(
+    z: &Tensor,
+    e: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    ls: f64,
+    kind: Kind,
+) -> (Tensor, Tensor) {
     let (m, _) = z.size2().expect("z is (M, d)");
     let (n, _) = e.size2().expect("e is (N, d)");
-    let zb = z.detach().to_kind(Kind::BFloat16);
-    let eb = e.detach().to_kind(Kind::BFloat16);
-    let scores = zb.matmul(&eb.tr()).contiguous();
+    let zk = z.detach().to_kind(kind);
+    let ek = e.detach().to_kind(kind);
+    // The scores, then (in place, row by row) the loss's gradient with respect to them.
+    let scores = zk.matmul(&ek.tr()).contiguous();
     let targets = Vec::<i64>::try_from(y.to_kind(Kind::Int64).to_device(tch::Device::Cpu))
         .expect("targets are a vector of item columns");
-    let grad = Tensor::empty([m, n], (Kind::BFloat16, tch::Device::Cpu));
     let bias = b.map(|b| {
         Vec::<f32>::try_from(b.detach().to_kind(Kind::Float)).expect("the bias is a vector")
     });
     let mut db = vec![0f32; if bias.is_some() { n as usize } else { 0 }];
     let total = {
-        // SAFETY: both tensors are contiguous bf16 CPU tensors of M × N elements that nothing else
-        // references while this block runs (`scores` and `grad` were created above).
-        let s = unsafe {
-            std::slice::from_raw_parts(scores.data_ptr() as *const u16, (m * n) as usize)
-        };
-        let g = unsafe {
-            std::slice::from_raw_parts_mut(grad.data_ptr() as *mut u16, (m * n) as usize)
-        };
         let bias = Bias {
             b: bias.as_deref().unwrap_or_default(),
             db: &mut db,
         };
-        rows(s, g, &targets, n as usize, ls as f32, bias)
+        let len = (m * n) as usize;
+        // SAFETY: `scores` is a contiguous CPU tensor of M × N elements of `kind` (checked by the
+        // match) that nothing else references while this block runs (it was created above).
+        match scores.kind() {
+            Kind::BFloat16 => {
+                let s =
+                    unsafe { std::slice::from_raw_parts_mut(scores.data_ptr() as *mut u16, len) };
+                rows_bf16(s, &targets, n as usize, ls as f32, bias)
+            }
+            Kind::Float => {
+                let s =
+                    unsafe { std::slice::from_raw_parts_mut(scores.data_ptr() as *mut f32, len) };
+                rows_f32(s, &targets, n as usize, ls as f32, bias)
+            }
+            other => panic!("fused cross-entropy over {other:?} scores"),
+        }
     };
-    let dz = grad.matmul(&eb).to_kind(Kind::Float);
-    let de = grad.tr().matmul(&zb);
+    let grad = scores;
+    let dz = grad.matmul(&ek).to_kind(Kind::Float);
+    let de = grad.tr().matmul(&zk);
     // sum(z ⊙ dz) has gradient dz with respect to z; its value is replaced by the loss's so that
     // callers can weight and report it as any loss.
     let mut surrogate = (z * dz).sum(Kind::Float);
@@ -69,13 +101,13 @@ pub fn cross_entropy_bf16(
     (&surrogate - surrogate.detach() + loss, de)
 }
 
-/// `grad += weight · g` for an f32 gradient and a bf16 `g` of the same shape, in one pass.
+/// `grad += weight · g` for an f32 gradient and a bf16 or f32 `g` of the same shape, in one pass.
 /// Returns false (and does nothing) unless both are contiguous CPU tensors of those kinds.
 pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
     let ok = grad.device() == tch::Device::Cpu
         && g.device() == tch::Device::Cpu
         && grad.kind() == Kind::Float
-        && g.kind() == Kind::BFloat16
+        && matches!(g.kind(), Kind::BFloat16 | Kind::Float)
         && grad.is_contiguous()
         && g.is_contiguous()
         && grad.size() == g.size();
@@ -83,25 +115,61 @@ pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
         return false;
     }
     let len = g.numel();
-    // SAFETY: checked above: contiguous CPU buffers of `len` f32 and bf16 elements; the caller
-    // holds the only writer's lock on `grad` (training threads take turns).
-    let (dst, src) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, len),
-            std::slice::from_raw_parts(g.data_ptr() as *const u16, len),
-        )
-    };
+    // SAFETY: checked above: contiguous CPU buffers of `len` f32 and bf16 or f32 elements; the
+    // caller holds the only writer's lock on `grad` (training threads take turns).
+    let dst = unsafe { std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, len) };
     let w = weight as f32;
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += w * bf16_to_f32(s);
+    if g.kind() == Kind::Float {
+        let src = unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, len) };
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += w * s;
+        }
+    } else {
+        let src = unsafe { std::slice::from_raw_parts(g.data_ptr() as *const u16, len) };
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += w * bf16_to_f32(s);
+        }
     }
     true
 }
 
 crate::simd::multiversion! {
-    /// Every row's loss (summed, f64) and its gradient of the mean loss (bf16, into `g`), on the
-    /// widest vector unit the CPU has.
-    fn rows(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any;
+    /// Every row's loss (summed, f64), its bf16 scores replaced by their gradient of the mean
+    /// loss, on the widest vector unit the CPU has.
+    fn rows_bf16(s: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any::<u16>;
+}
+
+crate::simd::multiversion! {
+    /// [`rows_bf16`] over f32 scores.
+    fn rows_f32(s: &mut [f32], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any::<f32>;
+}
+
+/// How a score is stored: bf16 (as its bits) or f32. Arithmetic is f32 either way.
+trait Score: Copy {
+    fn get(self) -> f32;
+    fn put(v: f32) -> Self;
+}
+
+impl Score for u16 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        bf16_to_f32(self)
+    }
+    #[inline(always)]
+    fn put(v: f32) -> u16 {
+        f32_to_bf16(v)
+    }
+}
+
+impl Score for f32 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn put(v: f32) -> f32 {
+        v
+    }
 }
 
 /// A per-item bias added to the scores (empty: none) and its gradient, summed over the rows.
@@ -111,21 +179,20 @@ struct Bias<'a> {
 }
 
 #[inline(always)]
-fn rows_any(s: &[u16], g: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
+fn rows_any<T: Score>(s: &mut [T], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
     if b.b.is_empty() {
-        rows_body::<false>(s, g, t, n, ls, b)
+        rows_body::<T, false>(s, t, n, ls, b)
     } else {
-        rows_body::<true>(s, g, t, n, ls, b)
+        rows_body::<T, true>(s, t, n, ls, b)
     }
 }
 
 /// Per row, three passes while it sits in cache: maximum and sum of the scores; exp(x − max) into
-/// a scratch row, and their sum; the gradient (p − (1 − ls)·onehot − ls/N) / M written as bf16
-/// (and, with a bias, summed into its gradient in f32).
+/// a scratch row, and their sum; the gradient (p − (1 − ls)·onehot − ls/N) / M written over the
+/// row's scores (and, with a bias, summed into its gradient in f32).
 #[inline(always)]
-fn rows_body<const BIAS: bool>(
-    s: &[u16],
-    g: &mut [u16],
+fn rows_body<T: Score, const BIAS: bool>(
+    s: &mut [T],
     targets: &[i64],
     n: usize,
     ls: f32,
@@ -139,28 +206,27 @@ fn rows_body<const BIAS: bool>(
     for (r, &y) in targets.iter().enumerate() {
         let y = y as usize;
         assert!(y < n, "target column {y} out of {n} items");
-        let x = &s[r * n..(r + 1) * n];
-        let (max, sum_x) = max_and_sum::<BIAS>(x, b);
-        let sum_e = exp_shifted::<BIAS>(x, b, max, &mut scratch);
+        let x = &mut s[r * n..(r + 1) * n];
+        let (max, sum_x) = max_and_sum::<T, BIAS>(x, b);
+        let sum_e = exp_shifted::<T, BIAS>(x, b, max, &mut scratch);
         let lse = max + sum_e.ln();
-        let x_y = bf16_to_f32(x[y]) + if BIAS { b[y] } else { 0.0 };
+        let x_y = x[y].get() + if BIAS { b[y] } else { 0.0 };
         let loss = (1.0 - ls) * (lse - x_y) + ls * (lse - sum_x / n as f32);
         total += loss as f64;
-        let out = &mut g[r * n..(r + 1) * n];
         let (a, c) = (scale / sum_e, ls * scale / n as f32);
         if BIAS {
-            for ((o, &e), d) in out.iter_mut().zip(&scratch).zip(db.iter_mut()) {
+            for ((o, &e), d) in x.iter_mut().zip(&scratch).zip(db.iter_mut()) {
                 let v = e * a - c;
-                *o = f32_to_bf16(v);
+                *o = T::put(v);
                 *d += v;
             }
         } else {
-            for (o, &e) in out.iter_mut().zip(&scratch) {
-                *o = f32_to_bf16(e * a - c);
+            for (o, &e) in x.iter_mut().zip(&scratch) {
+                *o = T::put(e * a - c);
             }
         }
         // The target's entry: p_y − (1 − ls) − ls/N, from the same p_y as the others.
-        out[y] = f32_to_bf16((scratch[y] / sum_e - (1.0 - ls) - ls / n as f32) * scale);
+        x[y] = T::put((scratch[y] / sum_e - (1.0 - ls) - ls / n as f32) * scale);
         if BIAS {
             db[y] -= (1.0 - ls) * scale;
         }
@@ -170,14 +236,14 @@ fn rows_body<const BIAS: bool>(
 
 const LANES: usize = 16;
 
-/// Scores `i·LANES..(i+1)·LANES` of a row (`c` their bf16 products): plus the items' biases when
+/// Scores `i·LANES..(i+1)·LANES` of a row (`c` their products): plus the items' biases when
 /// there are any. Fixed-size lanes, so that the loops over them vectorise.
 #[inline(always)]
-fn lane<const BIAS: bool>(c: &[u16], b: &[f32], i: usize) -> [f32; LANES] {
-    let c: &[u16; LANES] = c.try_into().expect("a full lane");
+fn lane<T: Score, const BIAS: bool>(c: &[T], b: &[f32], i: usize) -> [f32; LANES] {
+    let c: &[T; LANES] = c.try_into().expect("a full lane");
     let mut v = [0f32; LANES];
     for k in 0..LANES {
-        v[k] = bf16_to_f32(c[k]);
+        v[k] = c[k].get();
     }
     if BIAS {
         let b: &[f32; LANES] = b[i * LANES..(i + 1) * LANES]
@@ -192,19 +258,19 @@ fn lane<const BIAS: bool>(c: &[u16], b: &[f32], i: usize) -> [f32; LANES] {
 
 /// Score j of a row, one at a time (the lanes' remainder).
 #[inline(always)]
-fn score<const BIAS: bool>(x: u16, b: &[f32], j: usize) -> f32 {
-    bf16_to_f32(x) + if BIAS { b[j] } else { 0.0 }
+fn score<T: Score, const BIAS: bool>(x: T, b: &[f32], j: usize) -> f32 {
+    x.get() + if BIAS { b[j] } else { 0.0 }
 }
 
 /// The row's maximum and sum, in lanes so that the compiler can vectorise them (one accumulator
 /// would be a float reduction it may not reorder).
 #[inline(always)]
-fn max_and_sum<const BIAS: bool>(x: &[u16], b: &[f32]) -> (f32, f32) {
+fn max_and_sum<T: Score, const BIAS: bool>(x: &[T], b: &[f32]) -> (f32, f32) {
     let mut mx = [f32::NEG_INFINITY; LANES];
     let mut sm = [0f32; LANES];
     let full = x.len() - x.len() % LANES;
     for (i, c) in x[..full].chunks_exact(LANES).enumerate() {
-        let v = lane::<BIAS>(c, b, i);
+        let v = lane::<T, BIAS>(c, b, i);
         for k in 0..LANES {
             mx[k] = if v[k] > mx[k] { v[k] } else { mx[k] };
             sm[k] += v[k];
@@ -213,7 +279,7 @@ fn max_and_sum<const BIAS: bool>(x: &[u16], b: &[f32]) -> (f32, f32) {
     let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum: f32 = sm.iter().sum();
     for (j, &xj) in x.iter().enumerate().skip(full) {
-        let v = score::<BIAS>(xj, b, j);
+        let v = score::<T, BIAS>(xj, b, j);
         max = max.max(v);
         sum += v;
     }
@@ -222,14 +288,14 @@ fn max_and_sum<const BIAS: bool>(x: &[u16], b: &[f32]) -> (f32, f32) {
 
 /// exp(x − max) of each score into `out`, and their sum (in lanes, as above).
 #[inline(always)]
-fn exp_shifted<const BIAS: bool>(x: &[u16], b: &[f32], max: f32, out: &mut [f32]) -> f32 {
+fn exp_shifted<T: Score, const BIAS: bool>(x: &[T], b: &[f32], max: f32, out: &mut [f32]) -> f32 {
     let mut sm = [0f32; LANES];
     let full = x.len() - x.len() % LANES;
     let lanes = x[..full]
         .chunks_exact(LANES)
         .zip(out[..full].chunks_exact_mut(LANES));
     for (i, (c, o)) in lanes.enumerate() {
-        let v = lane::<BIAS>(c, b, i);
+        let v = lane::<T, BIAS>(c, b, i);
         for k in 0..LANES {
             let e = exp(v[k] - max);
             o[k] = e;
@@ -238,7 +304,7 @@ fn exp_shifted<const BIAS: bool>(x: &[u16], b: &[f32], max: f32, out: &mut [f32]
     }
     let mut sum: f32 = sm.iter().sum();
     for j in full..x.len() {
-        out[j] = exp(score::<BIAS>(x[j], b, j) - max);
+        out[j] = exp(score::<T, BIAS>(x[j], b, j) - max);
         sum += out[j];
     }
     sum
@@ -291,10 +357,10 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
     }
 
-    /// The fused loss and its gradients against libtorch's autograd of the same bf16 product
-    /// (plus a bias, when there is one): the loss to float rounding, the gradients to bf16's (the
-    /// gradient is rounded to bf16 before the backward products in both, and an exp that differs in
-    /// the last bit can round one of its entries the other way).
+    /// The fused loss and its gradients against libtorch's autograd of the same product (bf16 or
+    /// f32, plus a bias when there is one): the loss to float rounding; the gradients to bf16's in
+    /// bf16 (the gradient is rounded to bf16 before the backward products in both, and an exp that
+    /// differs in the last bit can round one of its entries the other way), to f32 rounding in f32.
     #[test]
     fn loss_and_gradients_match_autograd() {
         tch::manual_seed(7);
@@ -305,56 +371,67 @@ mod tests {
             (37, 1001, 16, 0.0, true),
             (64, 517, 32, 0.1, true),
         ];
-        for &(m, n, d, ls, with_bias) in &cases {
-            let opts = (Kind::Float, tch::Device::Cpu);
-            let z0 = Tensor::randn([m, d], opts) * 0.7;
-            let e0 = Tensor::randn([n, d], opts) * 0.7;
-            let b0 = Tensor::randn([n], opts);
-            let y = Tensor::randint(n, [m], (Kind::Int64, tch::Device::Cpu));
+        for kind in [Kind::BFloat16, Kind::Float] {
+            let (max_tol, rel_tol) = match kind {
+                Kind::Float => (1e-5, 1e-5),
+                _ => (1e-2, 2e-3),
+            };
+            for &(m, n, d, ls, with_bias) in &cases {
+                let opts = (Kind::Float, tch::Device::Cpu);
+                let z0 = Tensor::randn([m, d], opts) * 0.7;
+                let e0 = Tensor::randn([n, d], opts) * 0.7;
+                let b0 = Tensor::randn([n], opts);
+                let y = Tensor::randint(n, [m], (Kind::Int64, tch::Device::Cpu));
 
-            let z = z0.copy().set_requires_grad(true);
-            let e = e0.copy().set_requires_grad(true);
-            let b = b0.copy().set_requires_grad(true);
-            let mut scores = z
-                .to_kind(Kind::BFloat16)
-                .matmul(&e.to_kind(Kind::BFloat16).tr())
-                .to_kind(Kind::Float);
-            if with_bias {
-                scores += &b;
-            }
-            let want =
-                scores.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
-            want.backward();
+                let z = z0.copy().set_requires_grad(true);
+                let e = e0.copy().set_requires_grad(true);
+                let b = b0.copy().set_requires_grad(true);
+                let mut scores = z
+                    .to_kind(kind)
+                    .matmul(&e.to_kind(kind).tr())
+                    .to_kind(Kind::Float);
+                if with_bias {
+                    scores += &b;
+                }
+                let want =
+                    scores.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
+                want.backward();
 
-            let z2 = z0.copy().set_requires_grad(true);
-            let e2 = e0.copy().set_requires_grad(true);
-            let b2 = b0.copy().set_requires_grad(true);
-            let (got, de) = cross_entropy_bf16(&z2, &e2, with_bias.then_some(&b2), &y, ls);
-            got.backward();
-            assert!(
-                !e2.grad().defined(),
-                "the item rows' gradient is the caller's to add"
-            );
-            let e2_grad = Tensor::zeros([n, d], opts);
-            assert!(accumulate(&e2_grad, &de, 2.0) && accumulate(&e2_grad, &de, -1.0));
-
-            let (w, g) = (want.double_value(&[]), got.double_value(&[]));
-            assert!((w - g).abs() < 1e-5 * w.abs().max(1.0), "loss {g} vs {w}");
-            let mut pairs = vec![(z.grad(), z2.grad(), "dz"), (e.grad(), e2_grad, "de")];
-            if with_bias {
-                pairs.push((b.grad(), b2.grad(), "db"));
-            } else {
-                assert!(!b2.grad().defined());
-            }
-            for (a, b, what) in pairs {
-                let scale = a.abs().max().double_value(&[]);
-                let diff = (&a - &b).abs().max().double_value(&[]);
+                let z2 = z0.copy().set_requires_grad(true);
+                let e2 = e0.copy().set_requires_grad(true);
+                let b2 = b0.copy().set_requires_grad(true);
+                let fused = match kind {
+                    Kind::Float => cross_entropy_f32,
+                    _ => cross_entropy_bf16,
+                };
+                let (got, de) = fused(&z2, &e2, with_bias.then_some(&b2), &y, ls);
+                assert_eq!(de.kind(), kind);
+                got.backward();
                 assert!(
-                    diff <= 1e-2 * scale,
-                    "{what}: max |diff| {diff} of max |grad| {scale}"
+                    !e2.grad().defined(),
+                    "the item rows' gradient is the caller's to add"
                 );
-                let rel = (&a - &b).norm().double_value(&[]) / a.norm().double_value(&[]);
-                assert!(rel < 2e-3, "{what}: relative difference {rel}");
+                let e2_grad = Tensor::zeros([n, d], opts);
+                assert!(accumulate(&e2_grad, &de, 2.0) && accumulate(&e2_grad, &de, -1.0));
+
+                let (w, g) = (want.double_value(&[]), got.double_value(&[]));
+                assert!((w - g).abs() < 1e-5 * w.abs().max(1.0), "loss {g} vs {w}");
+                let mut pairs = vec![(z.grad(), z2.grad(), "dz"), (e.grad(), e2_grad, "de")];
+                if with_bias {
+                    pairs.push((b.grad(), b2.grad(), "db"));
+                } else {
+                    assert!(!b2.grad().defined());
+                }
+                for (a, b, what) in pairs {
+                    let scale = a.abs().max().double_value(&[]);
+                    let diff = (&a - &b).abs().max().double_value(&[]);
+                    assert!(
+                        diff <= max_tol * scale,
+                        "{kind:?} {what}: max |diff| {diff} of max |grad| {scale}"
+                    );
+                    let rel = (&a - &b).norm().double_value(&[]) / a.norm().double_value(&[]);
+                    assert!(rel < rel_tol, "{kind:?} {what}: relative difference {rel}");
+                }
             }
         }
     }

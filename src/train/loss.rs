@@ -59,7 +59,7 @@ pub struct LossConfig {
 pub struct Computed {
     pub loss: Tensor,
     /// d loss / d item matrix (rows 1..=n_items of `item_emb`) from the scores, when the loss
-    /// computed it by hand instead of through autograd (the fused bf16 loss).
+    /// computed it by hand instead of through autograd (the fused full loss on the CPU).
     pub item_grad: Option<Tensor>,
 }
 
@@ -102,7 +102,7 @@ impl Loss {
 
     /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss
     /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None). Its backward pass
-    /// reaches every parameter except, with the fused bf16 loss, the item matrix's share from the
+    /// reaches every parameter except, with the fused full loss (CPU), the item matrix's share from the
     /// scores: [`Computed::item_grad`], which the trainer adds after the backward pass.
     pub fn compute(
         &self,
@@ -118,11 +118,15 @@ impl Loss {
                     LogitsPrecision::F32 => Kind::Float,
                     LogitsPrecision::Bf16 => Kind::BFloat16,
                 };
-                if kind == Kind::BFloat16 && z.device() == tch::Device::Cpu {
+                if z.device() == tch::Device::Cpu {
                     // The same loss, forward and backward fused over the scores (fused_ce.rs).
                     let (e, b) = enc.item_matrix();
                     let b = enc.has_item_bias().then_some(&b);
-                    let (loss, de) = super::fused_ce::cross_entropy_bf16(z, &e, b, y, ls);
+                    let fused = match kind {
+                        Kind::BFloat16 => super::fused_ce::cross_entropy_bf16,
+                        _ => super::fused_ce::cross_entropy_f32,
+                    };
+                    let (loss, de) = fused(z, &e, b, y, ls);
                     return Computed {
                         loss,
                         item_grad: Some(de),

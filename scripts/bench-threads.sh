@@ -10,6 +10,7 @@ DUR=${SECONDS_PER_POINT:-10}
 PORT=${PORT:-18481}
 source scripts/need-debian.sh
 source scripts/wait-ready.sh
+source scripts/wrk-lib.sh
 need_debian wrk wrk
 source scripts/env.sh
 cargo build --release --quiet
@@ -22,29 +23,19 @@ for m in beauty-1l beauty-2l; do
     ln -s "$PWD/models/$m" "$WORK/two/$m/1"
 done
 mkdir -p "$WORK/one/beauty-2l" && ln -s "$PWD/models/beauty-2l" "$WORK/one/beauty-2l/1"
-python3 - models/beauty-2l/items.txt "$WORK/load.lua" <<'EOF'
-import json, random, sys
-items = [l.strip() for l in open(sys.argv[1]) if l.strip()]
-rng = random.Random(7)
-bodies = [json.dumps({"model": "ab", "history": rng.sample(items, rng.randint(3, 20)), "k": 10})
-          for _ in range(200)]
-with open(sys.argv[2], "w") as f:
-    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-    f.write("local bodies = {\n" + ",\n".join("[==[%s]==]" % b for b in bodies) + "\n}\n")
-    f.write("local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, '/recommend', nil, bodies[(n % #bodies) + 1])\nend\n")
-EOF
+# The bodies carry no "model": the default model, the split "ab", answers them.
+CONN=64
+URL="http://127.0.0.1:$PORT"
+write_load_lua models/beauty-2l/items.txt 7
 point() { # repo split threads label workers
     SEQSERVE__SPLITS__ab=$2 "$BIN" serve --repository "$WORK/$1" --default-model ab --threads "$3" \
         --workers-per-model "$5" --host 127.0.0.1 --port "$PORT" --log-format json 2>/dev/null &
     SERVER=$!
     wait_ready "$PORT" 60
-    wrk -t1 -c64 -d2s -s "$WORK/load.lua" "http://127.0.0.1:$PORT" >/dev/null
-    out=$(wrk -t1 -c64 -d"$DUR"s --latency -s "$WORK/load.lua" "http://127.0.0.1:$PORT")
-    rate=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    non=$(echo "$out" | awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}')
+    wrk_run 2 0 >/dev/null
+    out=$(wrk_run "$DUR" 0)
     kill $SERVER; wait $SERVER 2>/dev/null || true; SERVER=
-    echo "| $4 | $3 | $5 | $rate | $p99 | $non |"
+    echo "| $4 | $3 | $5 | $(echo "$out" | rate) | $(echo "$out" | p99) ms | $(echo "$out" | non2xx) |"
 }
 echo "| models busy | intra-op threads per worker | workers per model | req/s | p99 | non-2xx |"
 echo "|---|---|---|---|---|---|"

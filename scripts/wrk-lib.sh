@@ -1,5 +1,5 @@
-# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh, bench.sh's TorchServe comparison). Needs CONN (connections), WORK
-# (where write_load_lua puts load.lua) and URL.
+# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh, bench-threads.sh, bench.sh's
+# TorchServe comparison). Needs CONN (connections), WORK (where write_load_lua puts load.lua) and URL.
 
 # write_load_lua ITEMS_FILE SEED [user]: $WORK/load.lua posts 200 bodies (histories of 3 to 20
 # distinct catalogue ids, k 10, each with "user": "u<i>" when asked) to WRK_PATH (/recommend unless

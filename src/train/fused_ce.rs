@@ -17,36 +17,15 @@ use tch::{Kind, Tensor};
 
 /// Mean cross-entropy of rows `z` (M, d) against item rows `e` (N, d) with targets `y` (M, item
 /// columns), label smoothing `ls` as libtorch's `cross_entropy`: `(1 − ls)·(lse − x_y) + ls·(lse −
-/// mean x)`. Scores are the bf16 product of z and e (f32 accumulation, bf16 result), exactly as
-/// the autograd path's; the softmax is computed in f32 from them and its gradient rounded to bf16,
-/// as that path feeds it to the backward products. With a per-item bias `b` (N, f32) the scores
-/// are the product plus b, added in f32 as that path does. Returns the loss, a scalar whose value
-/// is the loss's and whose gradient flows into `z` (and `b`), and the loss's gradient with respect
-/// to `e` (N, d, bf16), which the caller adds to the item matrix's gradient itself
-/// ([`accumulate`]): through autograd it would take five passes over a matrix of the catalogue's
-/// size per step and thread. CPU tensors only.
-pub fn cross_entropy_bf16(
-    z: &Tensor,
-    e: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    ls: f64,
-) -> (Tensor, Tensor) {
-    fused(z, e, b, y, ls, Kind::BFloat16)
-}
-
-/// [`cross_entropy_bf16`] with f32 products, scores and gradients (the item gradient is f32).
-pub fn cross_entropy_f32(
-    z: &Tensor,
-    e: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    ls: f64,
-) -> (Tensor, Tensor) {
-    fused(z, e, b, y, ls, Kind::Float)
-}
-
-fn fused(
+/// mean x)`. Scores are the product of z and e in `kind` (bf16: f32 accumulation, bf16 result, or
+/// f32), exactly as the autograd path's; the softmax is computed in f32 from them and its gradient
+/// rounded to `kind`, as that path feeds it to the backward products. With a per-item bias `b` (N,
+/// f32) the scores are the product plus b, added in f32 as that path does. Returns the loss, a
+/// scalar whose value is the loss's and whose gradient flows into `z` (and `b`), and the loss's
+/// gradient with respect to `e` (N, d, in `kind`), which the caller adds to the item matrix's
+/// gradient itself ([`accumulate`]): through autograd it would take five passes over a matrix of
+/// the catalogue's size per step and thread. CPU tensors; `kind` BFloat16 or Float.
+pub fn cross_entropy(
     z: &Tensor,
     e: &Tensor,
     b: Option<&Tensor>,
@@ -400,11 +379,7 @@ mod tests {
                 let z2 = z0.copy().set_requires_grad(true);
                 let e2 = e0.copy().set_requires_grad(true);
                 let b2 = b0.copy().set_requires_grad(true);
-                let fused = match kind {
-                    Kind::Float => cross_entropy_f32,
-                    _ => cross_entropy_bf16,
-                };
-                let (got, de) = fused(&z2, &e2, with_bias.then_some(&b2), &y, ls);
+                let (got, de) = cross_entropy(&z2, &e2, with_bias.then_some(&b2), &y, ls, kind);
                 assert_eq!(de.kind(), kind);
                 got.backward();
                 assert!(

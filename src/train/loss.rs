@@ -122,11 +122,7 @@ impl Loss {
                     // The same loss, forward and backward fused over the scores (fused_ce.rs).
                     let (e, b) = enc.item_matrix();
                     let b = enc.has_item_bias().then_some(&b);
-                    let fused = match kind {
-                        Kind::BFloat16 => super::fused_ce::cross_entropy_bf16,
-                        _ => super::fused_ce::cross_entropy_f32,
-                    };
-                    let (loss, de) = fused(z, &e, b, y, ls);
+                    let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind);
                     return Computed {
                         loss,
                         item_grad: Some(de),

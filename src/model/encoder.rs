@@ -350,11 +350,14 @@ impl Encoder {
             - 1;
         let pack = |t: &Tensor| t.reshape([bsz * w, -1]).index_select(0, &flat);
         let d = self.d;
-        let unpack = |t: &Tensor| {
-            Tensor::zeros([bsz * w, d], (t.kind(), dev))
+        // Packed rows (T, width) back into the padded layout (B, W, width), padding rows zero.
+        let unpack_wide = |t: &Tensor| {
+            let width = t.size()[1];
+            Tensor::zeros([bsz * w, width], (t.kind(), dev))
                 .index_copy(0, &flat, t)
-                .view([bsz, w, d])
+                .view([bsz, w, width])
         };
+        let unpack = |t: &Tensor| unpack_wide(t);
         let mut x =
             self.scaled(Tensor::embedding(
                 &self.item_emb,
@@ -379,9 +382,21 @@ impl Encoder {
         for (i, blk) in self.blocks.iter().enumerate() {
             let (h, kv, base) = self.attention_inputs(blk, &x);
             let heads = |t: Tensor, len: i64| t.view([bsz, len, self.heads, dh]).transpose(1, 2);
-            let k = heads(unpack(&blk.k.forward(&kv)), w);
-            let v = heads(unpack(&blk.v.forward(&kv)), w);
             let final_block = i + 1 == n_blocks;
+            // The projections that read the same rows run as one product and are unpacked once
+            // (K and V always; Q too where it reads them, as outside SASRec's norm placement).
+            let fuse_q = !final_block && self.norm != Norm::Sasrec;
+            let projected = if fuse_q {
+                unpack_wide(&project_fused(&[&blk.q, &blk.k, &blk.v], &kv))
+            } else {
+                unpack_wide(&project_fused(&[&blk.k, &blk.v], &kv))
+            };
+            let part = |j: i64| heads(projected.narrow(2, j * d, d), w);
+            let (k, v) = if fuse_q {
+                (part(1), part(2))
+            } else {
+                (part(0), part(1))
+            };
             let (xq, q, mq, wq) = if final_block {
                 let hq = h.index_select(0, &last);
                 (
@@ -391,12 +406,12 @@ impl Encoder {
                     1,
                 )
             } else {
-                (
-                    base,
-                    heads(unpack(&blk.q.forward(&h)), w),
-                    mask.shallow_clone(),
-                    w,
-                )
+                let q = if fuse_q {
+                    part(0)
+                } else {
+                    heads(unpack(&blk.q.forward(&h)), w)
+                };
+                (base, q, mask.shallow_clone(), w)
             };
             let a = self
                 .attend(&q, &k, &v, &mq, false)
@@ -625,6 +640,16 @@ impl Encoder {
             self.item_bias.narrow(0, 1, self.n_items),
         )
     }
+}
+
+/// `x` through several linear layers of the same input width as one product: their weights (and
+/// biases) stacked, outputs side by side in the order given. One GEMM packs `x` once where
+/// separate ones pack it each (MKL copies the activations per call: ~10% of serving's CPU at d 64).
+fn project_fused(layers: &[&nn::Linear], x: &Tensor) -> Tensor {
+    let ws: Vec<&Tensor> = layers.iter().map(|l| &l.ws).collect();
+    let bs: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bs.as_ref()).collect();
+    let b = bs.map(|bs| Tensor::cat(&bs, 0));
+    x.linear(&Tensor::cat(&ws, 0), b.as_ref())
 }
 
 /// The attention mask of masked padding (B, 1, W, W): a query attends to earlier non-padding

@@ -351,13 +351,12 @@ impl Encoder {
         let pack = |t: &Tensor| t.reshape([bsz * w, -1]).index_select(0, &flat);
         let d = self.d;
         // Packed rows (T, width) back into the padded layout (B, W, width), padding rows zero.
-        let unpack_wide = |t: &Tensor| {
+        let unpack = |t: &Tensor| {
             let width = t.size()[1];
             Tensor::zeros([bsz * w, width], (t.kind(), dev))
                 .index_copy(0, &flat, t)
                 .view([bsz, w, width])
         };
-        let unpack = |t: &Tensor| unpack_wide(t);
         let mut x =
             self.scaled(Tensor::embedding(
                 &self.item_emb,
@@ -386,17 +385,16 @@ impl Encoder {
             // The projections that read the same rows run as one product and are unpacked once
             // (K and V always; Q too where it reads them, as outside SASRec's norm placement).
             let fuse_q = !final_block && self.norm != Norm::Sasrec;
-            let projected = if fuse_q {
-                unpack_wide(&project_fused(&[&blk.q, &blk.k, &blk.v], &kv))
+            let layers: &[&nn::Linear] = if fuse_q {
+                &[&blk.q, &blk.k, &blk.v]
             } else {
-                unpack_wide(&project_fused(&[&blk.k, &blk.v], &kv))
+                &[&blk.k, &blk.v]
             };
+            let projected = unpack(&project_fused(layers, &kv));
             let part = |j: i64| heads(projected.narrow(2, j * d, d), w);
-            let (k, v) = if fuse_q {
-                (part(1), part(2))
-            } else {
-                (part(0), part(1))
-            };
+            // Q, when fused, is the first part; K and V follow it.
+            let off = fuse_q as i64;
+            let (k, v) = (part(off), part(off + 1));
             let (xq, q, mq, wq) = if final_block {
                 let hq = h.index_select(0, &last);
                 (

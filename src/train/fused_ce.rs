@@ -99,17 +99,26 @@ pub fn accumulate(grad: &Tensor, g: &Tensor, weight: f64) -> bool {
     let dst = unsafe { std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, len) };
     let w = weight as f32;
     if g.kind() == Kind::Float {
-        let src = unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, len) };
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d += w * s;
-        }
+        add_scaled(
+            dst,
+            unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, len) },
+            w,
+        );
     } else {
-        let src = unsafe { std::slice::from_raw_parts(g.data_ptr() as *const u16, len) };
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d += w * bf16_to_f32(s);
-        }
+        add_scaled(
+            dst,
+            unsafe { std::slice::from_raw_parts(g.data_ptr() as *const u16, len) },
+            w,
+        );
     }
     true
+}
+
+/// `dst += w * src`, whichever way `src`'s scores are stored.
+fn add_scaled<T: Score>(dst: &mut [f32], src: &[T], w: f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += w * s.get();
+    }
 }
 
 crate::simd::multiversion! {

@@ -102,8 +102,8 @@ impl Loss {
 
     /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss
     /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None). Its backward pass
-    /// reaches every parameter except, with the fused full loss (CPU), the item matrix's share from the
-    /// scores: [`Computed::item_grad`], which the trainer adds after the backward pass.
+    /// reaches every parameter except, with the fused full loss (CPU), the item matrix's share
+    /// from the scores: [`Computed::item_grad`], which the trainer adds after the backward pass.
     pub fn compute(
         &self,
         enc: &Encoder,

@@ -296,6 +296,33 @@ fn a_sasrec_plus_state_dict_scores_as_its_pytorch_model_does() {
     });
 }
 
+/// The checkpoint reader runs in a scratch directory of its own; paths the user gives relative to
+/// where they stand must still be read from there.
+#[test]
+fn paths_relative_to_the_working_directory_are_read_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pt = pmixer_checkpoint(tmp.path());
+    let mapping = pmixer_mapping(tmp.path(), |t| t);
+    let items: String = (1..=PMIXER_ITEMS).map(|i| format!("sku-{i}\n")).collect();
+    std::fs::write(tmp.path().join("items.txt"), items).unwrap();
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["import", "state-dict", "--checkpoint", &name(&pt)])
+        .args(["--mapping", &name(&mapping), "--items", "items.txt"])
+        .args(["--out", "models/relative"])
+        .current_dir(tmp.path())
+        .env("SEQSERVE_LOG", "warn")
+        .output()
+        .expect("run seqserve");
+    common::assert_ran(&o);
+    let model = seqserve::model::Model::load(&tmp.path().join("models/relative"), tch::Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        model.catalogue.id_of(PMIXER_ITEMS),
+        format!("sku-{PMIXER_ITEMS}")
+    );
+}
+
 #[test]
 fn bad_state_dicts_and_mappings_are_refused_with_their_error_and_no_output() {
     let tmp = tempfile::tempdir().unwrap();

@@ -93,10 +93,13 @@ pub fn import(req: &Request) -> Result<Manifest, ImportError> {
         .tempdir()
         .map_err(|e| ImportError::Setup(format!("cannot make a scratch directory: {e}")))?;
     let raw_dir = scratch.path().join("raw");
+    // The reader runs in the scratch directory: a relative path must not be read from there.
+    let checkpoint = std::path::absolute(&req.checkpoint)
+        .map_err(|e| ImportError::Input(format!("checkpoint {}: {e}", req.checkpoint.display())))?;
     let info = python::run(
         &python::project_python(),
         &python::READ_CHECKPOINT,
-        &[req.checkpoint.as_os_str(), raw_dir.as_os_str()],
+        &[checkpoint.as_os_str(), raw_dir.as_os_str()],
         scratch.path(),
     )?;
     let raw: BTreeMap<String, Tensor> =

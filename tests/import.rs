@@ -442,6 +442,11 @@ fn bad_state_dicts_and_mappings_are_refused_with_their_error_and_no_output() {
     refused(import(&evil, &mapping), &["refused to unpickle", "system"]);
     assert!(!marker.exists(), "unpickling ran the file's command");
 
+    // A version no request could name.
+    let mut odd = import(&pt, &mapping);
+    odd.extend(["--version".into(), "../2".into()]);
+    refused(odd, &["version \"../2\" is not a valid name"]);
+
     // An existing output is kept unless --force.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep"), "x").unwrap();

@@ -369,6 +369,13 @@ fn an_existing_output_directory_is_refused_before_training() {
         std::fs::read_to_string(out.join("model.json")).unwrap(),
         "{}"
     );
+    // So is a version no request could name, before the data is read.
+    let fresh = dir.path().join("fresh");
+    let mut cfg = config(&dir.path().join("no-such-log.txt"), &fresh);
+    cfg.version = "../2".into();
+    let e = train(&cfg).err().unwrap().to_string();
+    assert!(e.contains("version \"../2\" is not a valid name"), "{e}");
+    assert!(!fresh.exists());
 }
 
 /// `seqserve sweep` trains each grid point and keeps the best by validation F1@10.

@@ -42,6 +42,7 @@ struct Common {
     /// The model directory to write (refused if it exists, unless --force).
     #[arg(long)]
     out: PathBuf,
+    /// Recorded in the manifest: 1-64 of A-Z a-z 0-9 . _ - (a repository's version directory).
     #[arg(long, default_value = "1")]
     version: String,
     /// Replace an existing --out (only once the new model is complete).

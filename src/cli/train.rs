@@ -38,6 +38,7 @@ pub struct TrainArgs {
     /// Model name (default: the output directory's name).
     #[arg(long)]
     name: Option<String>,
+    /// Recorded in the manifest: 1-64 of A-Z a-z 0-9 . _ - (a repository's version directory).
     #[arg(long, default_value = "1")]
     model_version: String,
     #[arg(long, default_value_t = 64)]

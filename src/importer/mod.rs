@@ -76,6 +76,8 @@ struct Converted {
 
 /// Imports a checkpoint into `req.out`; returns the written manifest.
 pub fn import(req: &Request) -> Result<Manifest, ImportError> {
+    // A version the repository and the API could not address (`../x`, spaces) is refused here.
+    crate::model::repository::check_name("version", &req.version).map_err(ImportError::Input)?;
     if req.out.exists() && !req.force {
         return Err(ImportError::Input(format!(
             "{} already exists; pass --force to replace it",

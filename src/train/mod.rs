@@ -149,6 +149,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     // Refuse before hours of training, not after: `--out` naming a shipped model would replace it.
     let r = &cfg.recipe;
     r.validate()?;
+    // A version the repository and the API could not address (`../x`, spaces) is refused here.
+    crate::model::repository::check_name("version", &cfg.version).map_err(anyhow::Error::msg)?;
     if cfg.out.exists() && !cfg.force {
         bail!(
             "{} already exists; pass --force to replace it (the new model is written beside it and \

@@ -13,11 +13,11 @@ pub struct LineError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not `#[source]`: the message already says it, and a chain printer would say it twice.
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Malformed(#[from] LineError),
@@ -52,11 +52,11 @@ pub enum ModelError {
     DeviceUnavailable(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not `#[source]`: the message already says it, and a chain printer would say it twice.
+        cause: std::io::Error,
     },
 }
 

@@ -934,3 +934,26 @@ async fn unreadable_paths_missing_hosts_other_charsets_and_tiny_floats_are_refus
     assert_eq!(st, 422);
     assert!(v["error"].as_str().unwrap().len() < 500, "{v}");
 }
+
+/// A CLI error prints its cause once: the message names the file and the OS error, and the
+/// error chain must not repeat the OS error after it.
+#[test]
+fn a_missing_file_is_named_with_its_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .arg("train")
+        .arg("--data")
+        .arg(&missing)
+        .arg("--out")
+        .arg(dir.path().join("model"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("cannot read {}", missing.display())),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 pub fn sha256_file(path: &Path) -> Result<String, DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();

@@ -87,7 +87,7 @@ impl<'a> LineSink<'a> {
     pub fn io(&self, source: std::io::Error) -> DataError {
         DataError::Io {
             path: self.path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }
@@ -100,6 +100,6 @@ pub(crate) fn open(
         .map(std::io::BufReader::new)
         .map_err(|source| crate::error::DataError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
 }

@@ -73,7 +73,7 @@ pub fn read_cases(
             .read_line(&mut buf)
             .map_err(|source_err| DataError::Io {
                 path: source.to_path_buf(),
-                source: source_err,
+                cause: source_err,
             })?;
         if n == 0 {
             break;
@@ -151,7 +151,7 @@ pub fn parse_holdout(text: &str, source: &Path) -> Result<Vec<HoldoutCase>, Data
 pub fn read_holdout(path: &Path) -> Result<Holdout, DataError> {
     let f = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     collect_cases(std::io::BufReader::new(f), path)
 }
@@ -163,7 +163,7 @@ pub fn write_holdout(
 ) -> Result<(), DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     if let Some(p) = provenance {

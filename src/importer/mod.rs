@@ -292,7 +292,7 @@ fn write_directory(
 ) -> Result<(), ImportError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
         path: dir.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     Tensor::write_safetensors(&named, dir.join(WEIGHTS_FILE)).map_err(ModelError::from)?;

@@ -190,7 +190,7 @@ impl Catalogue {
         }
         std::fs::write(path, text).map_err(|source| ModelError::Write {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 }

@@ -355,7 +355,7 @@ impl Manifest {
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");
         std::fs::write(path, text + "\n").map_err(|source| ModelError::Write {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 

@@ -254,7 +254,7 @@ impl Model {
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
             path: dir.to_path_buf(),
-            source,
+            cause: source,
         })?;
         self.vs.save(dir.join(WEIGHTS_FILE))?;
         self.catalogue.write(&dir.join(ITEMS_FILE))?;
@@ -267,7 +267,7 @@ impl Model {
     pub fn save_atomically(&self, dir: &Path, replace: bool) -> Result<(), ModelError> {
         let write_err = |path: &Path, source| ModelError::Write {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         if dir.exists() && !replace {
             return Err(ModelError::BadFile {

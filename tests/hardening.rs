@@ -957,3 +957,26 @@ fn a_missing_file_is_named_with_its_os_error_once() {
     );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// `--threads` past what the machine could run is refused with a message; it used to panic when
+/// the threads failed to spawn.
+#[test]
+fn absurd_thread_counts_are_refused_by_the_offline_commands() {
+    let model = small_model_dir();
+    let m = model.path().to_str().unwrap();
+    for args in [
+        vec!["recommend", "--model", m, "--history", "i1"],
+        vec!["index", "--model", m],
+        vec!["train", "--data", "missing.txt", "--out", "never"],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+            .args(&args)
+            .args(["--threads", "100000"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("--threads must be at most"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

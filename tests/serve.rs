@@ -42,6 +42,38 @@ async fn scores_match_the_offline_cli() {
     assert!(a
         .iter()
         .all(|(i, _)| !["i3", "i9", "i4"].contains(&i.as_str())));
+
+    // Candidates outside the catalogue are reported, not silently dropped; an empty candidate
+    // list or a context feature given twice is refused.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_seqserve"))
+            .args(["recommend", "--json", "--device", "cpu", "--history", "i3"])
+            .arg("--model")
+            .arg(&model_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--candidates", "i5,zz"]);
+    common::assert_ran(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unknown_candidates"], json!(["zz"]));
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    for (args, needle) in [
+        (
+            &["--candidates", " , "][..],
+            "--candidates names no item ids",
+        ),
+        (
+            &["--context", "gender=F,gender=M"][..],
+            "--context names \"gender\" twice",
+        ),
+    ] {
+        let out = cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

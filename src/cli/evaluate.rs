@@ -58,7 +58,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         crate::cli::check_output(&d.join("index.html"))?;
     }
     let device = seqserve::device::parse_device(&a.device)?;
-    seqserve::device::configure_threads(a.threads);
+    super::configure_threads(a.threads)?;
     let repo = a
         .repository
         .as_deref()

@@ -73,8 +73,7 @@ pub fn run(a: IndexArgs) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let threads = seqserve::device::or_cpu_quota(a.threads);
-    seqserve::device::configure_threads(threads);
+    let threads = super::configure_threads(a.threads)?;
     let model = Model::load(&a.model, tch::Device::Cpu)?;
     // Written beside its destination and renamed, so a server never opens half an index.
     let tmp = parent.join(format!(

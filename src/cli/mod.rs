@@ -144,3 +144,15 @@ pub fn check_output(path: &std::path::Path) -> anyhow::Result<()> {
         .map(drop)
         .with_context(|| format!("cannot write {} (directory not writable)", path.display()))
 }
+
+/// `--threads` for the offline commands (0 = the CPU quota), set as libtorch's intra-op threads.
+/// Refused past 4 threads a CPU: more never helps, and thousands fail to spawn mid-command (a
+/// panic, not an error).
+pub fn configure_threads(threads: usize) -> anyhow::Result<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = 4 * cpus;
+    if threads > most {
+        anyhow::bail!("--threads must be at most {most} (4 a CPU, {cpus} here), got {threads}");
+    }
+    Ok(seqserve::device::configure_threads(threads))
+}

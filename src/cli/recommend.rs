@@ -49,7 +49,7 @@ fn list(s: &str) -> Vec<String> {
 
 pub fn run(a: RecommendArgs) -> Result<()> {
     let device = seqserve::device::parse_device(&a.device)?;
-    seqserve::device::configure_threads(a.threads);
+    super::configure_threads(a.threads)?;
     let model = super::load_for_ranking(&a.model, device)?;
     let items = list(&a.history);
     let behaviours = a.behaviours.as_deref().map(list);
@@ -75,24 +75,45 @@ pub fn run(a: RecommendArgs) -> Result<()> {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--context entry {kv:?} is not name=value"))?;
-        context.insert(k.trim().to_string(), ContextValue::parse_cli(v.trim()));
+        if context
+            .insert(k.trim().to_string(), ContextValue::parse_cli(v.trim()))
+            .is_some()
+        {
+            bail!("--context names {:?} twice", k.trim());
+        }
     }
     let prepared = model.prepare(&history, &context)?;
-    let to_idx = |ids: Vec<String>| -> Vec<usize> {
-        ids.iter()
-            .filter_map(|i| model.catalogue.index_of(i))
-            .collect()
+    // Candidates not in the catalogue are reported (the HTTP API's `unknown_candidates`);
+    // exclusions not in it have nothing to exclude.
+    let mut unknown_candidates = Vec::new();
+    let to_idx = |ids: Vec<String>, unknown: &mut Vec<String>| -> Vec<usize> {
+        let mut known = Vec::new();
+        for id in ids {
+            match model.catalogue.index_of(&id) {
+                Some(i) => known.push(i),
+                None => unknown.push(id),
+            }
+        }
+        known
     };
     let mut exclude = if a.include_seen {
         Vec::new()
     } else {
         prepared.seen.clone()
     };
-    exclude.extend(to_idx(a.exclude.as_deref().map(list).unwrap_or_default()));
+    exclude.extend(to_idx(
+        a.exclude.as_deref().map(list).unwrap_or_default(),
+        &mut Vec::new(),
+    ));
+    let candidates = match a.candidates.as_deref().map(list) {
+        Some(c) if c.is_empty() => bail!("--candidates names no item ids"),
+        Some(c) => Some(to_idx(c, &mut unknown_candidates)),
+        None => None,
+    };
     let spec = RankSpec {
         k: a.k,
         exclude,
-        candidates: a.candidates.as_deref().map(|c| to_idx(list(c))),
+        candidates,
     };
     if a.k == 0 {
         bail!("--k must be at least 1");
@@ -102,6 +123,12 @@ pub fn run(a: RecommendArgs) -> Result<()> {
         eprintln!(
             "note: ignored history items not in the catalogue: {}",
             prepared.unknown_items.join(",")
+        );
+    }
+    if !unknown_candidates.is_empty() {
+        eprintln!(
+            "note: candidates not in the catalogue, not ranked: {}",
+            unknown_candidates.join(",")
         );
     }
     if a.json {
@@ -116,6 +143,7 @@ pub fn run(a: RecommendArgs) -> Result<()> {
                 "version": model.manifest.version,
                 "items": items,
                 "unknown_items": prepared.unknown_items,
+                "unknown_candidates": unknown_candidates,
             })
         );
     } else {

@@ -246,7 +246,7 @@ fn logits_precision(a: &TrainArgs, device: tch::Device) -> LogitsPrecision {
 /// Trains from parsed arguments; `command` is recorded in the manifest as how to reproduce it.
 pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
     let device = seqserve::device::parse_device(&a.device)?;
-    let threads = seqserve::device::configure_threads(a.threads);
+    let threads = super::configure_threads(a.threads)?;
     let precision = logits_precision(&a, device);
     if precision == LogitsPrecision::Bf16
         && device == tch::Device::Cpu

@@ -378,6 +378,33 @@ fn an_existing_output_directory_is_refused_before_training() {
     assert!(!fresh.exists());
 }
 
+/// Settings that could only train nonsense or crash are refused with what to change, and nothing
+/// is written.
+#[test]
+fn meaningless_settings_are_refused_before_training() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let out = dir.path().join("m");
+    let refused = |edit: &dyn Fn(&mut TrainConfig), needle: &str| {
+        let mut cfg = config(&data, &out);
+        edit(&mut cfg);
+        let e = train(&cfg).err().expect(needle).to_string();
+        assert!(e.contains(needle), "{e}");
+        assert!(!out.exists());
+    };
+    refused(&|c| c.k = 0, "k must be at least 1");
+    refused(&|c| c.recipe.patience = 0, "patience must be at least 1");
+    // 40 items in the ring: 41 negatives could only repeat them.
+    refused(
+        &|c| {
+            c.recipe.loss.kind = LossKind::Sampled;
+            c.recipe.loss.negatives = 41;
+        },
+        "--negatives 41 is more than the catalogue's 40 items",
+    );
+}
+
 /// `seqserve sweep` trains each grid point and keeps the best by validation F1@10.
 #[test]
 fn sweep_trains_every_configuration_and_keeps_the_validation_best() {

@@ -151,6 +151,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     r.validate()?;
     // A version the repository and the API could not address (`../x`, spaces) is refused here.
     crate::model::repository::check_name("version", &cfg.version).map_err(anyhow::Error::msg)?;
+    if cfg.k == 0 {
+        bail!("k must be at least 1 (the best epoch is chosen by validation F1@K)");
+    }
     if cfg.out.exists() && !cfg.force {
         bail!(
             "{} already exists; pass --force to replace it (the new model is written beside it and \
@@ -177,6 +180,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
         );
     }
     let catalogue = schema::catalogue(&data)?;
+    if r.loss.kind == loss::LossKind::Sampled && r.loss.negatives > catalogue.len() {
+        // Drawn with replacement, so more are possible, but the full loss scores every item for less.
+        bail!(
+            "--negatives {} is more than the catalogue's {} items: use --loss full",
+            r.loss.negatives,
+            catalogue.len()
+        );
+    }
     let behaviours = schema::behaviours(&data);
     let context = users.as_ref().map(schema::context).unwrap_or_default();
     let manifest = Manifest {
@@ -511,6 +522,9 @@ impl Recipe {
         use loss::LossKind;
         if self.batch_size == 0 {
             bail!("batch size must be positive");
+        }
+        if self.max_epochs == 0 || self.patience == 0 {
+            bail!("epochs and patience must be at least 1");
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             bail!("learning rate must be positive");

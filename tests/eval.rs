@@ -296,7 +296,8 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
     let json = dir.path().join("r.json");
     let csv = dir.path().join("pc.csv");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
-        .args(["evaluate", "--device", "cpu", "--k", "5,10"])
+        // 5 twice: reported once, in the tables, the comparisons and the CSV alike.
+        .args(["evaluate", "--device", "cpu", "--k", "5,10,5"])
         .arg("--model")
         .arg(&a)
         .arg("--model")
@@ -325,6 +326,9 @@ fn evaluate_cli_reports_cis_and_paired_tests() {
     assert_eq!(rep["comparisons"].as_array().unwrap().len(), 6);
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * 120);
+    let fields: Vec<usize> = csv.lines().map(|l| l.split(',').count()).collect();
+    assert!(fields.iter().all(|&n| n == fields[0]), "ragged CSV");
+    assert_eq!(csv.lines().next().unwrap().matches("f1@5,").count(), 1);
     // A holdout naming a behaviour the model does not know fails with the case named.
     std::fs::write(
         &holdout,

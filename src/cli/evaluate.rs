@@ -82,7 +82,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let holdout = read_holdout(&a.holdout)?;
     let cases = holdout.cases;
     let opts = EvalOptions {
-        ks: a.k.clone(),
+        ks: seqserve::eval::unique_cut_offs(&a.k),
         mask_seen: !a.no_mask_seen,
         batch_size: 256,
     };
@@ -185,7 +185,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
         );
         write!(f, "model,case,user")?;
-        for k in &a.k {
+        for k in &opts.ks {
             for m in seqserve::eval::metrics::METRIC_NAMES {
                 write!(f, ",{m}@{k}")?;
             }

@@ -11,5 +11,6 @@ pub mod stats;
 
 pub use metrics::{at_k, AtK};
 pub use runner::{
-    evaluate_cases, evaluate_with, summary_map, EvalCase, EvalOptions, EvalResult, Ranker,
+    evaluate_cases, evaluate_with, summary_map, unique_cut_offs, EvalCase, EvalOptions, EvalResult,
+    Ranker,
 };

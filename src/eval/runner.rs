@@ -21,6 +21,18 @@ pub struct EvalOptions {
     pub batch_size: usize,
 }
 
+/// The cut-offs as asked, each once, in the order given: a report keys its metrics by K, so a
+/// K asked for twice would be two identical columns.
+pub fn unique_cut_offs(ks: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(ks.len());
+    for &k in ks {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
 impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions {

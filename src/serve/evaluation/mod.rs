@@ -72,7 +72,7 @@ impl Evaluations {
         let job = self.jobs.admit(&self.cfg)?;
         let mut guard = CancelOnDrop(Some(job.clone()));
         let opts = EvalOptions {
-            ks: plan.ks.clone(),
+            ks: crate::eval::unique_cut_offs(&plan.ks),
             mask_seen: plan.mask_seen,
             batch_size: self.batch_size,
         };

@@ -44,6 +44,18 @@ fn sequences_errors_name_file_and_line() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("/no/such/file"));
+    // Keeping the first 0 users would leave nothing to train or hold out: said so, not an empty
+    // catalogue further on.
+    let f = file("1 10 11 12\n2 13 14\n");
+    let read = |n| {
+        seqserve::data::read_inputs(f.path(), None, None, n, &ReadOptions::default())
+            .map(|(d, _)| d.users.len())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(read(Some(1)), Ok(1));
+    assert!(read(Some(0))
+        .unwrap_err()
+        .contains("--limit-users 0 keeps no user"));
 }
 
 #[test]

@@ -58,6 +58,13 @@ pub fn read_inputs(
     limit_users: Option<usize>,
     opts: &ReadOptions,
 ) -> Result<(Dataset, Option<UserTable>), DataError> {
+    if limit_users == Some(0) {
+        return Err(DataError::Invalid {
+            path: log.to_path_buf(),
+            message: "--limit-users 0 keeps no user: give at least 1 (or leave it out for all)"
+                .into(),
+        });
+    }
     let mut data = read_log(log, format, opts)?;
     if let Some(n) = limit_users {
         data.users.truncate(n);

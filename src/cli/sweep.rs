@@ -52,10 +52,23 @@ fn points(grid: &[String], shared: &[String], out: &Path, force: bool) -> Result
         if ["out", "resume", "stop-after", "force"].contains(&key) {
             bail!("--grid {key}: the sweep sets this itself");
         }
-        axes.push((
-            key.to_string(),
-            values.split(',').map(str::to_string).collect::<Vec<_>>(),
-        ));
+        if key == "k" {
+            // Configurations are compared by validation F1@K: one K for all of them.
+            bail!("--grid k: every configuration is chosen by the same F1@K; give --k after --");
+        }
+        if axes.iter().any(|(k, _)| k == key) {
+            bail!("--grid {key} is given twice: list its values in one --grid");
+        }
+        let values: Vec<String> = values.split(',').map(str::to_string).collect();
+        for (i, v) in values.iter().enumerate() {
+            if v.is_empty() {
+                bail!("--grid {g:?}: an empty value");
+            }
+            if values[..i].contains(v) {
+                bail!("--grid {key}: {v:?} is listed twice");
+            }
+        }
+        axes.push((key.to_string(), values));
     }
     let mut combos: Vec<Vec<(String, String)>> = vec![vec![]];
     for (key, values) in &axes {
@@ -73,11 +86,16 @@ fn points(grid: &[String], shared: &[String], out: &Path, force: bool) -> Result
     combos
         .into_iter()
         .map(|c| {
+            // A directory name: a value such as a path keeps only its name-safe characters.
             let label = c
                 .iter()
                 .map(|(k, v)| format!("{k}-{v}"))
                 .collect::<Vec<_>>()
-                .join("_");
+                .join("_")
+                .replace(
+                    |ch: char| !(ch.is_ascii_alphanumeric() || "._-".contains(ch)),
+                    "_",
+                );
             let mut argv = vec!["seqserve".to_string(), "train".to_string()];
             argv.extend(shared.iter().cloned());
             for (k, v) in &c {
@@ -91,9 +109,15 @@ fn points(grid: &[String], shared: &[String], out: &Path, force: bool) -> Result
             if force {
                 argv.push("--force".into());
             }
-            Ok(Point { label, argv })
+            Point { label, argv }
         })
-        .collect()
+        .try_fold(Vec::new(), |mut seen: Vec<Point>, p| {
+            if seen.iter().any(|q| q.label == p.label) {
+                bail!("two configurations would share the directory {:?}", p.label);
+            }
+            seen.push(p);
+            Ok(seen)
+        })
 }
 
 pub fn run(a: SweepArgs) -> Result<()> {
@@ -224,5 +248,26 @@ mod tests {
         )
         .unwrap();
         assert!(TrainCommand::try_parse_from(&bad[0].argv[1..]).is_err());
+    }
+
+    /// Grids that would train a configuration twice, compare different F1@K or write two
+    /// configurations into one directory are refused before anything trains.
+    #[test]
+    fn ambiguous_grids_are_refused() {
+        let refused = |grid: &[&str], needle: &str| {
+            let grid: Vec<String> = grid.iter().map(|g| g.to_string()).collect();
+            let e = points(&grid, &[], Path::new("/s"), false)
+                .err()
+                .unwrap_or_else(|| panic!("{grid:?} accepted"))
+                .to_string();
+            assert!(e.contains(needle), "{grid:?}: {e}");
+        };
+        refused(&["lr=1e-3,1e-3"], "listed twice");
+        refused(&["lr=1e-3", "lr=2e-3"], "given twice");
+        refused(&["k=5,10"], "the same F1@K");
+        refused(&["lr=1e-3,"], "an empty value");
+        refused(&["users=a/b,a_b"], "share the directory \"users-a_b\"");
+        let p = points(&["users=dir/u.dat".into()], &[], Path::new("/s"), false).unwrap();
+        assert_eq!(p[0].label, "users-dir_u.dat");
     }
 }

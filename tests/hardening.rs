@@ -525,6 +525,14 @@ fn absurd_configuration_values_fail_at_start() {
             .to_lowercase();
         assert!(err.contains(&name) && err.contains("between"), "{err}");
     }
+    // One model directory or a repository: given both, the repository used to win in silence.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqserve"))
+        .args(["serve", "--port", "0", "--model", "m", "--repository", "r"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 /// Item 10: history events and contexts are as strict as the top level.

@@ -13,7 +13,7 @@ pub struct ServeArgs {
     #[arg(long)]
     port: Option<u16>,
     /// Model directory (one model).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repository")]
     model: Option<PathBuf>,
     /// Model repository, <name>/<version>/ (several models and versions).
     #[arg(long)]

@@ -424,7 +424,7 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
     let mut cfg: Config = b
         .build()
         .and_then(|c| c.try_deserialize())
-        .map_err(|e| format!("configuration: {e}"))?;
+        .map_err(|e| format!("configuration: {}", with_choices(e.to_string())))?;
     let f = &cfg.admin.token_file;
     if !f.as_os_str().is_empty() {
         if !cfg.admin.token.is_empty() {
@@ -440,6 +440,38 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The config crate names a bad enum value ("enum LogFormat does not have variant constructor
+/// xml for key `logging.format`") but not the values it takes: serde's own error for the same
+/// value says them ("unknown variant `xml`, expected `human` or `json`").
+fn with_choices(message: String) -> String {
+    fn serde_says<T: serde::de::DeserializeOwned>(value: &str) -> Option<String> {
+        serde_json::from_value::<T>(serde_json::Value::String(value.into()))
+            .err()
+            .map(|e| e.to_string())
+    }
+    let parsed = message
+        .split_once(" does not have variant constructor ")
+        .and_then(|(_, rest)| rest.split_once(" for key `"))
+        .and_then(|(value, rest)| Some((value, rest.strip_suffix('`')?)));
+    let Some((value, key)) = parsed else {
+        return message;
+    };
+    let said = match key {
+        "retrieval.mode" => serde_says::<crate::model::retrieval::Retrieval>(value),
+        "retrieval.index_kind" => serde_says::<IndexKind>(value),
+        "retrieval.scan_precision" => {
+            serde_says::<crate::model::retrieval::exact::ScanPrecision>(value)
+        }
+        "history.store" => serde_says::<HistoryStoreKind>(value),
+        "logging.format" => serde_says::<LogFormat>(value),
+        _ => None,
+    };
+    match said {
+        Some(s) => format!("{key}: {s}"),
+        None => message,
+    }
 }
 
 impl Config {
@@ -737,6 +769,22 @@ mod tests {
             e.contains("bf17") && e.contains("retrieval.scan_precision"),
             "{e}"
         );
+        // The values it takes are said, for every enum-valued key.
+        assert!(e.contains("expected"), "{e}");
+        for key in [
+            "retrieval.mode",
+            "retrieval.index_kind",
+            "history.store",
+            "logging.format",
+        ] {
+            let e = load(None, &[(key, "nonsense".into())]).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "configuration: {key}: unknown variant `nonsense`, expected"
+                )),
+                "{e}"
+            );
+        }
         let c = load(None, &[("retrieval.scan_precision", "bf16".into())]).unwrap();
         assert_eq!(
             c.retrieval.scan_precision,

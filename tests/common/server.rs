@@ -47,15 +47,17 @@ impl Server {
             "0",
             "--log-format",
             "json",
-        ])
-        .arg("--model")
-        .arg(dir.path())
-        .args(["--device", "cpu", "--threads", "1"])
-        .args(extra)
-        .env("SEQSERVE_LOG", "info")
-        .envs(envs.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
+        ]);
+        // A repository replaces the one model directory (serve refuses both).
+        if !extra.contains(&"--repository") {
+            cmd.arg("--model").arg(dir.path());
+        }
+        cmd.args(["--device", "cpu", "--threads", "1"])
+            .args(extra)
+            .env("SEQSERVE_LOG", "info")
+            .envs(envs.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.

@@ -112,8 +112,10 @@ bah run --isolation chroot "$CTR" -- "${HC[@]/localhost:8080/localhost:$PORT}" >
     fail "the HEALTHCHECK command failed inside the image"
 echo "[image] HEALTHCHECK (${HC[*]}) passes inside the image"
 REVISION=$(image_label "$IMAGE" org.opencontainers.image.revision)
-curl -s "127.0.0.1:$PORT/metrics" | grep -q "^seqserve_build_info{.*commit=\"$REVISION\"" ||
-    fail "seqserve_build_info does not name commit $REVISION: $(curl -s "127.0.0.1:$PORT/metrics" | grep build_info)"
+# Read whole first: `curl | grep -q` under pipefail fails when grep stops early (curl gets SIGPIPE).
+METRICS=$(curl -s "127.0.0.1:$PORT/metrics")
+grep -q "^seqserve_build_info{.*commit=\"$REVISION\"" <<<"$METRICS" ||
+    fail "seqserve_build_info does not name commit $REVISION: $(grep build_info <<<"$METRICS")"
 for _ in $(seq 200); do eval "${EXAMPLE/localhost:8080/127.0.0.1:$PORT}" >/dev/null; done
 RSS=$(awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$PID/status")
 HWM=$(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$PID/status")

@@ -83,32 +83,22 @@ pub fn run(a: RecommendArgs) -> Result<()> {
         }
     }
     let prepared = model.prepare(&history, &context)?;
-    // Candidates not in the catalogue are reported (the HTTP API's `unknown_candidates`);
-    // exclusions not in it have nothing to exclude.
-    let mut unknown_candidates = Vec::new();
-    let to_idx = |ids: Vec<String>, unknown: &mut Vec<String>| -> Vec<usize> {
-        let mut known = Vec::new();
-        for id in ids {
-            match model.catalogue.index_of(&id) {
-                Some(i) => known.push(i),
-                None => unknown.push(id),
-            }
-        }
-        known
-    };
     let mut exclude = if a.include_seen {
         Vec::new()
     } else {
         prepared.seen.clone()
     };
-    exclude.extend(to_idx(
-        a.exclude.as_deref().map(list).unwrap_or_default(),
-        &mut Vec::new(),
-    ));
-    let candidates = match a.candidates.as_deref().map(list) {
+    // Exclusions outside the catalogue have nothing to exclude; candidates outside it are
+    // reported (the HTTP API's `unknown_candidates`).
+    let excluded = a.exclude.as_deref().map(list).unwrap_or_default();
+    exclude.extend(model.catalogue.split_known(excluded).0);
+    let (candidates, unknown_candidates) = match a.candidates.as_deref().map(list) {
         Some(c) if c.is_empty() => bail!("--candidates names no item ids"),
-        Some(c) => Some(to_idx(c, &mut unknown_candidates)),
-        None => None,
+        Some(c) => {
+            let (idx, unknown) = model.catalogue.split_known(c);
+            (Some(idx), unknown)
+        }
+        None => (None, Vec::new()),
     };
     let spec = RankSpec {
         k: a.k,

@@ -148,6 +148,18 @@ impl Catalogue {
         self.lookup(id_hash(id), id)
     }
 
+    /// Item indices of the ids it knows, in order, and the ids it does not know.
+    pub fn split_known(&self, ids: impl IntoIterator<Item = String>) -> (Vec<usize>, Vec<String>) {
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        for id in ids {
+            match self.index_of(&id) {
+                Some(i) => known.push(i),
+                None => unknown.push(id),
+            }
+        }
+        (known, unknown)
+    }
+
     /// External id of an item index (1..=len).
     pub fn id_of(&self, index: usize) -> &str {
         let end = self.ends[index - 1] as usize;

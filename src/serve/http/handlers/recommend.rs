@@ -323,19 +323,15 @@ pub(crate) fn validate(
             exclude.push(i);
         }
     }
-    let mut unknown_candidates = Vec::new();
-    let candidates = match req.candidates {
-        None => None,
+    let (candidates, unknown_candidates) = match req.candidates {
+        None => (None, Vec::new()),
         Some(c) => {
-            let mut idx = Vec::with_capacity(c.len());
-            for id in c {
-                let s = check_id(id, "candidates")?;
-                match catalogue.index_of(&s) {
-                    Some(i) => idx.push(i),
-                    None => unknown_candidates.push(s),
-                }
-            }
-            Some(idx)
+            let ids = c
+                .into_iter()
+                .map(|id| check_id(id, "candidates"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (idx, unknown) = catalogue.split_known(ids);
+            (Some(idx), unknown)
         }
     };
     Ok(Validated {

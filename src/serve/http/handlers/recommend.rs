@@ -318,11 +318,13 @@ pub(crate) fn validate(
     } else {
         Vec::new()
     };
-    for id in req.exclude {
-        if let Some(i) = catalogue.index_of(&check_id(id, "exclude")?) {
-            exclude.push(i);
-        }
-    }
+    // Excluding an item the catalogue lacks changes nothing: unknown ids are dropped.
+    let excluded = req
+        .exclude
+        .into_iter()
+        .map(|id| check_id(id, "exclude"))
+        .collect::<Result<Vec<_>, _>>()?;
+    exclude.extend(catalogue.split_known(excluded).0);
     let (candidates, unknown_candidates) = match req.candidates {
         None => (None, Vec::new()),
         Some(c) => {

@@ -222,6 +222,18 @@ fn rows_body<T: Score, const BIAS: bool>(
     total
 }
 
+/// The maximum of a row of f32 scores plus per-column constants `c` (fused_sampled.rs).
+#[inline(always)]
+pub(super) fn max_of(x: &[f32], c: &[f32]) -> f32 {
+    max_and_sum::<f32, true>(x, c).0
+}
+
+/// exp(x + c − max) of each of a row's f32 scores into `out`, and their sum (fused_sampled.rs).
+#[inline(always)]
+pub(super) fn exp_plus(x: &[f32], c: &[f32], max: f32, out: &mut [f32]) -> f32 {
+    exp_shifted::<f32, true>(x, c, max, out)
+}
+
 const LANES: usize = 16;
 
 /// Scores `i·LANES..(i+1)·LANES` of a row (`c` their products): plus the items' biases when

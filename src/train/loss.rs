@@ -59,8 +59,17 @@ pub struct LossConfig {
 pub struct Computed {
     pub loss: Tensor,
     /// d loss / d item matrix (rows 1..=n_items of `item_emb`) from the scores, when the loss
-    /// computed it by hand instead of through autograd (the fused full loss on the CPU).
-    pub item_grad: Option<Tensor>,
+    /// computed it by hand instead of through autograd (the fused losses on the CPU).
+    pub item_grad: Option<ItemGrad>,
+}
+
+/// The item matrix's gradient from a fused loss.
+pub enum ItemGrad {
+    /// Every row (n_items, d), in f32 or bf16: the full loss reads every item.
+    Dense(Tensor),
+    /// Only the rows of item columns `index` (repeats allowed: their rows add up), as `rows`
+    /// (len, d, f32): the sampled loss reads its negatives and the targets.
+    Rows { index: Tensor, rows: Tensor },
 }
 
 impl From<Tensor> for Computed {
@@ -125,7 +134,7 @@ impl Loss {
                     let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind);
                     return Computed {
                         loss,
-                        item_grad: Some(de),
+                        item_grad: Some(ItemGrad::Dense(de)),
                     };
                 }
                 Computed::from(enc.logits_in(z, kind).cross_entropy_loss::<Tensor>(
@@ -142,12 +151,22 @@ impl Loss {
                     Some(t) => t.shallow_clone(),
                     None => self.q.multinomial(n, true),
                 };
-                let (e_neg, b_neg) = enc.item_rows(&neg);
-                let (e_pos, b_pos) = enc.item_rows(y);
-                let pos = (z * e_pos).sum_dim_intlist(-1, true, Kind::Float) + b_pos.unsqueeze(1);
                 // log-Q: a negative drawn with probability q stands for 1/(n q) of the catalogue's
                 // items in the partition function; without it popular items are over-penalised.
                 let log_nq = (self.q.index_select(0, &neg) * n as f64).log();
+                if z.device() == tch::Device::Cpu && ls == 0.0 {
+                    // The same loss, forward and backward fused over the scores (fused_sampled.rs).
+                    let (e, b) = enc.item_matrix();
+                    let b = enc.has_item_bias().then_some(&b);
+                    let (loss, g) = super::fused_sampled::cross_entropy(z, &e, b, y, &neg, &log_nq);
+                    return Computed {
+                        loss,
+                        item_grad: Some(g),
+                    };
+                }
+                let (e_neg, b_neg) = enc.item_rows(&neg);
+                let (e_pos, b_pos) = enc.item_rows(y);
+                let pos = (z * e_pos).sum_dim_intlist(-1, true, Kind::Float) + b_pos.unsqueeze(1);
                 let mut neg_logits = z.matmul(&e_neg.tr()) + b_neg - log_nq;
                 // A sampled negative that is the row's own target is not a negative.
                 let hit = y.unsqueeze(1).eq_tensor(&neg.unsqueeze(0));

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod examples;
 mod fused_ce;
+mod fused_sampled;
 pub mod loss;
 pub mod optim;
 mod phases;

@@ -1,5 +1,6 @@
 //! One optimizer step's forward and backward passes over a batch, shared between data-parallel
 //! threads (worker 0 is the calling thread).
+use super::loss::ItemGrad;
 use super::{fused_ce, loss, phases, Sample};
 use crate::model::{to_tensors, Model, Query};
 use loss::Loss;
@@ -137,16 +138,31 @@ fn run_part(
 
 /// Adds `weight · g` to the gradient of the item matrix (rows 1..=n_items of the item
 /// embeddings): a fused loss's share, which autograd did not see ([`loss::Computed`]).
-fn add_item_grad(model: &Model, g: &Tensor, weight: f64) {
-    let grad = model.encoder.item_matrix_grad();
-    if grad.defined() && fused_ce::accumulate(&grad, g, weight) {
-        return;
-    }
-    // No gradient yet (or not a plain CPU one): let autograd create and add it.
+fn add_item_grad(model: &Model, g: &ItemGrad, weight: f64) {
+    let mut grad = model.encoder.item_matrix_grad();
     let (e, _) = model.encoder.item_matrix();
-    (e * (g.to_kind(tch::Kind::Float) * weight))
-        .sum(tch::Kind::Float)
-        .backward();
+    match g {
+        ItemGrad::Dense(g) => {
+            if grad.defined() && fused_ce::accumulate(&grad, g, weight) {
+                return;
+            }
+            // No gradient yet (or not a plain CPU one): let autograd create and add it.
+            (e * (g.to_kind(tch::Kind::Float) * weight))
+                .sum(tch::Kind::Float)
+                .backward();
+        }
+        ItemGrad::Rows { index, rows } => {
+            let rows = rows * weight;
+            if grad.defined() {
+                // In place into the view: the rows a sampled loss read, not the whole matrix.
+                let _ = grad.index_add_(0, index, &rows);
+                return;
+            }
+            (e.index_select(0, index) * rows)
+                .sum(tch::Kind::Float)
+                .backward();
+        }
+    }
 }
 
 /// Loss of one batch, at the sampled target positions (every non-padding one, or a prefix's last),

@@ -24,7 +24,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/image-lib.sh
-source scripts/wait-ready.sh
 PORT=${PORT:-18540}
 GOAL_MB=700
 
@@ -82,11 +81,30 @@ EOF
 # 2. Run it.
 CTR=$(bah from --pull=never --name "seqserve-check-$$" "$IMAGE")
 mapfile -t SERVE < <(image_command "$IMAGE")
-T0=$(date +%s.%N)
-bah run --isolation chroot -e SEQSERVE__SERVER__HOST=127.0.0.1 -e SEQSERVE__SERVER__PORT="$PORT" \
-    "$CTR" -- "${SERVE[@]}" >"$WORK/server.log" 2>&1 &
-JOB=$!
-wait_ready "$PORT" 120 "$WORK/server.log"
+# buildah's chroot run once failed to start the command at all (CI, 2026-12-07: "Close_Fd sealing
+# memfd copy: Device or resource busy", then nothing listened for 120 s). A run that ends before the
+# server is ready is started again, up to 3 times; a server that runs but never gets ready fails.
+READY=""
+for attempt in 1 2 3; do
+    T0=$(date +%s.%N)
+    bah run --isolation chroot -e SEQSERVE__SERVER__HOST=127.0.0.1 -e SEQSERVE__SERVER__PORT="$PORT" \
+        "$CTR" -- "${SERVE[@]}" >"$WORK/server.log" 2>&1 &
+    JOB=$!
+    for _ in $(seq 1200); do
+        if curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; then READY=1; break; fi
+        kill -0 "$JOB" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -z "$READY" ] || break
+    if kill -0 "$JOB" 2>/dev/null; then
+        cat "$WORK/server.log" >&2
+        fail "seqserve on port $PORT never became ready"
+    fi
+    wait "$JOB" 2>/dev/null || true
+    echo "[image] attempt $attempt: buildah run ended before seqserve was ready:" >&2
+    cat "$WORK/server.log" >&2
+done
+[ -n "$READY" ] || fail "buildah run ended before seqserve was ready, 3 times"
 READY_S=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.1f}')")
 PID=$(listener_pid "$PORT")
 UID_RUN=$(awk '/^Uid:/ {print $2}' "/proc/$PID/status")

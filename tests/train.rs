@@ -56,6 +56,7 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
                 sampling: Sampling::Uniform,
                 label_smoothing: 0.0,
                 logits_precision: Default::default(),
+                exclude_history: false,
             },
             targets: Targets::All,
             max_epochs: 4,
@@ -403,6 +404,58 @@ fn meaningless_settings_are_refused_before_training() {
         },
         "--negatives 41 is more than the catalogue's 40 items",
     );
+    refused(
+        &|c| {
+            c.recipe.loss.exclude_history = true;
+            c.recipe.loss.kind = LossKind::Sampled;
+        },
+        "--exclude-history applies to the full loss",
+    );
+    refused(
+        &|c| {
+            c.recipe.loss.exclude_history = true;
+            c.recipe.loss.label_smoothing = 0.1;
+        },
+        "--exclude-history applies to the full loss without label smoothing",
+    );
+}
+
+/// `--exclude-history` (each row's softmax without its user's other items): the ring is still
+/// learnt, on prefixes and at every position, and the manifest records the option (and only when
+/// it is on, so that older recipes' fingerprints are unchanged).
+#[test]
+fn the_loss_without_the_users_history_learns_and_is_recorded() {
+    let _rng = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = ring(dir.path());
+    let run = |name: &str, exclude: bool, targets: Targets| {
+        let mut cfg = config(&data, &dir.path().join(name));
+        cfg.recipe.loss.exclude_history = exclude;
+        cfg.recipe.targets = targets;
+        cfg.recipe.max_epochs = 6;
+        train(&cfg).unwrap().model.manifest
+    };
+    let plain = run("plain", false, Targets::All);
+    let first_loss =
+        |m: &seqserve::model::manifest::Manifest| m.training.as_ref().unwrap().epochs[0].loss;
+    for targets in [Targets::All, Targets::Prefixes] {
+        let m = run(&format!("{targets:?}"), true, targets);
+        let hr = m.metrics.as_ref().unwrap().test["hr@10"];
+        assert!(hr > 0.6, "{targets:?}: test hr@10 {hr}");
+        let recipe = m.training.as_ref().unwrap().recipe.clone().unwrap();
+        assert_eq!(recipe["loss"]["exclude_history"], true);
+        if targets == Targets::All {
+            // The same start and draws as the plain run, with fewer items in each softmax.
+            assert!(
+                first_loss(&m) < first_loss(&plain),
+                "{} vs {}",
+                first_loss(&m),
+                first_loss(&plain)
+            );
+        }
+    }
+    let recipe = plain.training.unwrap().recipe.unwrap();
+    assert!(recipe["loss"].get("exclude_history").is_none());
 }
 
 /// `seqserve sweep` trains each grid point and keeps the best by validation F1@10.

@@ -118,6 +118,10 @@ pub struct TrainArgs {
     targets: Targets,
     #[arg(long, value_enum, default_value = "uniform")]
     negative_sampling: Sampling,
+    /// Full loss: leave each row's own user's other items out of its softmax (as the SASRec+
+    /// reference's negatives do; evaluation masks them anyway). CPU only, no label smoothing.
+    #[arg(long)]
+    exclude_history: bool,
     /// Label smoothing of the full loss.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
@@ -307,6 +311,7 @@ pub fn train_with(a: TrainArgs, command: String) -> Result<TrainOutcome> {
                 sampling: a.negative_sampling,
                 label_smoothing: a.label_smoothing,
                 logits_precision: precision,
+                exclude_history: a.exclude_history,
             },
             targets: a.targets,
             max_epochs: a.epochs,

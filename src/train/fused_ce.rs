@@ -25,6 +25,9 @@ use tch::{Kind, Tensor};
 /// gradient with respect to `e` (N, d, in `kind`), which the caller adds to the item matrix's
 /// gradient itself ([`accumulate`]): through autograd it would take five passes over a matrix of
 /// the catalogue's size per step and thread. CPU tensors; `kind` BFloat16 or Float.
+///
+/// `exclude` (empty: none), one list of item columns per row: columns left out of that row's
+/// softmax (score −∞, gradient 0) unless it is the row's target; only without label smoothing.
 pub fn cross_entropy(
     z: &Tensor,
     e: &Tensor,
@@ -32,9 +35,14 @@ pub fn cross_entropy(
     y: &Tensor,
     ls: f64,
     kind: Kind,
+    exclude: &[&[i64]],
 ) -> (Tensor, Tensor) {
     let (m, _) = z.size2().expect("z is (M, d)");
     let (n, _) = e.size2().expect("e is (N, d)");
+    assert!(
+        exclude.is_empty() || (exclude.len() == m as usize && ls == 0.0),
+        "one exclusion list per row, and no label smoothing with them"
+    );
     let zk = z.detach().to_kind(kind);
     let ek = e.detach().to_kind(kind);
     // The scores, then (in place, row by row) the loss's gradient with respect to them.
@@ -57,12 +65,12 @@ pub fn cross_entropy(
             Kind::BFloat16 => {
                 let s =
                     unsafe { std::slice::from_raw_parts_mut(scores.data_ptr() as *mut u16, len) };
-                rows_bf16(s, &targets, n as usize, ls as f32, bias)
+                rows_bf16(s, &targets, n as usize, ls as f32, bias, exclude)
             }
             Kind::Float => {
                 let s =
                     unsafe { std::slice::from_raw_parts_mut(scores.data_ptr() as *mut f32, len) };
-                rows_f32(s, &targets, n as usize, ls as f32, bias)
+                rows_f32(s, &targets, n as usize, ls as f32, bias, exclude)
             }
             other => panic!("fused cross-entropy over {other:?} scores"),
         }
@@ -124,12 +132,14 @@ fn add_scaled<T: Score>(dst: &mut [f32], src: &[T], w: f32) {
 crate::simd::multiversion! {
     /// Every row's loss (summed, f64), its bf16 scores replaced by their gradient of the mean
     /// loss, on the widest vector unit the CPU has.
-    fn rows_bf16(s: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any::<u16>;
+    fn rows_bf16(s: &mut [u16], t: &[i64], n: usize, ls: f32, b: Bias, ex: &[&[i64]]) -> f64
+        = rows_any::<u16>;
 }
 
 crate::simd::multiversion! {
     /// [`rows_bf16`] over f32 scores.
-    fn rows_f32(s: &mut [f32], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 = rows_any::<f32>;
+    fn rows_f32(s: &mut [f32], t: &[i64], n: usize, ls: f32, b: Bias, ex: &[&[i64]]) -> f64
+        = rows_any::<f32>;
 }
 
 /// How a score is stored: bf16 (as its bits) or f32. Arithmetic is f32 either way.
@@ -167,15 +177,16 @@ struct Bias<'a> {
 }
 
 #[inline(always)]
-fn rows_any<T: Score>(s: &mut [T], t: &[i64], n: usize, ls: f32, b: Bias) -> f64 {
+fn rows_any<T: Score>(s: &mut [T], t: &[i64], n: usize, ls: f32, b: Bias, ex: &[&[i64]]) -> f64 {
     if b.b.is_empty() {
-        rows_body::<T, false>(s, t, n, ls, b)
+        rows_body::<T, false>(s, t, n, ls, b, ex)
     } else {
-        rows_body::<T, true>(s, t, n, ls, b)
+        rows_body::<T, true>(s, t, n, ls, b, ex)
     }
 }
 
-/// Per row, three passes while it sits in cache: maximum and sum of the scores; exp(x − max) into
+/// Per row, three passes while it sits in cache (after its excluded columns are set to −∞, whose
+/// exp is 0): maximum and sum of the scores; exp(x − max) into
 /// a scratch row, and their sum; the gradient (p − (1 − ls)·onehot − ls/N) / M written over the
 /// row's scores (and, with a bias, summed into its gradient in f32).
 #[inline(always)]
@@ -185,6 +196,7 @@ fn rows_body<T: Score, const BIAS: bool>(
     n: usize,
     ls: f32,
     bias: Bias,
+    exclude: &[&[i64]],
 ) -> f64 {
     let m = targets.len();
     let mut scratch = vec![0f32; n];
@@ -195,11 +207,21 @@ fn rows_body<T: Score, const BIAS: bool>(
         let y = y as usize;
         assert!(y < n, "target column {y} out of {n} items");
         let x = &mut s[r * n..(r + 1) * n];
+        for &j in exclude.get(r).copied().unwrap_or_default() {
+            if j as usize != y {
+                x[j as usize] = T::put(f32::NEG_INFINITY);
+            }
+        }
         let (max, sum_x) = max_and_sum::<T, BIAS>(x, b);
         let sum_e = exp_shifted::<T, BIAS>(x, b, max, &mut scratch);
         let lse = max + sum_e.ln();
         let x_y = x[y].get() + if BIAS { b[y] } else { 0.0 };
-        let loss = (1.0 - ls) * (lse - x_y) + ls * (lse - sum_x / n as f32);
+        // Without smoothing the sum is not used (it is −∞ when columns are excluded).
+        let loss = if ls == 0.0 {
+            lse - x_y
+        } else {
+            (1.0 - ls) * (lse - x_y) + ls * (lse - sum_x / n as f32)
+        };
         total += loss as f64;
         let (a, c) = (scale / sum_e, ls * scale / n as f32);
         if BIAS {
@@ -357,6 +379,73 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
     }
 
+    /// Columns excluded per row (the row's own history): the same as autograd with those scores
+    /// set to −∞, the target kept even when its row's list names it.
+    #[test]
+    fn excluded_columns_leave_the_softmax() {
+        tch::manual_seed(5);
+        let (m, n, d) = (23i64, 301i64, 16i64);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let z0 = Tensor::randn([m, d], opts);
+        let e0 = Tensor::randn([n, d], opts);
+        let b0 = Tensor::randn([n], opts);
+        let y = Tensor::randint(n, [m], (Kind::Int64, tch::Device::Cpu));
+        let ys = Vec::<i64>::try_from(&y).unwrap();
+        // Row r excludes columns r, r+7, ... and its own target (which must stay).
+        let lists: Vec<Vec<i64>> = (0..m)
+            .map(|r| {
+                let mut l: Vec<i64> = (r..n).step_by(7).collect();
+                l.push(ys[r as usize]);
+                l
+            })
+            .collect();
+        let refs: Vec<&[i64]> = lists.iter().map(Vec::as_slice).collect();
+        let mask = Tensor::zeros([m, n], (Kind::Bool, tch::Device::Cpu));
+        for (r, l) in lists.iter().enumerate() {
+            for &j in l {
+                if j != ys[r] {
+                    let _ = mask.get(r as i64).get(j).fill_(1);
+                }
+            }
+        }
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for with_bias in [false, true] {
+                let z = z0.copy().set_requires_grad(true);
+                let e = e0.copy().set_requires_grad(true);
+                let b = b0.copy().set_requires_grad(true);
+                let mut scores = z
+                    .to_kind(kind)
+                    .matmul(&e.to_kind(kind).tr())
+                    .to_kind(Kind::Float);
+                if with_bias {
+                    scores += &b;
+                }
+                let want = scores
+                    .masked_fill(&mask, f64::NEG_INFINITY)
+                    .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+                want.backward();
+                let z2 = z0.copy().set_requires_grad(true);
+                let e2 = e0.copy().set_requires_grad(true);
+                let b2 = b0.copy().set_requires_grad(true);
+                let bias = with_bias.then_some(&b2);
+                let (got, de) = cross_entropy(&z2, &e2, bias, &y, 0.0, kind, &refs);
+                got.backward();
+                let (w, g) = (want.double_value(&[]), got.double_value(&[]));
+                assert!(
+                    (w - g).abs() < 1e-5 * w.abs().max(1.0),
+                    "{kind:?} loss {g} vs {w}"
+                );
+                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+                let de = de.to_kind(Kind::Float);
+                for (a, b, what) in [(z.grad(), z2.grad(), "dz"), (e.grad(), de, "de")] {
+                    let scale = a.abs().max().double_value(&[]);
+                    let diff = (&a - &b).abs().max().double_value(&[]);
+                    assert!(diff <= tol * scale, "{kind:?} {what}: {diff} of {scale}");
+                }
+            }
+        }
+    }
+
     /// The fused loss and its gradients against libtorch's autograd of the same product (bf16 or
     /// f32, plus a bias when there is one): the loss to float rounding; the gradients to bf16's in
     /// bf16 (the gradient is rounded to bf16 before the backward products in both, and an exp that
@@ -400,7 +489,8 @@ mod tests {
                 let z2 = z0.copy().set_requires_grad(true);
                 let e2 = e0.copy().set_requires_grad(true);
                 let b2 = b0.copy().set_requires_grad(true);
-                let (got, de) = cross_entropy(&z2, &e2, with_bias.then_some(&b2), &y, ls, kind);
+                let (got, de) =
+                    cross_entropy(&z2, &e2, with_bias.then_some(&b2), &y, ls, kind, &[]);
                 assert_eq!(de.kind(), kind);
                 got.backward();
                 assert!(

@@ -53,6 +53,12 @@ pub struct LossConfig {
     /// fingerprints are unchanged.
     #[serde(default, skip_serializing_if = "LogitsPrecision::is_f32")]
     pub logits_precision: LogitsPrecision,
+    /// Full loss, CPU, no label smoothing: each row's softmax leaves out the other items of its
+    /// user's training sequence (as the SASRec+ reference's negatives do), which evaluation masks
+    /// anyway; without it a future positive of the same user is pushed down as a negative. Absent
+    /// in older manifests (false), and not written when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_history: bool,
 }
 
 /// A batch part's loss: its backward pass, and the gradient it leaves for the caller to add.
@@ -109,7 +115,13 @@ impl Loss {
             .then(|| self.q.multinomial(self.cfg.negatives as i64, true))
     }
 
-    /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M); the sampled loss
+    /// Whether [`Loss::compute`] reads each row's history (its user's items, as item columns).
+    pub fn needs_history(&self) -> bool {
+        self.cfg.exclude_history
+    }
+
+    /// Mean loss of rows `z` (M, d) whose targets are item columns `y` (M) and whose users' items
+    /// are `history` (one list per row when [`Loss::needs_history`], else empty); the sampled loss
     /// scores `negatives` (from [`Loss::draw_negatives`]; drawn here when None). Its backward pass
     /// reaches every parameter except, with the fused full loss (CPU), the item matrix's share
     /// from the scores: [`Computed::item_grad`], which the trainer adds after the backward pass.
@@ -119,6 +131,7 @@ impl Loss {
         z: &Tensor,
         y: &Tensor,
         negatives: Option<&Tensor>,
+        history: &[&[i64]],
     ) -> Computed {
         let ls = self.cfg.label_smoothing;
         match self.cfg.kind {
@@ -131,7 +144,12 @@ impl Loss {
                     // The same loss, forward and backward fused over the scores (fused_ce.rs).
                     let (e, b) = enc.item_matrix();
                     let b = enc.has_item_bias().then_some(&b);
-                    let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind);
+                    let ex = if self.cfg.exclude_history {
+                        history
+                    } else {
+                        &[]
+                    };
+                    let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind, ex);
                     return Computed {
                         loss,
                         item_grad: Some(ItemGrad::Dense(de)),

@@ -162,6 +162,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             cfg.out.display()
         );
     }
+    if r.loss.exclude_history && cfg.device != Device::Cpu {
+        // Only the CPU's fused loss takes the per-row exclusions.
+        bail!("--exclude-history is implemented for training on the CPU only");
+    }
     tch::manual_seed(r.seed as i64);
     let opts = ReadOptions {
         skip_malformed: cfg.skip_malformed,
@@ -544,6 +548,11 @@ impl Recipe {
         }
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
             bail!("label smoothing must be in [0, 1)");
+        }
+        if self.loss.exclude_history
+            && (self.loss.kind != LossKind::Full || self.loss.label_smoothing > 0.0)
+        {
+            bail!("--exclude-history applies to the full loss without label smoothing");
         }
         if self.loss.kind == LossKind::Sampled {
             if self.loss.negatives == 0 {

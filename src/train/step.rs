@@ -202,16 +202,27 @@ fn train_step(
         let start = r * w as usize + (w as usize - t.len());
         targets[start..start + t.len()].copy_from_slice(t);
     }
+    // Each batch row's user's items (item columns), when the loss leaves them out of the softmax.
+    let histories: Vec<Vec<i64>> = if loss.needs_history() {
+        batch
+            .iter()
+            .map(|s| history_columns(&data[s.seq]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let prefixes = batch.iter().all(|s| s.first + 1 == s.end);
+    let history = loss_rows(&histories, &targets, w as usize, prefixes);
     let targets = Tensor::from_slice(&targets).to(model.device);
     t.batch = phases::lap(&mut clock);
-    if batch.iter().all(|s| s.first + 1 == s.end) {
+    if prefixes {
         // One target per row, at the last column: the final block computes that column alone.
         let h = model.encoder.hidden_last(&tb, true).select(1, 0);
         let c = model.encoder.context_vector(&tb);
         let z = model.encoder.project(&h, c.as_ref());
         let y = targets.view([b, w]).select(1, w - 1) - 1;
         t.encoder = phases::lap(&mut clock);
-        let computed = loss.compute(&model.encoder, &z, &y, negatives);
+        let computed = loss.compute(&model.encoder, &z, &y, negatives, &history);
         t.loss = phases::lap(&mut clock);
         return (computed, t);
     }
@@ -224,7 +235,67 @@ fn train_step(
     let z = model.encoder.project(&h_sel, c_sel.as_ref());
     let y = targets.index_select(0, &keep) - 1;
     t.encoder = phases::lap(&mut clock);
-    let computed = loss.compute(&model.encoder, &z, &y, negatives);
+    let computed = loss.compute(&model.encoder, &z, &y, negatives, &history);
     t.loss = phases::lap(&mut clock);
     (computed, t)
+}
+
+/// Each loss row's entry of `per_row` (one per batch row; empty: none): a prefix's row is its
+/// batch row; otherwise the rows are the target positions of the (B, w) `targets` in row-major
+/// order, as `nonzero` lists them.
+fn loss_rows<'a>(
+    per_row: &'a [Vec<i64>],
+    targets: &[i64],
+    w: usize,
+    prefixes: bool,
+) -> Vec<&'a [i64]> {
+    if per_row.is_empty() {
+        Vec::new()
+    } else if prefixes {
+        per_row.iter().map(Vec::as_slice).collect()
+    } else {
+        (0..targets.len())
+            .filter(|&p| targets[p] > 0)
+            .map(|p| per_row[p / w].as_slice())
+            .collect()
+    }
+}
+
+/// The item columns of a training sequence's items, inputs and targets (sorted, each once).
+fn history_columns((query, targets): &(Query, Vec<i64>)) -> Vec<i64> {
+    let mut cols: Vec<i64> = query
+        .items
+        .iter()
+        .chain(targets)
+        .filter(|&&i| i > 0)
+        .map(|&i| i - 1)
+        .collect();
+    cols.sort_unstable();
+    cols.dedup();
+    cols
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_loss_row_gets_its_users_history() {
+        let h = vec![vec![1, 2], vec![3]];
+        // Two batch rows of width 3, targets at (0, 1), (0, 2) and (1, 2).
+        let targets = [0, 5, 6, 0, 0, 7];
+        let rows = loss_rows(&h, &targets, 3, false);
+        assert_eq!(rows, vec![&[1i64, 2][..], &[1, 2], &[3]]);
+        assert_eq!(
+            loss_rows(&h, &[0, 0, 6, 0, 0, 7], 3, true),
+            vec![&[1i64, 2][..], &[3]]
+        );
+        assert!(loss_rows(&[], &targets, 3, false).is_empty());
+        let q = Query {
+            items: vec![0, 4, 2, 4],
+            behaviours: Vec::new(),
+            context: Default::default(),
+        };
+        assert_eq!(history_columns(&(q, vec![0, 2, 4, 9])), vec![1, 3, 8]);
+    }
 }

@@ -360,8 +360,43 @@ fn exp(x: f32) -> f32 {
     }
 }
 
+/// What the fused losses' tests share: the autograd reference's scores, and the comparison.
+#[cfg(test)]
+pub(super) mod check {
+    use tch::{Kind, Tensor};
+
+    /// Scores as the autograd path computes them: the product in `kind`, back to f32, plus the
+    /// bias when there is one.
+    pub fn reference_scores(z: &Tensor, e: &Tensor, b: Option<&Tensor>, kind: Kind) -> Tensor {
+        let scores = z
+            .to_kind(kind)
+            .matmul(&e.to_kind(kind).tr())
+            .to_kind(Kind::Float);
+        match b {
+            Some(b) => scores + b,
+            None => scores,
+        }
+    }
+
+    /// The fused loss against the reference's to 1e-5 (relative), and each (reference, fused,
+    /// name) gradient pair to `tol` of the reference's largest entry.
+    pub fn assert_close(want: &Tensor, got: &Tensor, pairs: &[(Tensor, Tensor, &str)], tol: f64) {
+        let (w, g) = (want.double_value(&[]), got.double_value(&[]));
+        assert!((w - g).abs() < 1e-5 * w.abs().max(1.0), "loss {g} vs {w}");
+        for (a, b, what) in pairs {
+            let scale = a.abs().max().double_value(&[]);
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(
+                diff <= tol * scale,
+                "{what}: max |diff| {diff} of max |grad| {scale}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::check::{assert_close, reference_scores};
     use super::*;
 
     #[test]
@@ -413,14 +448,7 @@ mod tests {
                 let z = z0.copy().set_requires_grad(true);
                 let e = e0.copy().set_requires_grad(true);
                 let b = b0.copy().set_requires_grad(true);
-                let mut scores = z
-                    .to_kind(kind)
-                    .matmul(&e.to_kind(kind).tr())
-                    .to_kind(Kind::Float);
-                if with_bias {
-                    scores += &b;
-                }
-                let want = scores
+                let want = reference_scores(&z, &e, with_bias.then_some(&b), kind)
                     .masked_fill(&mask, f64::NEG_INFINITY)
                     .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
                 want.backward();
@@ -430,18 +458,10 @@ mod tests {
                 let bias = with_bias.then_some(&b2);
                 let (got, de) = cross_entropy(&z2, &e2, bias, &y, 0.0, kind, &refs);
                 got.backward();
-                let (w, g) = (want.double_value(&[]), got.double_value(&[]));
-                assert!(
-                    (w - g).abs() < 1e-5 * w.abs().max(1.0),
-                    "{kind:?} loss {g} vs {w}"
-                );
                 let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
                 let de = de.to_kind(Kind::Float);
-                for (a, b, what) in [(z.grad(), z2.grad(), "dz"), (e.grad(), de, "de")] {
-                    let scale = a.abs().max().double_value(&[]);
-                    let diff = (&a - &b).abs().max().double_value(&[]);
-                    assert!(diff <= tol * scale, "{kind:?} {what}: {diff} of {scale}");
-                }
+                let pairs = [(z.grad(), z2.grad(), "dz"), (e.grad(), de, "de")];
+                assert_close(&want, &got, &pairs, tol);
             }
         }
     }
@@ -475,15 +495,8 @@ mod tests {
                 let z = z0.copy().set_requires_grad(true);
                 let e = e0.copy().set_requires_grad(true);
                 let b = b0.copy().set_requires_grad(true);
-                let mut scores = z
-                    .to_kind(kind)
-                    .matmul(&e.to_kind(kind).tr())
-                    .to_kind(Kind::Float);
-                if with_bias {
-                    scores += &b;
-                }
-                let want =
-                    scores.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
+                let want = reference_scores(&z, &e, with_bias.then_some(&b), kind)
+                    .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, ls);
                 want.backward();
 
                 let z2 = z0.copy().set_requires_grad(true);
@@ -500,21 +513,14 @@ mod tests {
                 let e2_grad = Tensor::zeros([n, d], opts);
                 assert!(accumulate(&e2_grad, &de, 2.0) && accumulate(&e2_grad, &de, -1.0));
 
-                let (w, g) = (want.double_value(&[]), got.double_value(&[]));
-                assert!((w - g).abs() < 1e-5 * w.abs().max(1.0), "loss {g} vs {w}");
                 let mut pairs = vec![(z.grad(), z2.grad(), "dz"), (e.grad(), e2_grad, "de")];
                 if with_bias {
                     pairs.push((b.grad(), b2.grad(), "db"));
                 } else {
                     assert!(!b2.grad().defined());
                 }
+                assert_close(&want, &got, &pairs, max_tol);
                 for (a, b, what) in pairs {
-                    let scale = a.abs().max().double_value(&[]);
-                    let diff = (&a - &b).abs().max().double_value(&[]);
-                    assert!(
-                        diff <= max_tol * scale,
-                        "{kind:?} {what}: max |diff| {diff} of max |grad| {scale}"
-                    );
                     let rel = (&a - &b).norm().double_value(&[]) / a.norm().double_value(&[]);
                     assert!(rel < rel_tol, "{kind:?} {what}: relative difference {rel}");
                 }

@@ -18,6 +18,8 @@ def row(name):
     r = t.get("recipe") or {}
     loss = r.get("loss", {})
     loss_s = "full" if loss.get("kind", "full") == "full" else f"sampled {loss.get('negatives')}"
+    if loss.get("exclude_history"):
+        loss_s += " without the user's items"
     ctx = ", ".join(f["name"] for f in m.get("context", [])) or "none"
     te, va = x["test"], x["validation"]
     return (

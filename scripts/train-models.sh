@@ -30,9 +30,10 @@ BEAUTY_BF16="--data $D/amazon_s3rec/Beauty.txt --threads 2 --logits-precision bf
 # code"): SASRec's original blocks, item embeddings x sqrt(d) on input, FFN 64 with ReLU, eps 1e-8,
 # positions from the oldest item, dropout 0.1, batch 128 users with a target at every position of
 # their last 201 items, random batches, Adam 1e-3 constant, the full softmax over 3,706 items; the
-# context head started as the identity. ml1m-ctx retrained 2026-12-06 with the fused bf16 loss (twice
-# as fast an epoch) to its early stop (epoch 86, best 71); the one before (f32, ended with --finish at
-# epoch 61, best 55) is models/ml1m-ctx-prev. ml1m-1l, the one-layer twin of that previous run for the
+# context head started as the identity. ml1m-ctx retrained 2026-12-07 with --exclude-history (each
+# row's softmax without its user's other items, as the reference's negatives), f32 (the CPU of that
+# day had no native bf16), to its early stop (epoch 79, best 64); the f32 run of 2026-12-05 (ended
+# with --finish at epoch 61, best 55) is models/ml1m-ctx-prev. ml1m-1l, the one-layer twin of that previous run for the
 # seed's question, likewise f32 (--stop-after 61, then --finish; best 59).
 ML1M="--data $D/ml-1m_diffurec/ml-1m_seq.txt --users $D/ml-1m_diffurec/users.dat --max-len 200 \
       --heads 1 --d-model 64 --ffn-dim 64 --activation relu --dropout 0.1 --norm sasrec \
@@ -54,7 +55,7 @@ recipe() {
     # Leave-one-out (the published protocol): the service's models.
     beauty-2l) echo "$BEAUTY --layers 2" ;;
     beauty-1l) echo "$BEAUTY --layers 1" ;;
-    ml1m-ctx)  echo "$ML1M --logits-precision bf16 --layers 2" ;;
+    ml1m-ctx)  echo "$ML1M --logits-precision f32 --exclude-history --layers 2" ;;
     ml1m-1l)   echo "$ML1M --logits-precision f32 --layers 1" ;;
     # Leave-last-3 (several relevant items per case, where F1 means something): the architecture
     # comparison of `seqserve evaluate` (README).

@@ -15,6 +15,15 @@
 use crate::simd::{bf16_to_f32, f32_to_bf16};
 use tch::{Kind, Tensor};
 
+/// The item matrix's gradient from a fused loss, for the trainer to add.
+pub enum ItemGrad {
+    /// Every row (n_items, d), in f32 or bf16: the full loss reads every item.
+    Dense(Tensor),
+    /// Only the rows of item columns `index` (repeats allowed: their rows add up), as `rows`
+    /// (len, d, f32): the sampled loss reads its negatives and the targets.
+    Rows { index: Tensor, rows: Tensor },
+}
+
 /// Mean cross-entropy of rows `z` (M, d) against item rows `e` (N, d) with targets `y` (M, item
 /// columns), label smoothing `ls` as libtorch's `cross_entropy`: `(1 − ls)·(lse − x_y) + ls·(lse −
 /// mean x)`. Scores are the product of z and e in `kind` (bf16: f32 accumulation, bf16 result, or

@@ -9,8 +9,7 @@
 //! recipe with 2,048 negatives, that backward pass cost more than the loss's forward pass. Here
 //! each row is read while it sits in cache, the backward products are taken by hand, and the item
 //! matrix's gradient comes back as the rows it touches ([`ItemGrad::Rows`]).
-use super::fused_ce::{exp_plus, max_of};
-use super::loss::ItemGrad;
+use super::fused_ce::{exp_plus, max_of, ItemGrad};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 

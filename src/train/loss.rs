@@ -1,5 +1,6 @@
 //! Training losses over the catalogue: full softmax cross-entropy, or sampled softmax with log-Q
 //! correction (the only kind that scales to catalogues of millions of items).
+pub use super::fused_ce::ItemGrad;
 use crate::model::Encoder;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -67,15 +68,6 @@ pub struct Computed {
     /// d loss / d item matrix (rows 1..=n_items of `item_emb`) from the scores, when the loss
     /// computed it by hand instead of through autograd (the fused losses on the CPU).
     pub item_grad: Option<ItemGrad>,
-}
-
-/// The item matrix's gradient from a fused loss.
-pub enum ItemGrad {
-    /// Every row (n_items, d), in f32 or bf16: the full loss reads every item.
-    Dense(Tensor),
-    /// Only the rows of item columns `index` (repeats allowed: their rows add up), as `rows`
-    /// (len, d, f32): the sampled loss reads its negatives and the targets.
-    Rows { index: Tensor, rows: Tensor },
 }
 
 impl From<Tensor> for Computed {

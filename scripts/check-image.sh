@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/image-lib.sh
+source scripts/wait-ready.sh
 PORT=${PORT:-18540}
 GOAL_MB=700
 
@@ -90,13 +91,10 @@ for attempt in 1 2 3; do
     bah run --isolation chroot -e SEQSERVE__SERVER__HOST=127.0.0.1 -e SEQSERVE__SERVER__PORT="$PORT" \
         "$CTR" -- "${SERVE[@]}" >"$WORK/server.log" 2>&1 &
     JOB=$!
-    for _ in $(seq 1200); do
-        if curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; then READY=1; break; fi
-        kill -0 "$JOB" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -z "$READY" ] || break
-    if kill -0 "$JOB" 2>/dev/null; then
+    rc=0
+    poll_ready "$PORT" 120 "$JOB" || rc=$?
+    if [ "$rc" = 0 ]; then READY=1; break; fi
+    if [ "$rc" = 2 ]; then
         cat "$WORK/server.log" >&2
         fail "seqserve on port $PORT never became ready"
     fi

@@ -136,12 +136,8 @@ impl Loss {
                     // The same loss, forward and backward fused over the scores (fused_ce.rs).
                     let (e, b) = enc.item_matrix();
                     let b = enc.has_item_bias().then_some(&b);
-                    let ex = if self.cfg.exclude_history {
-                        history
-                    } else {
-                        &[]
-                    };
-                    let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind, ex);
+                    // `history` is empty unless the recipe excludes it (`needs_history`).
+                    let (loss, de) = super::fused_ce::cross_entropy(z, &e, b, y, ls, kind, history);
                     return Computed {
                         loss,
                         item_grad: Some(ItemGrad::Dense(de)),

@@ -119,7 +119,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "uniform")]
     negative_sampling: Sampling,
     /// Full loss: leave each row's own user's other items out of its softmax (as the SASRec+
-    /// reference's negatives do; evaluation masks them anyway). CPU only, no label smoothing.
+    /// reference's negatives do; evaluation masks them anyway). No label smoothing.
     #[arg(long)]
     exclude_history: bool,
     /// Label smoothing of the full loss.

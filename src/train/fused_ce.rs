@@ -15,6 +15,34 @@
 use crate::simd::{bf16_to_f32, f32_to_bf16};
 use tch::{Kind, Tensor};
 
+/// `cross_entropy`'s `exclude` for the autograd path (any device): `scores` (M, N) with each row's
+/// listed columns set to −∞ unless it is the row's target `y`; unchanged when `exclude` is empty.
+/// The fused loss is checked against autograd through this, so the two paths leave out the same
+/// columns.
+pub fn without_columns(scores: &Tensor, y: &Tensor, exclude: &[&[i64]]) -> Tensor {
+    if exclude.is_empty() {
+        return scores.shallow_clone();
+    }
+    let (m, n) = scores.size2().expect("scores are (M, N)");
+    assert_eq!(exclude.len(), m as usize, "one exclusion list per row");
+    let targets = Vec::<i64>::try_from(y.to_kind(Kind::Int64).to_device(tch::Device::Cpu))
+        .expect("targets are a vector of item columns");
+    let flat: Vec<i64> = (0..m)
+        .flat_map(|r| {
+            let t = targets[r as usize];
+            exclude[r as usize]
+                .iter()
+                .filter(move |&&j| j != t)
+                .map(move |&j| r * n + j)
+        })
+        .collect();
+    let device = scores.device();
+    let mask = Tensor::zeros([m * n], (Kind::Bool, device))
+        .index_fill(0, &Tensor::from_slice(&flat).to_device(device), 1)
+        .view([m, n]);
+    scores.masked_fill(&mask, f64::NEG_INFINITY)
+}
+
 /// The item matrix's gradient from a fused loss, for the trainer to add.
 pub enum ItemGrad {
     /// Every row (n_items, d), in f32 or bf16: the full loss reads every item.
@@ -423,6 +451,20 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
     }
 
+    /// The autograd path's exclusion, element by element: listed columns −∞, the target and the
+    /// unlisted columns as they were, repeats and an empty list harmless.
+    #[test]
+    fn without_columns_masks_the_listed_columns_but_the_target() {
+        let scores = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).view([3, 4]);
+        let y = Tensor::from_slice(&[1i64, 2, 0]);
+        let lists: [&[i64]; 3] = [&[1, 3, 3], &[], &[0, 1, 2]];
+        let got = Vec::<f32>::try_from(without_columns(&scores, &y, &lists).view([-1])).unwrap();
+        let inf = f32::NEG_INFINITY;
+        let want = [0., 1., 2., inf, 4., 5., 6., 7., 8., inf, inf, 11.];
+        assert_eq!(got, want);
+        assert!(without_columns(&scores, &y, &[]).equal(&scores));
+    }
+
     /// Columns excluded per row (the row's own history): the same as autograd with those scores
     /// set to −∞, the target kept even when its row's list names it.
     #[test]
@@ -444,22 +486,19 @@ mod tests {
             })
             .collect();
         let refs: Vec<&[i64]> = lists.iter().map(Vec::as_slice).collect();
-        let mask = Tensor::zeros([m, n], (Kind::Bool, tch::Device::Cpu));
-        for (r, l) in lists.iter().enumerate() {
-            for &j in l {
-                if j != ys[r] {
-                    let _ = mask.get(r as i64).get(j).fill_(1);
-                }
-            }
-        }
         for kind in [Kind::Float, Kind::BFloat16] {
             for with_bias in [false, true] {
                 let z = z0.copy().set_requires_grad(true);
                 let e = e0.copy().set_requires_grad(true);
                 let b = b0.copy().set_requires_grad(true);
-                let want = reference_scores(&z, &e, with_bias.then_some(&b), kind)
-                    .masked_fill(&mask, f64::NEG_INFINITY)
-                    .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+                let scores = reference_scores(&z, &e, with_bias.then_some(&b), kind);
+                let want = without_columns(&scores, &y, &refs).cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    0.0,
+                );
                 want.backward();
                 let z2 = z0.copy().set_requires_grad(true);
                 let e2 = e0.copy().set_requires_grad(true);

@@ -143,7 +143,9 @@ impl Loss {
                         item_grad: Some(ItemGrad::Dense(de)),
                     };
                 }
-                Computed::from(enc.logits_in(z, kind).cross_entropy_loss::<Tensor>(
+                // Elsewhere (CUDA) through autograd, the same columns left out.
+                let scores = super::fused_ce::without_columns(&enc.logits_in(z, kind), y, history);
+                Computed::from(scores.cross_entropy_loss::<Tensor>(
                     y,
                     None,
                     Reduction::Mean,

@@ -162,10 +162,6 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
             cfg.out.display()
         );
     }
-    if r.loss.exclude_history && cfg.device != Device::Cpu {
-        // Only the CPU's fused loss takes the per-row exclusions.
-        bail!("--exclude-history is implemented for training on the CPU only");
-    }
     tch::manual_seed(r.seed as i64);
     let opts = ReadOptions {
         skip_malformed: cfg.skip_malformed,

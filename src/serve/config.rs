@@ -421,10 +421,11 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
     for (k, v) in overrides {
         b = b.set_override(*k, v.clone()).map_err(|e| e.to_string())?;
     }
-    let mut cfg: Config = b
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| format!("configuration: {}", with_choices(e.to_string())))?;
+    let layers = b.build().map_err(|e| format!("configuration: {e}"))?;
+    let mut cfg: Config = layers
+        .clone()
+        .try_deserialize()
+        .map_err(|e| format!("configuration: {}", with_choices(&layers, e)))?;
     let f = &cfg.admin.token_file;
     if !f.as_os_str().is_empty() {
         if !cfg.admin.token.is_empty() {
@@ -442,35 +443,36 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config,
     Ok(cfg)
 }
 
-/// The config crate names a bad enum value ("enum LogFormat does not have variant constructor
-/// xml for key `logging.format`") but not the values it takes: serde's own error for the same
-/// value says them ("unknown variant `xml`, expected `human` or `json`").
-fn with_choices(message: String) -> String {
+/// The config crate names a bad enum value and its key ("enum LogFormat does not have variant
+/// constructor xml for key `logging.format`") but not the values the key takes; serde's own error
+/// for the same value says them ("unknown variant `xml`, expected `human` or `json`"). The value is
+/// read back from the layers by the error's key, so nothing here depends on the wording of the
+/// crate's message; any other error is passed on as it is.
+fn with_choices(layers: &config::Config, e: config::ConfigError) -> String {
     fn serde_says<T: serde::de::DeserializeOwned>(value: &str) -> Option<String> {
         serde_json::from_value::<T>(serde_json::Value::String(value.into()))
             .err()
             .map(|e| e.to_string())
     }
-    let parsed = message
-        .split_once(" does not have variant constructor ")
-        .and_then(|(_, rest)| rest.split_once(" for key `"))
-        .and_then(|(value, rest)| Some((value, rest.strip_suffix('`')?)));
-    let Some((value, key)) = parsed else {
-        return message;
+    let config::ConfigError::At { key: Some(key), .. } = &e else {
+        return e.to_string();
     };
-    let said = match key {
-        "retrieval.mode" => serde_says::<crate::model::retrieval::Retrieval>(value),
-        "retrieval.index_kind" => serde_says::<IndexKind>(value),
+    let Ok(value) = layers.get_string(key) else {
+        return e.to_string();
+    };
+    let said = match key.as_str() {
+        "retrieval.mode" => serde_says::<crate::model::retrieval::Retrieval>(&value),
+        "retrieval.index_kind" => serde_says::<IndexKind>(&value),
         "retrieval.scan_precision" => {
-            serde_says::<crate::model::retrieval::exact::ScanPrecision>(value)
+            serde_says::<crate::model::retrieval::exact::ScanPrecision>(&value)
         }
-        "history.store" => serde_says::<HistoryStoreKind>(value),
-        "logging.format" => serde_says::<LogFormat>(value),
+        "history.store" => serde_says::<HistoryStoreKind>(&value),
+        "logging.format" => serde_says::<LogFormat>(&value),
         _ => None,
     };
     match said {
         Some(s) => format!("{key}: {s}"),
-        None => message,
+        None => e.to_string(),
     }
 }
 
@@ -785,6 +787,13 @@ mod tests {
                 "{e}"
             );
         }
+        // From a file as from a flag.
+        std::fs::write(&f, "[logging]\nformat = \"xml\"\n").unwrap();
+        let e = load(Some(&f), &[]).unwrap_err();
+        assert!(
+            e.starts_with("configuration: logging.format: unknown variant `xml`, expected"),
+            "{e}"
+        );
         let c = load(None, &[("retrieval.scan_precision", "bf16".into())]).unwrap();
         assert_eq!(
             c.retrieval.scan_precision,

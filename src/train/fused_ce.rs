@@ -36,11 +36,13 @@ pub fn without_columns(scores: &Tensor, y: &Tensor, exclude: &[&[i64]]) -> Tenso
                 .map(move |&j| r * n + j)
         })
         .collect();
-    let device = scores.device();
-    let mask = Tensor::zeros([m * n], (Kind::Bool, device))
-        .index_fill(0, &Tensor::from_slice(&flat).to_device(device), 1)
-        .view([m, n]);
-    scores.masked_fill(&mask, f64::NEG_INFINITY)
+    // The listed entries of the flattened scores filled directly (no M × N mask beside them);
+    // autograd gives them a zero gradient, as the fused loss does.
+    let index = Tensor::from_slice(&flat).to_device(scores.device());
+    scores
+        .reshape([m * n])
+        .index_fill(0, &index, f64::NEG_INFINITY)
+        .view([m, n])
 }
 
 /// The item matrix's gradient from a fused loss, for the trainer to add.

@@ -102,37 +102,47 @@ fi
 OUT=${OUT:-$PWD/target/cuda-check}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/cuda-check.log") 2>&1
-S=.cuda/seqserve
+# A dry run of this script without a GPU (it has been run so, here): CUDA_CHECK_BINARY=a CPU build,
+# CUDA_CHECK_DEVICE=cpu, CUDA_CHECK_TRAIN="--limit-users 2000".
+S=${CUDA_CHECK_BINARY:-.cuda/seqserve}
+DEV=${CUDA_CHECK_DEVICE:-cuda:0}
+read -r -a TRAIN_EXTRA <<<"${CUDA_CHECK_TRAIN:-}"
 [ -x "$S" ] || { say "$S is missing: run 'scripts/cuda-check.sh bundle' here and carry .cuda/*"; exit 2; }
 PY=$(command -v python3)
-TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-SITE=$(dirname "$(dirname "$TORCH_LIB")")
-NV=$(find "$SITE/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
-export LD_LIBRARY_PATH=$TORCH_LIB${NV:+:$NV}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-"$PY" -c 'import torch; print("python torch", torch.__version__, "cuda", torch.cuda.is_available())'
+# The GPU machine's libtorch (and the CUDA libraries its wheels hold) for the bundled binary.
+if TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null); then
+    SITE=$(dirname "$(dirname "$TORCH_LIB")")
+    NV=$(find "$SITE/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+    export LD_LIBRARY_PATH=$TORCH_LIB${NV:+:$NV}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    "$PY" -c 'import torch; print("python torch", torch.__version__, "cuda", torch.cuda.is_available())'
+else
+    say "$PY has no torch: the binary's own run path decides which libtorch it loads"
+fi
 nvidia-smi -L || true
 status=0
 fail() { say "FAILED: $*"; [ $status -ne 0 ] || status=1; }
 # Runs a command and says how long it took.
 t() { local s rc; s=$(date +%s%N); "$@"; rc=$?; say "$(( ($(date +%s%N) - s) / 1000000 )) ms: $*"; return $rc; }
 
-say "1. recommend on cuda:0"
+say "1. recommend on $DEV"
 ldd "$S" | grep -E 'torch|cudart|not found' || true
-t "$S" recommend --model models/beauty-2l --history 12,45,77 --k 5 --device cuda:0 --json \
-    || fail "recommend --device cuda:0"
+t "$S" recommend --model models/beauty-2l --history 12,45,77 --k 5 --device "$DEV" --json \
+    || fail "recommend --device $DEV"
 
-say "2. /recommend: cpu against cuda:0"
+say "2. /recommend: cpu against $DEV"
 for m in beauty-2l:.cuda/beauty-loo.jsonl ml1m-ctx:.cuda/ml1m-loo.jsonl; do
     t "$PY" scripts/compare_devices.py "$S" "models/${m%%:*}" "${m#*:}" --cases 2000 --k 20 \
-        --devices cpu,cuda:0 --logs "$OUT" || fail "compare ${m%%:*}"
+        --devices "cpu,$DEV" --logs "$OUT" || fail "compare ${m%%:*}"
 done
 
-say "3. evaluate: cpu against cuda:0 (Beauty, all cases)"
-for d in cpu cuda:0; do
+say "3. evaluate: cpu against $DEV (Beauty, all cases)"
+n=0
+for d in cpu "$DEV"; do
+    n=$((n + 1))
     t "$S" evaluate --model models/beauty-2l --holdout .cuda/beauty-loo.jsonl --k 10,20 --device "$d" \
-        --json "$OUT/evaluate-${d/:/}.json" >/dev/null || fail "evaluate --device $d"
+        --json "$OUT/evaluate-$n-${d/:/}.json" >/dev/null || fail "evaluate --device $d"
 done
-"$PY" - "$OUT/evaluate-cpu.json" "$OUT/evaluate-cuda0.json" <<'EOF' || fail "evaluate metrics differ"
+"$PY" - "$OUT/evaluate-1-cpu.json" "$OUT/evaluate-2-${DEV/:/}.json" <<'EOF' || fail "evaluate metrics differ"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 def metrics(r, path=""):
@@ -147,21 +157,21 @@ def metrics(r, path=""):
         yield path, r
 ma, mb = dict(metrics(a)), dict(metrics(b))
 worst = max(((abs(ma[k] - mb[k]), k) for k in ma if k in mb), default=(0.0, "-"))
-print(f"evaluate cpu against cuda:0: {len(ma)} figures, largest difference {worst[0]:.2e} at {worst[1]}")
+print(f"evaluate cpu against {sys.argv[2]}: {len(ma)} figures, largest difference {worst[0]:.2e} at {worst[1]}")
 sys.exit(0 if worst[0] <= 1e-3 else 1)
 EOF
 
-say "4. training on cuda:0 (two epochs each) beside one CPU epoch"
+say "4. training on $DEV (two epochs each) beside one CPU epoch"
 train() { # NAME DEVICE EPOCHS [TRAIN OPTIONS...]
     local name=$1 dev=$2 epochs=$3
     shift 3
     t "$S" train --data .cuda/Beauty.txt --device "$dev" --skip-test --stop-after "$epochs" \
-        --out "$OUT/train-$name" "$@" >"$OUT/train-$name.log" 2>&1 || fail "train $name"
+        --out "$OUT/train-$name" "${TRAIN_EXTRA[@]}" "$@" >"$OUT/train-$name.log" 2>&1 || fail "train $name"
     grep -E '^epoch +[0-9]+ +loss' "$OUT/train-$name.log" | sed "s/^/$name: /"
     rm -rf "$OUT/train-$name" "$OUT/train-$name.checkpoint"
 }
-train default cuda:0 2
-train exclude-history cuda:0 2 --exclude-history
+train default "$DEV" 2
+train exclude-history "$DEV" 2 --exclude-history
 train default-cpu cpu 1
 say "done, status $status"
 exit $status

@@ -170,8 +170,9 @@ train() { # NAME DEVICE EPOCHS [TRAIN OPTIONS...]
     grep -E '^epoch +[0-9]+ +loss' "$OUT/train-$name.log" | sed "s/^/$name: /"
     rm -rf "$OUT/train-$name" "$OUT/train-$name.checkpoint"
 }
-train default "$DEV" 2
-train exclude-history "$DEV" 2 --exclude-history
+# One worker on the GPU (--threads splits every batch over data-parallel CPU workers).
+train default "$DEV" 2 --threads 1
+train exclude-history "$DEV" 2 --threads 1 --exclude-history
 train default-cpu cpu 1
 say "done, status $status"
 exit $status

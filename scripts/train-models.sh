@@ -79,14 +79,11 @@ if [ -n "$PRINT" ]; then recipe "$1"; exit; fi
 for m in "$@"; do
   flags=$(recipe "$m")
   n=$(budget "$m")
-  # shellcheck disable=SC2086 # the flags are words
-  if [ -z "$n" ]; then
-    $S train $flags --force --out "models/$m"
-  else
-    $S train $flags --force --out "models/$m" --stop-after "$n"
-    # An early stop before the budget has already written the model (and left no checkpoint).
-    if [ -e "models/$m.checkpoint" ]; then
-      $S train $flags --force --out "models/$m" --finish
-    fi
+  # shellcheck disable=SC2086 # the flags (and the budget's two words) are words
+  $S train $flags --force --out "models/$m" ${n:+--stop-after $n}
+  # A run that reached its budget left a checkpoint (an early stop before it has already written
+  # the model, and left none): its best epoch becomes the model.
+  if [ -n "$n" ] && [ -e "models/$m.checkpoint" ]; then
+    $S train $flags --force --out "models/$m" --finish
   fi
 done

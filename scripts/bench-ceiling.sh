@@ -7,7 +7,8 @@
 # wrk itself on the same cores); the difference of the two CPU costs per request is the model's.
 # With perf on the PATH (Debian's linux-perf), one more MODEL point is profiled, and the share of
 # the server's CPU spent in MKL's f32 GEMM (kernels and packing) gives the arithmetic's own cost per
-# request, which no rearrangement of the other work removes.
+# request, which no rearrangement of the other work removes. Run it on a quiet machine: the all-cores
+# figure counts every process's CPU.
 # Usage: scripts/bench-ceiling.sh [MODEL_DIR]   Env: RUNS (2), SECONDS_PER_POINT (8),
 #   PORT (18491), TS_BEST (TorchServe's best req/s from scripts/bench.sh: prints what 4x it needs)
 set -euo pipefail
@@ -18,13 +19,8 @@ DUR=${SECONDS_PER_POINT:-8}
 PORT=${PORT:-18491}
 BEAUTY=../shared/data/amazon_s3rec/Beauty.txt
 [ -f "$BEAUTY" ] || { echo "$BEAUTY is absent (../shared/data): the near-free model is trained on it" >&2; exit 1; }
-source scripts/need-debian.sh
-source scripts/wait-ready.sh
 source scripts/wrk-lib.sh
-need_debian wrk wrk
-source scripts/env.sh
-cargo build --release --quiet
-BIN=target/release/seqserve
+wrk_setup
 ROOT=$(mktemp -d)
 SERVER=
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$ROOT"' EXIT

@@ -16,12 +16,8 @@ CONN=${CONNECTIONS:-64}
 PORT=${PORT:-18480}
 TOKEN=bench-token
 
-source scripts/need-debian.sh
-source scripts/wait-ready.sh
-need_debian wrk wrk
-source scripts/env.sh
-cargo build --release --quiet
-BIN=target/release/seqserve
+source scripts/wrk-lib.sh
+wrk_setup
 
 WORK=$(mktemp -d)
 SERVER= WRK=
@@ -31,7 +27,6 @@ ln -s "$MODEL" "$WORK/repo/bench/1"
 ln -s "$MODEL" "$WORK/repo/bench/2"
 
 # Request bodies: histories of real catalogue ids.
-source scripts/wrk-lib.sh
 write_load_lua "$MODEL/items.txt" 7 user
 
 SEQSERVE__ADMIN__TOKEN=$TOKEN "$BIN" serve --repository "$WORK/repo" --host 127.0.0.1 --port "$PORT" \

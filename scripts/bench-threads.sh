@@ -8,13 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${SECONDS_PER_POINT:-10}
 PORT=${PORT:-18481}
-source scripts/need-debian.sh
-source scripts/wait-ready.sh
 source scripts/wrk-lib.sh
-need_debian wrk wrk
-source scripts/env.sh
-cargo build --release --quiet
-BIN=target/release/seqserve
+wrk_setup
 WORK=$(mktemp -d)
 SERVER=
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -1,5 +1,17 @@
-# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh, bench-threads.sh, bench.sh's
-# TorchServe comparison). Needs CONN (connections), WORK (where write_load_lua puts load.lua) and URL.
+# Sourced by the wrk benchmarks (bench-swap.sh, bench-rolling.sh, bench-threads.sh, bench-ceiling.sh,
+# bench.sh's TorchServe comparison). Needs CONN (connections), WORK (where write_load_lua puts
+# load.lua) and URL.
+
+# wrk_setup: what a wrk benchmark starts with, from the repository root: wrk installed, wait_ready,
+# the project's environment, and a release build in BIN.
+wrk_setup() {
+    source scripts/need-debian.sh
+    source scripts/wait-ready.sh
+    need_debian wrk wrk
+    source scripts/env.sh
+    cargo build --release --quiet
+    BIN=target/release/seqserve
+}
 
 # write_load_lua ITEMS_FILE SEED [user]: $WORK/load.lua posts 200 bodies (histories of 3 to 20
 # distinct catalogue ids, k 10, each with "user": "u<i>" when asked) to WRK_PATH (/recommend unless

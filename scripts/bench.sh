@@ -30,11 +30,8 @@ env "${TS_ENV[@]}" \
 # to both servers (random catalogue items, 1-50 of them, k 10), TorchServe first while seqserve is
 # not running, then seqserve with its defaults while TorchServe idles. BENCH_WRK=0 skips it.
 if [ "${BENCH_WRK:-1}" != 0 ] && [ "${BENCH_TORCHSERVE:-1}" != 0 ]; then
-    source scripts/need-debian.sh
-    source scripts/wait-ready.sh
-    need_debian wrk wrk
-    cargo build --release --quiet
     source scripts/wrk-lib.sh
+    wrk_setup
     WORK=$TS_WORK
     LOAD_LENGTHS=1-50 write_load_lua "$MODEL/items.txt" 7
     # wrk_point URL_ROOT PATH CONC: "req/s p99_ms errors" (errors: non-2xx answers + socket errors)
@@ -50,7 +47,7 @@ if [ "${BENCH_WRK:-1}" != 0 ] && [ "${BENCH_TORCHSERVE:-1}" != 0 ]; then
     declare -A TS_R SQ_R
     for c in 32 64 128; do TS_R[$c]=$(wrk_point http://127.0.0.1:18600 /predictions/seq "$c"); done
     WRK_PORT=18611  # TorchServe holds 18600-18602
-    target/release/seqserve serve --model "$MODEL" --host 127.0.0.1 --port "$WRK_PORT" --device cpu \
+    "$BIN" serve --model "$MODEL" --host 127.0.0.1 --port "$WRK_PORT" --device cpu \
         --log-format json 2>"$TS_WORK/seqserve.log" &
     SQ_PID=$!
     wait_ready "$WRK_PORT" 60 "$TS_WORK/seqserve.log"

@@ -47,21 +47,37 @@ start() { # model_dir
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 
-# point LABEL MODEL_DIR LOAD: one closed-loop point; prints a table row and sets RATE, MACHINE_US
-# (all cores' busy CPU per answered request: wrk, server, the rest) and SERVER_US.
-point() {
-    start "$2"
-    WORK=$ROOT/$3 wrk_run 2 0 >/dev/null
-    local b0 s0 b1 s1 out n
+# measure MODEL_DIR LOAD [PERF_DATA]: serves MODEL_DIR, warms it for 2 s, then one closed-loop point
+# of DUR s; sets OUT (wrk's output), N (requests answered), BUSY and SRV (CPU ticks of all cores and
+# of the server during the point). With PERF_DATA, perf records the server during the point.
+measure() {
+    start "$1"
+    WORK=$ROOT/$2 wrk_run 2 0 >/dev/null
+    local b0 s0 perf=
     b0=$(busy); s0=$(proc_ticks "$SERVER")
-    out=$(WORK=$ROOT/$3 wrk_run "$DUR" 0)
-    b1=$(busy); s1=$(proc_ticks "$SERVER")
+    if [ -n "${3:-}" ]; then
+        perf record -F 1999 -p "$SERVER" -o "$3" -- sleep "$DUR" >/dev/null 2>&1 &
+        perf=$!
+    fi
+    OUT=$(WORK=$ROOT/$2 wrk_run "$DUR" 0)
+    [ -z "$perf" ] || wait "$perf" || true
+    BUSY=$(($(busy) - b0)); SRV=$(($(proc_ticks "$SERVER") - s0))
     stop
-    n=$(echo "$out" | requests)
-    RATE=$(echo "$out" | rate)
-    MACHINE_US=$(awk -v d=$((b1 - b0)) -v n="$n" -v t="$TICK" 'BEGIN {printf "%.0f", d / t * 1e6 / n}')
-    SERVER_US=$(awk -v d=$((s1 - s0)) -v n="$n" -v t="$TICK" 'BEGIN {printf "%.0f", d / t * 1e6 / n}')
-    echo "| $1 | $RATE | $(echo "$out" | p99) ms | $(echo "$out" | non2xx) | $MACHINE_US | $SERVER_US |"
+    N=$(echo "$OUT" | requests)
+}
+# us_per_request TICKS [PERCENT]: CPU µs per answered request (N) in TICKS, or PERCENT of it.
+us_per_request() {
+    awk -v d="$1" -v n="$N" -v t="$TICK" -v p="${2:-100}" 'BEGIN {printf "%.0f", d / t * 1e6 / n * p / 100}'
+}
+
+# point LABEL MODEL_DIR LOAD: one measured point as a table row; sets RATE, MACHINE_US (all cores'
+# busy CPU per answered request: wrk, server, the rest) and SERVER_US.
+point() {
+    measure "$2" "$3"
+    RATE=$(echo "$OUT" | rate)
+    MACHINE_US=$(us_per_request "$BUSY")
+    SERVER_US=$(us_per_request "$SRV")
+    echo "| $1 | $RATE | $(echo "$OUT" | p99) ms | $(echo "$OUT" | non2xx) | $MACHINE_US | $SERVER_US |"
 }
 
 echo "| served model (wrk c=$CONN, ${DUR} s) | req/s | p99 | non-2xx | CPU µs/request, all $CORES cores | of it the server |"
@@ -80,21 +96,11 @@ echo "mean over $RUNS runs: near-free $(awk -v r="$t_rate" -v n="$RUNS" 'BEGIN {
 
 GEMM_US=
 if command -v perf >/dev/null; then
-    start "$MODEL"
-    WORK=$ROOT/load-model wrk_run 2 0 >/dev/null
-    s0=$(proc_ticks "$SERVER")
-    perf record -F 1999 -p "$SERVER" -o "$ROOT/perf.data" -- sleep "$DUR" >/dev/null 2>&1 &
-    PERF=$!
-    out=$(WORK=$ROOT/load-model wrk_run "$DUR" 0)
-    wait "$PERF" || true
-    s1=$(proc_ticks "$SERVER")
-    stop
-    n=$(echo "$out" | requests)
+    measure "$MODEL" load-model "$ROOT/perf.data"
     share=$(perf report -i "$ROOT/perf.data" --no-children --sort sym -q -g none 2>/dev/null \
         | awk '/sgemm/ {s += $1} END {printf "%.1f", s}')
-    GEMM_US=$(awk -v d=$((s1 - s0)) -v n="$n" -v t="$TICK" -v p="$share" \
-        'BEGIN {printf "%.0f", d / t * 1e6 / n * p / 100}')
-    echo "profiled point: $(echo "$out" | rate) req/s; MKL sgemm (kernels and packing) ${share}% of the server's CPU = $GEMM_US µs a request"
+    GEMM_US=$(us_per_request "$SRV" "$share")
+    echo "profiled point: $(echo "$OUT" | rate) req/s; MKL sgemm (kernels and packing) ${share}% of the server's CPU = $GEMM_US µs a request"
 else
     echo "(perf is not on the PATH: the GEMM share is not measured; Debian's linux-perf has it)"
 fi
